@@ -1,0 +1,150 @@
+"""``Decision``: which units of every channel group and which residual blocks are kept."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .space import Space
+
+
+@dataclass
+class Decision:
+    """Plain data: kept unit indices per group (groups not listed keep everything) and removed
+    blocks.  Serialises to JSON.
+
+    Example:
+        >>> d = Decision(groups={"layer1.0.conv1": [0, 2, 5]}, removed_blocks=["layer2.1#0"])
+        >>> Decision.from_json(d.to_json()) == d
+        True
+    """
+
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    removed_blocks: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"groups": {k: [int(i) for i in v] for k, v in self.groups.items()},
+                "removed_blocks": list(self.removed_blocks)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Decision":
+        unknown = set(d) - {"groups", "removed_blocks"}
+        if unknown:
+            raise ValueError(f"decision has unknown keys {sorted(unknown)}")
+        return cls({k: [int(i) for i in v] for k, v in d.get("groups", {}).items()},
+                   [str(b) for b in d.get("removed_blocks", [])])
+
+    @classmethod
+    def from_json(cls, text: str) -> "Decision":
+        return cls.from_dict(json.loads(text))
+
+    # -- views over a space ----------------------------------------------------------------------
+    def validate(self, space: Space) -> None:
+        """Raise ValueError if the decision names unknown groups/blocks or removes what cannot go."""
+        names = {g.name: g for g in space.groups}
+        for name, kept in self.groups.items():
+            g = names.get(name)
+            if g is None:
+                raise ValueError(f"decision names unknown channel group {name!r}")
+            kept_set = set(kept)
+            if not kept_set:
+                raise ValueError(f"decision keeps no unit of group {name!r}")
+            if min(kept_set) < 0 or max(kept_set) >= g.size:
+                raise ValueError(f"group {name!r} has {g.size} units; decision keeps {max(kept_set)}")
+            removed = set(range(g.size)) - kept_set
+            if removed and g.frozen:
+                raise ValueError(f"group {name!r} is frozen ({g.frozen})")
+            if removed and g.pinned[list(removed)].any():
+                raise ValueError(f"group {name!r}: decision removes units that reach the model output")
+        blocks = {b.name for b in space.blocks}
+        for b in self.removed_blocks:
+            if b not in blocks:
+                raise ValueError(f"decision names unknown residual block {b!r}")
+
+    def keep_vector(self, space: Space) -> torch.Tensor:
+        """1/0 per flat unit of ``space``."""
+        keep = torch.ones(space.num_units, dtype=torch.double)
+        for g in space.groups:
+            kept = self.groups.get(g.name)
+            if kept is not None:
+                mask = torch.zeros(g.size, dtype=torch.double)
+                mask[list(kept)] = 1.0
+                keep[g.offset:g.offset + g.size] = mask
+        return keep
+
+    def block_vector(self, space: Space) -> torch.Tensor:
+        removed = set(self.removed_blocks)
+        return torch.tensor([0.0 if b.name in removed else 1.0 for b in space.blocks], dtype=torch.double)
+
+    def flops(self, space: Space) -> float:
+        return float(space.cost.flops(self.keep_vector(space), self.block_vector(space)))
+
+    def params(self, space: Space) -> float:
+        return float(space.cost.params(self.keep_vector(space), self.block_vector(space)))
+
+    def rounded(self, space: Space, multiple: int) -> "Decision":
+        """Grow every changed group's kept count up to a multiple of ``multiple`` channels (of the
+        group's first producer), adding back the lowest-numbered removed units first."""
+        groups = {}
+        for name, kept in self.groups.items():
+            g = space.group(name)
+            kept = sorted(set(kept))
+            per_unit = int(g.channels[0]) if len(g.channels) else 1
+            want = min(g.size, math.ceil(len(kept) * per_unit / multiple) * multiple // max(per_unit, 1))
+            want = max(want, len(kept))
+            removed = [i for i in range(g.size) if i not in set(kept)]
+            kept = sorted(kept + removed[: want - len(kept)])
+            groups[name] = kept
+        return Decision(groups, list(self.removed_blocks))
+
+
+def random_decision(space: Space, ratio: float, *, blocks: bool = True, seed: int = 0,
+                    block_fraction: float = 0.25) -> Decision:
+    """A random decision that keeps about ``ratio`` of each prunable group (at least one unit)
+    and, when ``blocks``, removes about ``block_fraction`` of the residual blocks."""
+    rng = np.random.default_rng(seed)
+    groups = {}
+    for g in space.groups:
+        if not g.prunable:
+            continue
+        free = np.flatnonzero(~g.pinned)
+        n_keep = max(1, int(round(len(free) * ratio)))
+        kept = set(rng.choice(free, size=min(n_keep, len(free)), replace=False).tolist())
+        kept |= set(np.flatnonzero(g.pinned).tolist())
+        groups[g.name] = sorted(kept)
+    removed = []
+    if blocks and space.blocks:
+        n = int(round(len(space.blocks) * block_fraction))
+        removed = sorted(rng.choice([b.name for b in space.blocks], size=n, replace=False).tolist())
+    return Decision(groups, removed)
+
+
+def decision_for_budget(space: Space, target: float, *, blocks: bool = True, seed: int = 0,
+                        what: str = "flops") -> Decision:
+    """A random decision whose cost is at most ``target`` times the full cost (bisection on the
+    kept ratio).  Raises ValueError if even the smallest decision is above the budget."""
+    full = space.cost.flops() if what == "flops" else space.cost.params()
+    measure = (lambda d: d.flops(space)) if what == "flops" else (lambda d: d.params(space))
+    lo, hi = 0.0, 1.0
+    best = None
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        d = random_decision(space, mid, blocks=blocks, seed=seed)
+        if measure(d) <= target * float(full):
+            best, lo = d, mid
+        else:
+            hi = mid
+    if best is None:
+        d = random_decision(space, 0.0, blocks=blocks, seed=seed)
+        if measure(d) > target * float(full):
+            raise ValueError(f"budget {target:.3f} cannot be met: the smallest decision keeps "
+                             f"{measure(d) / float(full):.3f} of the {what}")
+        best = d
+    return best

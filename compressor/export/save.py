@@ -1,0 +1,78 @@
+"""Save and load compressed models as architecture (JSON) + weights (safetensors): no pickles.
+
+The architecture is the recipe to rebuild the model: the original model's zoo name (or an
+importable ``"package.module:factory"``), the input shape it was traced with and the
+:class:`~compressor.decision.Decision`.  Loading rebuilds the original, traces it, replays the
+decision and loads the weights strictly.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..decision import Decision
+from ..space import trace
+from .slice import slice_model
+
+ARCH_FILE = "compressor.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def save_compressed(model: nn.Module, directory: str | os.PathLike, *, source: str,
+                    input_shape: tuple[int, ...], decision: Decision, round_to: int | None = None,
+                    source_kwargs: dict[str, Any] | None = None) -> Path:
+    """Write ``compressor.json`` and ``model.safetensors`` into ``directory`` (created if needed).
+
+    Args:
+        source: a zoo name (``"resnet50"``) or ``"package.module:factory"`` building the original.
+        input_shape: the example input shape the space was traced with, batch included.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arch = {"format": FORMAT_VERSION, "source": source, "source_kwargs": source_kwargs or {},
+            "input_shape": list(input_shape), "round_to": round_to, "decision": decision.to_dict()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
+    _atomic_write(directory / ARCH_FILE, lambda p: Path(p).write_text(json.dumps(arch, indent=2)))
+    return directory
+
+
+def load_compressed(directory: str | os.PathLike) -> nn.Module:
+    """Rebuild a model written by :func:`save_compressed` (eval mode, CPU)."""
+    directory = Path(directory)
+    arch_path = directory / ARCH_FILE
+    if not arch_path.exists():
+        raise FileNotFoundError(f"{arch_path} not found: not a directory written by save_compressed")
+    arch = json.loads(arch_path.read_text())
+    if arch.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{arch_path}: format {arch.get('format')!r} is not {FORMAT_VERSION}")
+    original = build_source(arch["source"], arch.get("source_kwargs") or {}).eval()
+    space = trace(original, torch.randn(*arch["input_shape"]))
+    model = slice_model(original, space, Decision.from_dict(arch["decision"]), round_to=arch.get("round_to"))
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
+    return model.eval()
+
+
+def build_source(source: str, kwargs: dict[str, Any]) -> nn.Module:
+    """A zoo name or ``package.module:factory`` → a freshly built original model."""
+    if ":" in source and not source.startswith(("timm:", "tv:", "torchvision:")):
+        module_name, _, attr = source.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        return factory(**kwargs)
+    from ..zoo import create_model
+
+    return create_model(source, **kwargs)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)

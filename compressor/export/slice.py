@@ -1,0 +1,133 @@
+"""``slice_model``: apply a :class:`Decision` to a copy of a model, making it dense and smaller."""
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from ..decision import Decision
+from ..space import Space
+from ..space.blocks import trace_owner
+
+
+class SliceError(RuntimeError):
+    """The decision cannot be applied to a parameter; the message names it."""
+
+
+def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to: int | None = None) -> nn.Module:
+    """Return a dense copy of ``model`` with the decision's units and blocks removed.
+
+    Every parameter and buffer that reads or writes a removed unit is cut, module attributes
+    (``out_channels``, ``groups``, ``num_features``...) are refreshed from the new shapes, and each
+    removed residual block is replaced by its skip path plus whatever followed the add.
+    """
+    if round_to:
+        decision = decision.rounded(space, round_to)
+    decision.validate(space)
+    keep = decision.keep_vector(space).numpy() > 0.5
+    keep_ext = np.concatenate([keep, [True]])
+    out = copy.deepcopy(model)
+    changed: dict[str, dict] = defaultdict(dict)
+    for name, ps in space.param_slices.items():
+        tensor = _get(out, name)
+        if tensor is None:
+            continue
+        index = _indices(name, ps, tensor, keep_ext)
+        if index is None:
+            continue
+        new = tensor.detach()
+        for d, idx in index.items():
+            new = new.index_select(d, torch.as_tensor(idx, device=new.device))
+        mod_name, _, attr = name.rpartition(".")
+        module = out.get_submodule(mod_name)
+        old_shape = tuple(tensor.shape)
+        if isinstance(tensor, nn.Parameter):
+            setattr(module, attr, nn.Parameter(new.clone(), requires_grad=tensor.requires_grad))
+        else:
+            module._buffers[attr] = new.clone()
+        changed[mod_name][attr] = old_shape
+    for mod_name, shapes in changed.items():
+        _refresh(out.get_submodule(mod_name), shapes)
+    removed = set(decision.removed_blocks)
+    by_owner: dict[str, list] = defaultdict(list)
+    for b in space.blocks:
+        if b.name in removed:
+            by_owner[b.owner].append(b)
+    for owner, blocks in by_owner.items():
+        mod = out.get_submodule(owner) if owner else out
+        gm = trace_owner(mod)
+        nodes = {n.name: n for n in gm.graph.nodes}
+        for b in blocks:
+            add = nodes[b.add_node]
+            skip = next(a for a in add.args if a is not nodes[b.branch_node])
+            add.replace_all_uses_with(skip)
+            gm.graph.erase_node(add)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        gm = fx.GraphModule(mod, gm.graph, class_name=type(mod).__name__)  # drops modules no longer called
+        if owner:
+            out.set_submodule(owner, gm)
+        else:
+            out = gm
+    return out
+
+
+def _get(model: nn.Module, name: str) -> torch.Tensor | None:
+    mod_name, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(mod_name)
+    except AttributeError:
+        return None
+    return module._parameters.get(attr, module._buffers.get(attr))
+
+
+def _indices(name: str, ps, tensor: torch.Tensor, keep_ext: np.ndarray) -> dict[int, np.ndarray] | None:
+    """Kept positions per dim, or None if nothing changes."""
+    index: dict[int, np.ndarray] = {}
+    for d, units in ps.dims.items():
+        mask = keep_ext[np.where(units >= 0, units, len(keep_ext) - 1)]
+        if not mask.all():
+            index[d] = np.flatnonzero(mask)
+    if ps.dense is not None:
+        mask = keep_ext[np.where(ps.dense >= 0, ps.dense, len(keep_ext) - 1)]
+        if not mask.all():
+            for d in range(mask.ndim):
+                other = tuple(i for i in range(mask.ndim) if i != d)
+                along = mask.any(axis=other) if other else mask
+                if not along.all():
+                    index[d] = np.flatnonzero(along)
+            box = mask
+            for d, idx in index.items():
+                box = np.take(box, idx, axis=d)
+            kept = int(np.prod([len(index[d]) if d in index else mask.shape[d] for d in range(mask.ndim)]))
+            if not box.all() or int(mask.sum()) != kept:
+                raise SliceError(f"kept elements of '{name}' do not form a box; it cannot be cut densely")
+    return index or None
+
+
+def _refresh(module: nn.Module, old_shapes: dict[str, tuple]) -> None:
+    """Recompute the shape attributes of standard layers from their new weights."""
+    w = module._parameters.get("weight")
+    if isinstance(module, nn.modules.conv._ConvNd) and w is not None:
+        old = old_shapes.get("weight", tuple(w.shape))
+        if module.transposed:
+            module.groups = module.groups * w.shape[0] // old[0] if module.groups > 1 else 1
+            module.in_channels = w.shape[0]
+            module.out_channels = w.shape[1] * module.groups
+        else:
+            module.groups = module.groups * w.shape[0] // old[0] if module.groups > 1 else 1
+            module.out_channels = w.shape[0]
+            module.in_channels = w.shape[1] * module.groups
+    elif isinstance(module, nn.Linear) and w is not None:
+        module.out_features, module.in_features = w.shape
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        ref = w if w is not None else module._buffers.get("running_mean")
+        if ref is not None:
+            module.num_features = ref.shape[0]
+    elif isinstance(module, nn.LayerNorm) and w is not None:
+        module.normalized_shape = tuple(w.shape)
+    elif isinstance(module, nn.GroupNorm) and w is not None:
+        module.num_channels = w.shape[0]

@@ -1,0 +1,96 @@
+"""``attach_gates``: put channel and depth gates into a model, and take them out again."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.nn.utils import parametrize
+
+from ..space import Space
+from ..space.blocks import trace_owner
+from .modules import ChannelMask, DepthGate, GateValues
+
+
+class Gates:
+    """Handle over the gates of one model.  ``units``/``blocks`` take hard 0/1 or soft values."""
+
+    def __init__(self, model: nn.Module, space: Space) -> None:
+        self.model = model
+        self.space = space
+        self.values = GateValues(space.num_units, len(space.blocks))
+        self._replaced: dict[str, nn.Module] = {}
+        self._parametrized: list[tuple[nn.Module, str]] = []
+
+    def set(self, units: torch.Tensor | None = None, blocks: torch.Tensor | None = None) -> None:
+        if units is not None:
+            if units.shape != (self.space.num_units,):
+                raise ValueError(f"expected {self.space.num_units} unit values, got {tuple(units.shape)}")
+            self.values.units = units
+        if blocks is not None:
+            if blocks.shape != (len(self.space.blocks),):
+                raise ValueError(f"expected {len(self.space.blocks)} block values, got {tuple(blocks.shape)}")
+            self.values.blocks = blocks
+
+    def remove(self) -> nn.Module:
+        """Detach every gate; the model computes exactly what it did before :func:`attach_gates`."""
+        for module, name in reversed(self._parametrized):
+            parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+        self._parametrized.clear()
+        for owner, original in self._replaced.items():
+            self.model = _set_module(self.model, owner, original)
+        self._replaced.clear()
+        return self.model
+
+
+def attach_gates(model: nn.Module, space: Space) -> Gates:
+    """Gate ``model`` in place (owners of residual blocks become fx GraphModules with a
+    :class:`DepthGate` on each branch; consumer weights get a :class:`ChannelMask`).
+
+    Returns the :class:`Gates` handle; use ``gates.model`` (the root itself may be replaced when
+    the model's own forward holds a residual add).
+    """
+    gates = Gates(model, space)
+    by_owner: dict[str, list[int]] = defaultdict(list)
+    for i, b in enumerate(space.blocks):
+        by_owner[b.owner].append(i)
+    for owner, idxs in by_owner.items():
+        original = gates.model.get_submodule(owner) if owner else gates.model
+        gm = trace_owner(original)
+        nodes = {n.name: n for n in gm.graph.nodes}
+        for i in idxs:
+            b = space.blocks[i]
+            add, branch = nodes[b.add_node], nodes[b.branch_node]
+            gate_name = f"depth_gate_{i}"
+            gm.add_submodule(gate_name, DepthGate(gates.values, i))
+            with gm.graph.inserting_after(branch):
+                gated = gm.graph.call_module(gate_name, (branch,))
+            add.args = tuple(gated if a is branch else a for a in add.args)
+        gm.recompile()
+        gates._replaced[owner] = original
+        gates.model = _set_module(gates.model, owner, gm)
+
+    per_param: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+    for name, dim, units in space.gate_sites:
+        if (units >= 0).any():
+            per_param[name].append((dim, units))
+    n = space.num_units
+    for name, dims in per_param.items():
+        mod_name, _, attr = name.rpartition(".")
+        module = gates.model.get_submodule(mod_name)
+        idx = [(d, torch.from_numpy(np.where(u >= 0, u, n))) for d, u in dims]
+        ndim = getattr(module, attr).dim()
+        parametrize.register_parametrization(module, attr, ChannelMask(gates.values, idx, ndim))
+        gates._parametrized.append((module, attr))
+    return gates
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    if not name:
+        return new
+    root.set_submodule(name, new)
+    return root
+
+
+_ = fx  # fx graphs are built by trace_owner

@@ -1,0 +1,125 @@
+"""Residual blocks: ``s + f(s)`` adds whose branch ``f`` depends on nothing but ``s``.
+
+Each module that ran a same-shape tensor add during tracing is traced once more with
+``torch.fx`` (its children kept as leaves, so their code and attributes stay theirs) and every
+add ``a + b`` where one operand dominates the other is a block: removing ``f`` leaves exactly
+the skip path and whatever follows the add.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+_ADD_TARGETS = {operator.add, operator.iadd, torch.add}
+
+
+class _ChildrenAsLeaves(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:  # noqa: ARG002
+        return True
+
+
+def trace_owner(module: nn.Module) -> fx.GraphModule:
+    """fx graph of ``module``'s own forward with every child module kept as one call."""
+    graph = _ChildrenAsLeaves().trace(module)
+    return fx.GraphModule(module, graph, class_name=type(module).__name__)
+
+
+@dataclass
+class ResidualBlock:
+    """One removable residual branch.
+
+    Attributes:
+        name: ``"<owner>#<k>"``, k counting residual adds inside the owner module.
+        owner: qualified name of the module whose forward holds the add.
+        add_node: name of the add node in the owner's fx graph.
+        branch_node: name of the branch operand node.
+        modules: qualified names of the modules only the branch calls.
+        params: qualified names of parameters the branch reads directly.
+        stage: name of the stage (runs of blocks under one parent) the block belongs to.
+    """
+
+    name: str
+    owner: str
+    add_node: str
+    branch_node: str
+    modules: list[str] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)
+    stage: str = ""
+
+    def contains(self, qualname: str) -> bool:
+        """True if a module or parameter of this qualified name is inside the branch."""
+        for m in self.modules + self.params:
+            if qualname == m or qualname.startswith(m + "."):
+                return True
+        return False
+
+
+def _branch_nodes(branch: fx.Node, skip: fx.Node) -> set[fx.Node] | None:
+    """Nodes computing ``branch`` from ``skip``; None if the branch reads anything else."""
+    seen: set[fx.Node] = set()
+    stack = [branch]
+    reached_skip = False
+    while stack:
+        n = stack.pop()
+        if n is skip:
+            reached_skip = True
+            continue
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder":
+            return None
+        stack.extend(n.all_input_nodes)
+    return seen if reached_skip else None
+
+
+def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock], dict[str, str]]:
+    """Blocks inside the given owner modules, and for owners that fx cannot trace, why."""
+    blocks: list[ResidualBlock] = []
+    skipped: dict[str, str] = {}
+    for owner in owners:
+        mod = model.get_submodule(owner) if owner else model
+        try:
+            gm = trace_owner(mod)
+        except Exception as exc:  # noqa: BLE001 - reported, the owner simply gets no depth gate
+            skipped[owner] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            continue
+        k = 0
+        for node in gm.graph.nodes:
+            if node.op not in ("call_function", "call_method") or len(node.args) < 2:
+                continue
+            if not (node.target in _ADD_TARGETS or node.target in ("add", "add_", "__iadd__")):
+                continue
+            a, b = node.args[0], node.args[1]
+            if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+                continue
+            for skip, branch in ((a, b), (b, a)):
+                nodes = _branch_nodes(branch, skip)
+                if not nodes:
+                    continue
+                mods = sorted({_join(owner, n.target) for n in nodes if n.op == "call_module"})
+                params = sorted({_join(owner, n.target) for n in nodes if n.op == "get_attr"})
+                if not mods and not params:
+                    continue
+                # A child module also used outside the branch cannot go with it.
+                outside = {n.target for n in gm.graph.nodes if n.op == "call_module" and n not in nodes}
+                mods = [m for m in mods if m[len(owner) + 1 if owner else 0:] not in outside]
+                blocks.append(ResidualBlock(f"{owner}#{k}", owner, node.name, branch.name, mods, params))
+                k += 1
+                break
+    _assign_stages(blocks)
+    return blocks, skipped
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else str(name)
+
+
+def _assign_stages(blocks: list[ResidualBlock]) -> None:
+    """A stage is the run of blocks whose owners share a parent module."""
+    for b in blocks:
+        parent = b.owner.rsplit(".", 1)[0] if "." in b.owner else b.owner
+        b.stage = parent

@@ -1,0 +1,62 @@
+"""Plain records the tracer emits; :mod:`compressor.space.space` turns them into groups."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ParamDim:
+    """Positions along ``dim`` of parameter/buffer ``name`` carry the channel atoms ``atoms``."""
+
+    name: str
+    dim: int
+    atoms: np.ndarray
+
+
+@dataclass
+class DenseParam:
+    """Every element of a free-standing parameter carries its own atom (``atoms`` has its shape)."""
+
+    name: str
+    atoms: np.ndarray
+
+
+@dataclass
+class GateSite:
+    """A consumer: zeroing ``name`` along ``dim`` at positions of a unit removes that unit's input."""
+
+    name: str
+    dim: int
+    atoms: np.ndarray
+
+
+@dataclass
+class CostTerm:
+    """``coef * prod(sum of keep(atom) over each factor)``; an atom of -1 always counts as kept.
+
+    Factors are stored compressed as ``(atoms, counts)`` pairs.
+    """
+
+    op: str
+    module: str
+    coef: float
+    factors: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+@dataclass
+class Producer:
+    """A tensor dimension whose channels come into being at one op (conv/linear outputs, free params)."""
+
+    name: str
+    atoms: np.ndarray
+
+
+@dataclass
+class Merge:
+    """An op forced channels of several units together; kept to explain frozen groups."""
+
+    op: str
+    module: str
+    atoms: np.ndarray

@@ -1,0 +1,278 @@
+"""The search space of one model: channel groups and residual blocks, built by one trace."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .blocks import ResidualBlock, find_blocks
+from .records import CostTerm
+from .rules import rule_for
+from .tracer import TraceError, run_trace
+
+__all__ = ["ChannelGroup", "ResidualBlock", "Space", "trace", "TraceError"]
+
+
+@dataclass
+class ChannelGroup:
+    """Output channels that must be removed together, split into *units* (the smallest removable
+    pieces: one channel, or one whole group of a grouped conv).
+
+    Attributes:
+        name: the first producer's module name, e.g. ``"layer1.0.conv1"``.
+        size: number of units.
+        offset: index of unit 0 in the space's flat unit vector.
+        channels: channels of the first producer per unit (1 for plain channels).
+        pinned: units that can never go (they reach the model output).
+        frozen: why the group cannot be changed at all, or None.
+        producers: names of the parameters whose output channels the group spans.
+    """
+
+    name: str
+    size: int
+    offset: int
+    channels: np.ndarray
+    pinned: np.ndarray
+    frozen: str | None = None
+    producers: list[str] = field(default_factory=list)
+
+    @property
+    def prunable(self) -> bool:
+        return self.frozen is None
+
+
+@dataclass
+class ParamSlice:
+    """How to cut one parameter/buffer: per dim, the flat unit index of each position (-1: keep)."""
+
+    name: str
+    dims: dict[int, np.ndarray] = field(default_factory=dict)
+    dense: np.ndarray | None = None  # unit index per element, for free-standing parameters
+
+
+class Space:
+    """What can change in a model.  Build it with :func:`trace`.
+
+    Example:
+        >>> space = trace(torchvision.models.resnet18(), (torch.randn(1, 3, 64, 64),))
+        >>> [g.name for g in space.groups if g.prunable][:2]
+        ['conv1', 'layer1.0.conv1']
+    """
+
+    def __init__(self, groups, blocks, param_slices, gate_sites, flops_terms, param_terms,
+                 unit_of_atom, input_shapes, skipped_owners, trace_seconds):
+        self.groups: list[ChannelGroup] = groups
+        self.blocks: list[ResidualBlock] = blocks
+        self.param_slices: dict[str, ParamSlice] = param_slices
+        self.gate_sites: list[tuple[str, int, np.ndarray]] = gate_sites
+        self.flops_terms = flops_terms
+        self.param_terms = param_terms
+        self.unit_of_atom = unit_of_atom
+        self.input_shapes = input_shapes
+        self.skipped_owners: dict[str, str] = skipped_owners
+        self.trace_seconds = trace_seconds
+        self.num_units = sum(g.size for g in groups)
+        self._cost = None
+
+    def group(self, name: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"no channel group named {name!r}")
+
+    def block(self, name: str) -> ResidualBlock:
+        for b in self.blocks:
+            if b.name == name:
+                return b
+        raise KeyError(f"no residual block named {name!r}")
+
+    @property
+    def cost(self):
+        """The :class:`~compressor.space.cost.CostModel` of this space."""
+        if self._cost is None:
+            from .cost import CostModel
+
+            self._cost = CostModel(self)
+        return self._cost
+
+    def unit_group(self) -> np.ndarray:
+        """Group index of every flat unit."""
+        return np.concatenate([np.full(g.size, i) for i, g in enumerate(self.groups)]) \
+            if self.groups else np.zeros(0, dtype=np.int64)
+
+    def prunable_mask(self) -> np.ndarray:
+        """True for every flat unit a decision may remove."""
+        mask = np.zeros(self.num_units, dtype=bool)
+        for g in self.groups:
+            if g.prunable:
+                mask[g.offset:g.offset + g.size] = ~g.pinned
+        return mask
+
+
+def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: bool = True) -> Space:
+    """Trace ``model`` once on ``example_inputs`` and return its :class:`Space`.
+
+    The model runs in eval mode (its mode is restored).  Raises :class:`TraceError` naming the
+    module and op when a forward pass cannot be followed.
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        tr, _ = run_trace(model, example_inputs, rule_for)
+    finally:
+        model.train(was_training)
+    ds = tr.ds
+    n_atoms = len(ds)
+    roots = ds.find(np.arange(n_atoms)) if n_atoms else np.zeros(0, dtype=np.int64)
+
+    # Units joined by sharing a producer form a group; order groups and units by first producer.
+    group_of_root: dict[int, int] = {}
+    parent = list(range(n_atoms))  # tiny second union-find over unit roots
+
+    def gfind(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for prod in tr.producers:
+        r = np.unique(roots[prod.atoms])
+        if len(r) == 0:
+            continue
+        base = gfind(int(r[0]))
+        for x in r[1:]:
+            y = gfind(int(x))
+            if y != base:
+                parent[y] = base
+    units_by_group: dict[int, list[int]] = defaultdict(list)
+    names_by_group: dict[int, list[str]] = defaultdict(list)
+    channels: dict[int, int] = defaultdict(int)
+    seen_units: set[int] = set()
+    order: list[int] = []
+    for prod in tr.producers:
+        r = roots[prod.atoms]
+        if len(r) == 0:
+            continue
+        gid = gfind(int(r[0]))
+        if gid not in units_by_group:
+            order.append(gid)
+        if prod.name not in names_by_group[gid]:
+            names_by_group[gid].append(prod.name)
+        first = len(names_by_group[gid]) == 1 and names_by_group[gid][0] == prod.name
+        for u in r:
+            u = int(u)
+            if u not in seen_units:
+                seen_units.add(u)
+                units_by_group[gid].append(u)
+            if first:
+                channels[u] += 1
+    pinned_roots = set(np.unique(roots[tr.pinned]).tolist()) if len(tr.pinned) else set()
+    merge_reasons: dict[int, list[str]] = defaultdict(list)
+    for m in tr.merges:
+        r = roots[m.atoms[:1]]
+        if len(r):
+            gid = gfind(int(r[0]))
+            reason = f"{m.op.split('.')[0].replace('aten.', '')} in '{m.module or '<root>'}'"
+            if reason not in merge_reasons[gid]:
+                merge_reasons[gid].append(reason)
+
+    root_to_flat = np.full(n_atoms, -1, dtype=np.int64)
+    groups: list[ChannelGroup] = []
+    used_names: set[str] = set()
+    offset = 0
+    for gid in order:
+        units = units_by_group[gid]
+        root_to_flat[np.array(units, dtype=np.int64)] = offset + np.arange(len(units))
+        pinned = np.array([u in pinned_roots for u in units], dtype=bool)
+        name = _module_of(names_by_group[gid][0])
+        base, k = name, 1
+        while name in used_names:
+            k += 1
+            name = f"{base}~{k}"
+        used_names.add(name)
+        frozen = None
+        if pinned.all():
+            frozen = "reaches the model output"
+        elif len(units) < 2:
+            why = "; ".join(merge_reasons[gid][:3]) or "a single channel"
+            frozen = f"channels are tied together by {why}"
+        groups.append(ChannelGroup(name, len(units), offset, np.array([channels[u] or 1 for u in units]),
+                                   pinned, frozen, names_by_group[gid]))
+        offset += len(units)
+
+    unit_of_atom = root_to_flat[roots] if n_atoms else np.zeros(0, dtype=np.int64)
+
+    def to_units(atoms: np.ndarray) -> np.ndarray:
+        atoms = np.asarray(atoms, dtype=np.int64)
+        return np.where(atoms >= 0, unit_of_atom[np.maximum(atoms, 0)], -1)
+
+    param_slices: dict[str, ParamSlice] = {}
+    for pd in tr.param_dims:
+        ps = param_slices.setdefault(pd.name, ParamSlice(pd.name))
+        u = to_units(pd.atoms)
+        if pd.dim in ps.dims and not np.array_equal(ps.dims[pd.dim], u):
+            raise TraceError(f"parameter '{pd.name}' is used with two different channel layouts")
+        ps.dims[pd.dim] = u
+    for name, dp in tr.dense_params.items():
+        param_slices.setdefault(name, ParamSlice(name)).dense = to_units(dp.atoms)
+    gate_sites = [(gs.name, gs.dim, to_units(gs.atoms)) for gs in tr.gate_sites]
+
+    space_blocks: list[ResidualBlock] = []
+    skipped: dict[str, str] = {}
+    if blocks:
+        owners = list(dict.fromkeys(m for m, _ in tr.add_sites))
+        space_blocks, skipped = find_blocks(model, owners)
+    flops_terms = [_resolve(t, to_units) for t in tr.costs]
+    param_terms = _param_terms(model, param_slices)
+    space = Space(groups, space_blocks, param_slices, gate_sites, flops_terms, param_terms,
+                  unit_of_atom, [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
+                  skipped, time.perf_counter() - t0)
+    return space
+
+
+def _module_of(param_name: str) -> str:
+    for suffix in (".weight", ".bias"):
+        if param_name.endswith(suffix):
+            return param_name[: -len(suffix)]
+    return param_name
+
+
+def _resolve(term: CostTerm, to_units) -> CostTerm:
+    factors = []
+    for atoms, counts in term.factors:
+        units = to_units(atoms)
+        u, inv = np.unique(units, return_inverse=True)
+        c = np.zeros(len(u))
+        np.add.at(c, inv, counts)
+        factors.append((u, c))
+    return CostTerm(term.op, term.module, term.coef, factors)
+
+
+def _param_terms(model: nn.Module, slices: dict[str, ParamSlice]) -> list[CostTerm]:
+    """One cost term per parameter: its element count as a function of the kept units."""
+    terms = []
+    for name, p in model.named_parameters():
+        ps = slices.get(name)
+        module = name.rsplit(".", 1)[0] if "." in name else ""
+        if ps is None:
+            terms.append(CostTerm("param", name, float(p.numel()), []))
+        elif ps.dense is not None:
+            u, c = np.unique(ps.dense.ravel(), return_counts=True)
+            terms.append(CostTerm("param", name, 1.0, [(u, c.astype(float))]))
+        else:
+            coef = float(np.prod([p.shape[d] for d in range(p.dim()) if d not in ps.dims]))
+            factors = []
+            for d, units in sorted(ps.dims.items()):
+                u, c = np.unique(units, return_counts=True)
+                factors.append((u, c.astype(float)))
+            terms.append(CostTerm("param", name, coef, factors))
+        terms[-1].module = name  # the parameter's own name: block membership is by prefix
+    return terms
+

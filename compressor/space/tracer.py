@@ -1,0 +1,223 @@
+"""Run a model once under a dispatch mode and follow every channel through every aten op.
+
+Each tensor met during the forward pass gets a *label tensor* of the same shape holding, per
+element, the atom of the channel it belongs to (-1 for "no prunable channel").  Op rules
+(:mod:`compressor.space.rules`) compute output labels and join atoms that must be removed
+together in a :class:`~compressor.space.dsu.DisjointSets`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .dsu import DisjointSets
+from .records import CostTerm, DenseParam, GateSite, Merge, ParamDim, Producer
+
+
+class TraceError(RuntimeError):
+    """The model could not be traced; the message names the module and the op."""
+
+
+class Trace:
+    """Everything learned from one forward pass; filled in by :class:`LabelMode` and the rules."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.ds = DisjointSets()
+        self.labels: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.param_t: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.param_names: dict[int, str] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            self.param_names.setdefault(id(p), name)
+        for name, b in model.named_buffers(remove_duplicate=False):
+            self.param_names.setdefault(id(b), name)
+        self._param_refs = [p for p in model.parameters()] + [b for b in model.buffers()]
+        self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        self.module_stack: list[str] = []
+        self.module_inputs: dict[str, tuple] = {}
+        self.add_sites: list[tuple[str, int]] = []  # (innermost module, op index) of tensor adds
+        self.param_dims: list[ParamDim] = []
+        self.dense_params: dict[str, DenseParam] = {}
+        self.gate_sites: list[GateSite] = []
+        self.costs: list[CostTerm] = []
+        self.producers: list[Producer] = []
+        self.merges: list[Merge] = []
+        self.pinned: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.op_count = 0
+        self.functions: list[str] = []  # torch-level functions being run (outermost first)
+
+    # -- where we are -------------------------------------------------------------------------
+    @property
+    def module(self) -> str:
+        return self.module_stack[-1] if self.module_stack else ""
+
+    # -- labels -------------------------------------------------------------------------------
+    def param_name(self, t: Any) -> str | None:
+        return self.param_names.get(id(t)) if isinstance(t, torch.Tensor) else None
+
+    def label(self, t: torch.Tensor) -> torch.Tensor:
+        """Label tensor of ``t``; a free-standing parameter gets one fresh atom per element."""
+        lab = self.labels.get(t)
+        if lab is not None and lab.shape == t.shape:
+            return lab
+        name = self.param_name(t)
+        if name is not None and t.is_floating_point():
+            atoms = self.ds.new(t.numel()).reshape(tuple(t.shape))
+            self.dense_params[name] = DenseParam(name, atoms)
+            self.producers.append(Producer(name, atoms.ravel()))
+            lab = torch.from_numpy(atoms)
+        else:
+            lab = torch.full(tuple(t.shape), -1, dtype=torch.int64)
+        self.labels[t] = lab
+        return lab
+
+    def set_label(self, t: Any, lab: torch.Tensor | None) -> None:
+        if isinstance(t, torch.Tensor) and lab is not None:
+            if tuple(lab.shape) != tuple(t.shape):
+                raise TraceError(f"label shape {tuple(lab.shape)} != tensor shape {tuple(t.shape)}")
+            self.labels[t] = lab
+
+    def fresh(self, n: int, name: str) -> np.ndarray:
+        atoms = self.ds.new(n)
+        self.producers.append(Producer(name, atoms))
+        return atoms
+
+    # -- joining ------------------------------------------------------------------------------
+    def reduce_rows(self, rows: np.ndarray, op: str) -> np.ndarray:
+        """Join the atoms of each row of a 2-D array; return one root per row (-1 if unlabeled)."""
+        rows = rows.reshape(rows.shape[0], -1)
+        rep = rows.max(axis=1)
+        self.ds.union(np.broadcast_to(rep[:, None], rows.shape), rows)
+        out = np.full(rows.shape[0], -1, dtype=np.int64)
+        has = rep >= 0
+        out[has] = self.ds.find(rep[has])
+        if rows.shape[1] > 1 and has.any():
+            distinct = np.unique(rows[rows >= 0])
+            if len(distinct) > has.sum():
+                self.merges.append(Merge(op, self.module, distinct))
+        return out
+
+    def vector(self, lab: torch.Tensor, dim: int, op: str) -> np.ndarray:
+        """One atom per index of ``dim`` (joining whatever the other dims hold there)."""
+        arr = lab.movedim(dim, 0).reshape(lab.shape[dim], -1).numpy()
+        return self.reduce_rows(arr, op)
+
+    def merge_all(self, labs: list[torch.Tensor], op: str) -> int:
+        flat = np.concatenate([lab.reshape(-1).numpy() for lab in labs]) if labs else np.zeros(0, np.int64)
+        root = self.ds.union_all(flat)
+        distinct = np.unique(flat[flat >= 0])
+        if len(distinct) > 1:
+            self.merges.append(Merge(op, self.module, distinct))
+        return root
+
+    # -- records ------------------------------------------------------------------------------
+    def param_dim(self, t: Any, dim: int, atoms: np.ndarray) -> None:
+        name = self.param_name(t)
+        if name is not None:
+            self.param_dims.append(ParamDim(name, dim, np.asarray(atoms, dtype=np.int64)))
+
+    def gate_site(self, t: Any, dim: int, atoms: np.ndarray) -> None:
+        name = self.param_name(t)
+        if name is not None:
+            self.gate_sites.append(GateSite(name, dim, np.asarray(atoms, dtype=np.int64)))
+
+    def cost(self, op: str, coef: float, *factors: np.ndarray | torch.Tensor) -> None:
+        packed = []
+        for f in factors:
+            arr = f.reshape(-1).numpy() if isinstance(f, torch.Tensor) else np.asarray(f).reshape(-1)
+            atoms, counts = np.unique(arr, return_counts=True)
+            packed.append((atoms.astype(np.int64), counts.astype(np.float64)))
+        self.costs.append(CostTerm(op, self.module, float(coef), packed))
+
+
+Rule = Callable[[Trace, Any, tuple, dict, Any], None]
+_ADDS = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
+
+
+class LabelMode(TorchDispatchMode):
+    """Dispatch mode that runs every op normally, then lets its rule label the outputs."""
+
+    def __init__(self, trace: Trace, rules: Callable[[Any], Rule]) -> None:
+        super().__init__()
+        self.trace = trace
+        self.rules = rules
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        tr = self.trace
+        tr.op_count += 1
+        if func in _ADDS and len(args) >= 2 and isinstance(args[1], torch.Tensor) \
+                and isinstance(args[0], torch.Tensor) and args[0].shape == args[1].shape:
+            tr.add_sites.append((tr.module, tr.op_count))
+        try:
+            self.rules(func)(tr, func, args, kwargs, out)
+        except TraceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised with the module and op named
+            raise TraceError(
+                f"cannot follow channels through {func} in module '{tr.module or '<root>'}': "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return out
+
+
+class FunctionMode(TorchFunctionMode):
+    """Remembers which torch-level function is running, for ops that decompose before dispatch
+    (``adaptive_avg_pool2d`` to 1x1 reaches dispatch as ``mean``)."""
+
+    def __init__(self, trace: Trace) -> None:
+        super().__init__()
+        self.trace = trace
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.trace.functions.append(getattr(func, "__name__", ""))
+        try:
+            return func(*args, **(kwargs or {}))
+        finally:
+            self.trace.functions.pop()
+
+
+def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Rule]) -> tuple[Trace, Any]:
+    """Run ``model(*example_inputs)`` once in eval mode under :class:`LabelMode`."""
+    tr = Trace(model)
+
+    def pre(mod, args):
+        name = tr.module_names.get(id(mod))
+        if name is not None:
+            tr.module_stack.append(name)
+            tr.module_inputs.setdefault(name, args)
+
+    def post(mod, args, out):
+        if tr.module_names.get(id(mod)) is not None and tr.module_stack:
+            tr.module_stack.pop()
+
+    h1 = nn.modules.module.register_module_forward_pre_hook(pre)
+    h2 = nn.modules.module.register_module_forward_hook(post)
+    try:
+        with torch.no_grad(), FunctionMode(tr), LabelMode(tr, rules):
+            out = model(*example_inputs)
+    finally:
+        h1.remove()
+        h2.remove()
+    leaves = [t for t in _tensors(out)]
+    if leaves:
+        tr.pinned = np.unique(np.concatenate([tr.label(t).reshape(-1).numpy() for t in leaves]))
+        tr.pinned = tr.pinned[tr.pinned >= 0]
+    return tr, out
+
+
+def _tensors(obj: Any):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)

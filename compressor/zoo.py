@@ -1,0 +1,84 @@
+"""Model names to constructors (torchvision classification models, then timm), with input sizes."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+
+class UnknownModelError(ValueError):
+    """The name is neither a torchvision classification model nor a timm model."""
+
+
+@lru_cache(maxsize=1)
+def _torchvision_names() -> tuple[str, ...]:
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+@lru_cache(maxsize=1)
+def _timm_names() -> tuple[str, ...]:
+    import timm
+
+    return tuple(timm.list_models())
+
+
+def list_models(filter: str = "*") -> list[str]:  # noqa: A002 - mirrors timm.list_models
+    """Every known model name matching the glob ``filter`` (torchvision names first)."""
+    names = list(_torchvision_names()) + [n for n in _timm_names() if n not in set(_torchvision_names())]
+    return [n for n in names if fnmatch.fnmatch(n, filter)]
+
+
+def _split(name: str) -> tuple[str | None, str]:
+    for prefix in ("torchvision:", "tv:", "timm:"):
+        if name.startswith(prefix):
+            return prefix.rstrip(":").replace("tv", "torchvision"), name[len(prefix):]
+    return None, name
+
+
+def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """Build ``name`` with random weights (``torchvision:``/``timm:`` prefixes pick the source).
+
+    Raises :class:`UnknownModelError` with close matches when the name is unknown.
+    """
+    source, bare = _split(name)
+    extra = dict(kwargs)
+    if num_classes is not None:
+        extra["num_classes"] = num_classes
+    if source in (None, "torchvision") and bare in _torchvision_names():
+        import torchvision
+
+        if bare.startswith(("googlenet", "inception")):
+            extra.setdefault("aux_logits", False)
+            extra.setdefault("init_weights", True)
+        return torchvision.models.get_model(bare, weights=None, **extra)
+    if source in (None, "timm") and bare in _timm_names():
+        import timm
+
+        return timm.create_model(bare, pretrained=False, **extra)
+    close = difflib.get_close_matches(bare, list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(f"unknown model {name!r}{hint}")
+
+
+def input_size(name: str, model: nn.Module | None = None) -> tuple[int, int, int]:
+    """(C, H, W) the model expects by default: timm's pretrained config, else 224 (299 for inception)."""
+    source, bare = _split(name)
+    if model is not None and getattr(model, "pretrained_cfg", None):
+        size = model.pretrained_cfg.get("input_size")
+        if size:
+            return tuple(size)  # type: ignore[return-value]
+    if bare.startswith("inception"):
+        return (3, 299, 299)
+    return (3, 224, 224)
+
+
+def example_input(name: str, model: nn.Module | None = None, batch: int = 1, size: int | None = None) -> torch.Tensor:
+    c, h, w = input_size(name, model)
+    if size is not None:
+        h = w = size
+    return torch.randn(batch, c, h, w)
