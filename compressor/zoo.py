@@ -65,6 +65,20 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     raise UnknownModelError(f"unknown model {name!r}{hint}")
 
 
+def create_model_for_size(name: str, size: int | None) -> tuple[nn.Module, dict]:
+    """Build ``name`` for ``size``-pixel inputs: timm models with a fixed patch grid are built with
+    ``img_size=size`` when they accept it.  Returns the model and the extra kwargs used."""
+    if size is None:
+        return create_model(name), {}
+    source, bare = _split(name)
+    if source != "torchvision" and bare not in _torchvision_names():
+        try:
+            return create_model(name, img_size=size), {"img_size": size}
+        except TypeError:
+            pass
+    return create_model(name), {}
+
+
 def input_size(name: str, model: nn.Module | None = None) -> tuple[int, int, int]:
     """(C, H, W) the model expects by default: timm's pretrained config, else 224 (299 for inception)."""
     source, bare = _split(name)

@@ -27,7 +27,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, example_inputs, str(path), opset_version=opset, dynamo=False,
                           input_names=[f"input{i}" for i in range(len(example_inputs))],

@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 from pathlib import Path
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -57,7 +58,10 @@ def load_compressed(directory: str | os.PathLike) -> nn.Module:
     original = build_source(arch["source"], arch.get("source_kwargs") or {}).eval()
     space = trace(original, torch.randn(*arch["input_shape"]))
     model = slice_model(original, space, Decision.from_dict(arch["decision"]), round_to=arch.get("round_to"))
-    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
+    state = OrderedDict(load_file(str(directory / WEIGHTS_FILE)))
+    # Per-module state-dict versions belong to the code, not the weights: reuse the model's own.
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 

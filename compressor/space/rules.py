@@ -91,6 +91,8 @@ def pointwise_rule(tr: Trace, func, args, kwargs, out) -> None:
             labs.append(torch.broadcast_to(lab, shape))
     if not labs:
         result = torch.full(shape, -1, dtype=torch.int64)
+    elif all(lab is labs[0] or torch.equal(lab, labs[0]) for lab in labs[1:]):
+        result = labs[0].contiguous()
     else:
         stack = torch.stack([lab.reshape(-1) for lab in labs]).numpy()
         rep = stack.max(axis=0)

@@ -179,7 +179,7 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
         r = roots[m.atoms[:1]]
         if len(r):
             gid = gfind(int(r[0]))
-            reason = f"{m.op.split('.')[0].replace('aten.', '')} in '{m.module or '<root>'}'"
+            reason = f"{m.op.replace('aten.', '').split('.')[0]} in '{m.module or '<root>'}'"
             if reason not in merge_reasons[gid]:
                 merge_reasons[gid].append(reason)
 

@@ -202,6 +202,12 @@ def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Ru
     try:
         with torch.no_grad(), FunctionMode(tr), LabelMode(tr, rules):
             out = model(*example_inputs)
+    except TraceError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join(str(tuple(x.shape)) for x in example_inputs if isinstance(x, torch.Tensor))
+        raise TraceError(f"the model's own forward pass failed in module '{tr.module or '<root>'}' "
+                         f"on input {shapes}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     finally:
         h1.remove()
         h2.remove()

@@ -1,0 +1,113 @@
+"""The round-trip checks of DESIGN §4 (invariants 1-5) on one model, as plain numbers."""
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .decision import Decision, decision_for_budget
+from .export import export_onnx, load_compressed, save_compressed, slice_model
+from .export.flops import fvcore_flops
+from .gates import attach_gates
+from .space import Space, trace
+from .zoo import create_model_for_size, example_input
+
+TOL_GATES_AT_ONE = 1e-5
+TOL_SLICE = 1e-4
+TOL_FLOPS = 0.01
+TOL_ONNX = 1e-4
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = max(float(b.abs().max()), 1e-12)
+    return float((a - b).abs().max()) / scale
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def gated_output(model: nn.Module, space: Space, decision: Decision | None, x: torch.Tensor) -> torch.Tensor:
+    """Output of ``model`` with hard gates set from ``decision`` (all ones when None); the model
+    is returned to its original state afterwards."""
+    gates = attach_gates(model, space)
+    try:
+        if decision is not None:
+            gates.set(units=decision.keep_vector(space).float(), blocks=decision.block_vector(space).float())
+        with torch.no_grad():
+            return _first(gates.model(x))
+    finally:
+        gates.remove()
+
+
+def check_round_trip(model: str | nn.Module, *, size: int | None = None, target: float = 0.5,
+                     seed: int = 0, source: str | None = None) -> dict:
+    """Trace, decide (random, about ``target`` of the FLOPs), slice and check invariants 1-5.
+
+    Returns a dict of measurements with ``status`` "pass" or "fail" (and ``error`` naming the
+    first failed invariant).
+    """
+    name = model if isinstance(model, str) else (source or type(model).__name__)
+    kwargs: dict = {}
+    if isinstance(model, str):
+        m, kwargs = create_model_for_size(model, size)
+    else:
+        m = model
+    m = m.eval()
+    x = example_input(name, m, batch=2, size=size) if isinstance(model, str) else \
+        torch.randn(2, 3, size or 224, size or 224)
+    res: dict = {"params": sum(p.numel() for p in m.parameters())}
+    t0 = time.perf_counter()
+    space = trace(m, x[:1])
+    res["trace_s"] = round(time.perf_counter() - t0, 2)
+    res["groups"] = len(space.groups)
+    res["prunable"] = sum(g.prunable for g in space.groups)
+    res["blocks"] = len(space.blocks)
+    decision = decision_for_budget(space, target, seed=seed)
+    full = float(space.cost.flops())
+    res["flops_ratio"] = round(decision.flops(space) / full, 4)
+    t0 = time.perf_counter()
+    sliced = slice_model(m, space, decision).eval()
+    res["slice_s"] = round(time.perf_counter() - t0, 2)
+    with torch.no_grad():
+        y0 = _first(m(x))
+        ys = _first(sliced(x))
+    y1 = gated_output(m, space, None, x)
+    yg = gated_output(m, space, decision, x)
+    res["inv1"] = float((y1 - y0).abs().max())
+    res["inv2"] = _rel(ys, yg)
+    fv = fvcore_flops(sliced, x[:1])
+    res["flops_vs_fvcore"] = round(decision.flops(space) / fv, 5) if fv else None
+    res["params_exact"] = int(round(decision.params(space))) == sum(p.numel() for p in sliced.parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        res["inv4"] = export_onnx(sliced, Path(tmp) / "model.onnx", x, check=True, atol=float("inf"))
+        if isinstance(model, str):
+            save_compressed(sliced, Path(tmp) / "saved", source=model, input_shape=tuple(x[:1].shape),
+                            decision=decision, source_kwargs=kwargs)
+            loaded = load_compressed(Path(tmp) / "saved")
+            with torch.no_grad():
+                res["inv5"] = float((_first(loaded(x)) - ys).abs().max())
+    res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    failures = []
+    if res["flops_ratio"] > 0.55:
+        failures.append(f"FLOPs ratio {res['flops_ratio']} > 0.55")
+    if res["inv1"] > TOL_GATES_AT_ONE * max(1.0, float(y0.abs().max())):
+        failures.append(f"inv1 gates-at-one diff {res['inv1']:.1e}")
+    if res["inv2"] > TOL_SLICE:
+        failures.append(f"inv2 sliced vs gated {res['inv2']:.1e}")
+    if res["flops_vs_fvcore"] is None or abs(res["flops_vs_fvcore"] - 1) > TOL_FLOPS:
+        failures.append(f"inv3 cost model / fvcore = {res['flops_vs_fvcore']}")
+    if not res["params_exact"]:
+        failures.append("inv3 params not exact")
+    if res["inv4"] > TOL_ONNX:
+        failures.append(f"inv4 onnx diff {res['inv4']:.1e}")
+    if res.get("inv5", 0.0) != 0.0:
+        failures.append(f"inv5 save/load diff {res['inv5']:.1e}")
+    res["status"] = "fail" if failures else "pass"
+    if failures:
+        res["error"] = "; ".join(failures)
+    return res

@@ -1,0 +1,35 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from compressor.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_inspect_prints_groups_blocks_and_totals(capsys):
+    assert main(["inspect", "resnet18", "--size", "64", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "channel groups: 13 (12 prunable, 1 frozen)" in out
+    assert "layer1.0#0" in out and "fc: reaches the model output" in out
+    assert "FLOPs" in out and "params" in out
+
+
+def test_unknown_model_suggests_and_exits_2(capsys):
+    assert main(["inspect", "resnt18"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnt18'" in err and "resnet18" in err
+
+
+def test_coverage_tool_on_a_representative_slice(tmp_path):
+    """CI's slice of tools/coverage.py: a CNN with blocks, a depthwise net, a timm transformer."""
+    md = tmp_path / "cov.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "coverage.py"), "--models",
+                           "resnet18,mnasnet0_5,deit_tiny_patch16_224", "--size", "64", "--no-yardstick",
+                           "--md", str(md), "--timeout", "600"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("model=")]
+    assert len(lines) == 3
+    assert all("status=pass" in line for line in lines), "\n".join(lines)
+    assert "| torchvision | 2 | 2 |" in md.read_text()

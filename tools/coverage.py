@@ -1,0 +1,177 @@
+"""Coverage of the frontend/exporter round trip over the model zoo, with torch-pruning as yardstick.
+
+For each model, in its own subprocess with a timeout and a memory cap: random init; trace; a
+random decision removing about half the FLOPs (channels and, where the model has them, blocks);
+slice; DESIGN §4 invariants 1-5; times and peak memory.  Then, in another subprocess, torch-pruning's
+magnitude pruner to 50% MACs (pruned, forward, ONNX).
+
+    python tools/coverage.py                       # every torchvision model + the timm list
+    python tools/coverage.py --models resnet18,vit_tiny_patch16_224 --csv out.csv --md out.md
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TIMM_MODELS = [
+    "vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "convnext_atto",
+    "efficientnet_b0", "mobilenetv3_small_050", "regnetx_002", "resnext26ts", "densenet121",
+    "inception_v3", "ghostnet_100", "repvgg_a0", "mixer_s16_224", "levit_128s", "efficientformer_l1",
+    "poolformer_s12", "edgenext_xx_small", "rexnet_100", "coatnet_nano_rw_224", "maxvit_nano_rw_256",
+    "resnet26d", "dpn68", "mixnet_s", "cspresnet50", "dla34", "res2net50_14w_8s", "resnest14d",
+    "selecsls42b", "tinynet_a", "mobilevit_xxs", "mobilevitv2_050", "pit_ti_224", "nf_resnet26",
+    "regnety_002", "fbnetc_100", "cait_xxs24_224", "xcit_nano_12_p16_224", "gcvit_xxtiny",
+    "hiera_tiny_224", "fastvit_t8", "efficientvit_m0", "tiny_vit_5m_224", "ese_vovnet19b_dw",
+    "lcnet_050", "mobileone_s0", "convit_tiny", "resmlp_12_224", "gmlp_ti16_224", "hrnet_w18_small",
+    "hgnetv2_b0",
+]
+
+MEMORY_CAP = 20 * 1024**3
+
+
+def torchvision_models() -> list[str]:
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def _cap_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def run_child(kind: str, name: str, timeout: int, size: int | None) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--models", name]
+    if size:
+        cmd += ["--size", str(size)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=_cap_memory)
+    except subprocess.TimeoutExpired:
+        return {"status": "fail", "error": f"timeout after {timeout}s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+    if proc.returncode < 0:
+        tail = [f"killed by signal {-proc.returncode} (memory cap {MEMORY_CAP >> 30} GiB?)"]
+    return {"status": "fail", "error": tail[0][:300], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+# -- children ------------------------------------------------------------------------------------
+def child_ours(name: str, size: int | None) -> dict:
+    import torch
+
+    from compressor.checks import check_round_trip
+
+    torch.manual_seed(0)
+    return check_round_trip(name, size=size, target=0.5)
+
+
+def child_torch_pruning(name: str, size: int | None) -> dict:
+    import torch
+    import torch_pruning as tp
+
+    from compressor.export import export_onnx
+    from compressor.zoo import create_model, example_input
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    x = example_input(name, model, size=size)
+    base, _ = tp.utils.count_ops_and_params(model, x)
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
+    pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                       pruning_ratio=0.9, iterative_steps=30, ignored_layers=head)
+    macs = base
+    for _ in range(30):
+        pruner.step()
+        macs, _ = tp.utils.count_ops_and_params(model, x)
+        if macs <= 0.5 * base:
+            break
+    with torch.no_grad():
+        model(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(model, Path(tmp) / "m.onnx", x)
+    return {"status": "pass" if macs <= 0.55 * base else "fail", "macs_ratio": round(macs / base, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", help="comma-separated torchvision or timm names (default: the whole list)")
+    ap.add_argument("--csv", type=Path)
+    ap.add_argument("--md", type=Path)
+    ap.add_argument("--size", type=int, help="input resolution override (default: the model's own)")
+    ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--no-yardstick", action="store_true", help="skip torch-pruning")
+    ap.add_argument("--child", choices=["ours", "tp"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        fn = child_ours if args.child == "ours" else child_torch_pruning
+        try:
+            res = fn(args.models, args.size)
+        except Exception as exc:  # noqa: BLE001 - reported as this model's failure
+            res = {"status": "fail", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        print("RESULT " + json.dumps(res), flush=True)
+        return
+    names = args.models.split(",") if args.models else torchvision_models() + TIMM_MODELS
+    rows = []
+    for name in names:
+        row = {"model": name, "source": "torchvision" if name in set(torchvision_models()) else "timm"}
+        ours = run_child("ours", name, args.timeout, args.size)
+        row.update(ours)
+        if not args.no_yardstick:
+            tpres = run_child("tp", name, args.timeout, args.size)
+            row["tp_status"] = tpres.get("status")
+            row["tp_error"] = tpres.get("error", "")
+            row["tp_macs_ratio"] = tpres.get("macs_ratio", "")
+        rows.append(row)
+        print(_line(row), flush=True)
+    _summary(rows, args)
+
+
+COLUMNS = ["model", "source", "status", "flops_ratio", "inv1", "inv2", "flops_vs_fvcore", "params_exact",
+           "inv4", "inv5", "groups", "prunable", "blocks", "trace_s", "slice_s", "peak_mb", "error",
+           "tp_status", "tp_macs_ratio", "tp_error"]
+
+
+def _line(row: dict) -> str:
+    return " ".join(f"{k}={row.get(k)}" for k in COLUMNS if row.get(k) not in (None, ""))
+
+
+def _summary(rows: list[dict], args) -> None:
+    def count(source: str, key: str) -> tuple[int, int]:
+        sel = [r for r in rows if r["source"] == source]
+        return sum(r.get(key) == "pass" for r in sel), len(sel)
+
+    lines = []
+    for source in ("torchvision", "timm"):
+        ours, n = count(source, "status")
+        if not n:
+            continue
+        theirs, _ = count(source, "tp_status")
+        lines.append(f"| {source} | {n} | {ours} | {theirs if not args.no_yardstick else '-'} |")
+    table = ["| zoo | models | compressor passes | torch-pruning passes |", "|---|---|---|---|", *lines]
+    print("\n".join(table))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    if args.md:
+        cmd = "python tools/coverage.py" + (f" --models {args.models}" if args.models else "") \
+            + (f" --size {args.size}" if args.size else "")
+        body = ["# Coverage", "", f"Regenerate with `{cmd} --md {args.md}`.", "", *table, "",
+                "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        for r in rows:
+            body.append("| " + " | ".join(str(r.get(k, "")).replace("|", "/") for k in COLUMNS) + " |")
+        args.md.write_text("\n".join(body) + "\n")
+
+
+if __name__ == "__main__":
+    main()
