@@ -51,6 +51,7 @@ def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to:
         changed[mod_name][attr] = old_shape
     for mod_name, shapes in changed.items():
         _refresh(out.get_submodule(mod_name), shapes)
+    _refresh_reshape_attributes(out, space, keep_ext)
     removed = set(decision.removed_blocks)
     by_owner: dict[str, list] = defaultdict(list)
     for b in space.blocks:
@@ -106,6 +107,39 @@ def _indices(name: str, ps, tensor: torch.Tensor, keep_ext: np.ndarray) -> dict[
             if not box.all() or int(mask.sum()) != kept:
                 raise SliceError(f"kept elements of '{name}' do not form a box; it cannot be cut densely")
     return index or None
+
+
+def _refresh_reshape_attributes(model: nn.Module, space: Space, keep_ext: np.ndarray) -> None:
+    """Measure after surgery: where a reshape's size changed (heads removed), an integer
+    attribute of the module running it that held the old size (``num_heads``) gets the new one."""
+    updates: dict[str, dict[int, int]] = defaultdict(dict)
+    conflicts: set[tuple[str, int]] = set()
+    for site in space.reshapes:
+        kept = keep_ext[np.where(site.atoms >= 0, site.atoms, len(keep_ext) - 1)]
+        for d in site.varying:
+            rows = np.moveaxis(kept, d, 0).reshape(kept.shape[d], -1)
+            new = int(rows.any(axis=1).sum())
+            old = site.shape[d]
+            if new != old:
+                prev = updates[site.module].get(old)
+                if prev is not None and prev != new:
+                    conflicts.add((site.module, old))
+                updates[site.module][old] = new
+    for mod_name, sizes in updates.items():
+        try:
+            module = model.get_submodule(mod_name)
+        except AttributeError:
+            continue
+        if type(module).__module__.startswith("torch.nn"):
+            continue
+        matches: dict[int, list[str]] = defaultdict(list)
+        for attr, value in vars(module).items():
+            if not attr.startswith("_") and type(value) is int and value in sizes:
+                matches[value].append(attr)
+        for value, attrs in matches.items():
+            # Two attributes holding the same size are ambiguous: leave them (validation decides).
+            if len(attrs) == 1 and (mod_name, value) not in conflicts:
+                setattr(module, attrs[0], sizes[value])
 
 
 def _refresh(module: nn.Module, old_shapes: dict[str, tuple]) -> None:

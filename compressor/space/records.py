@@ -60,3 +60,18 @@ class Merge:
     op: str
     module: str
     atoms: np.ndarray
+
+
+@dataclass
+class ReshapeSite:
+    """A view/reshape whose output spreads channels over ``varying`` dims (heads, shuffles).
+
+    ``atoms`` holds the output labels with every other dim collapsed to size 1.  The kept part
+    must stay a box for the reshape to be valid after slicing; module attributes equal to a
+    changed size (``num_heads``...) are refreshed from it.
+    """
+
+    module: str
+    shape: tuple
+    varying: list[int]
+    atoms: np.ndarray

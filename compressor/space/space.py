@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .blocks import ResidualBlock, find_blocks
-from .records import CostTerm
+from .records import CostTerm, ReshapeSite
 from .rules import rule_for
 from .tracer import TraceError, run_trace
 
@@ -64,7 +64,7 @@ class Space:
     """
 
     def __init__(self, groups, blocks, param_slices, gate_sites, flops_terms, param_terms,
-                 unit_of_atom, input_shapes, skipped_owners, trace_seconds):
+                 unit_of_atom, input_shapes, skipped_owners, trace_seconds, reshapes=()):
         self.groups: list[ChannelGroup] = groups
         self.blocks: list[ResidualBlock] = blocks
         self.param_slices: dict[str, ParamSlice] = param_slices
@@ -75,6 +75,8 @@ class Space:
         self.input_shapes = input_shapes
         self.skipped_owners: dict[str, str] = skipped_owners
         self.trace_seconds = trace_seconds
+        self.reshapes: list[ReshapeSite] = list(reshapes)
+        self.dropped_blocks: dict[str, str] = {}
         self.num_units = sum(g.size for g in groups)
         self._cost = None
 
@@ -113,11 +115,14 @@ class Space:
         return mask
 
 
-def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: bool = True) -> Space:
+def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: bool = True,
+          validate: bool = True) -> Space:
     """Trace ``model`` once on ``example_inputs`` and return its :class:`Space`.
 
     The model runs in eval mode (its mode is restored).  Raises :class:`TraceError` naming the
-    module and op when a forward pass cannot be followed.
+    module and op when a forward pass cannot be followed.  With ``validate`` (the default), one
+    random decision is sliced and compared with the hard-gated model, and whatever breaks that
+    is frozen with the reason (see :mod:`compressor.validate`).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -231,9 +236,15 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
         space_blocks, skipped = find_blocks(model, owners)
     flops_terms = [_resolve(t, to_units) for t in tr.costs]
     param_terms = _param_terms(model, param_slices)
+    reshapes = [ReshapeSite(r.module, r.shape, r.varying, to_units(r.atoms)) for r in tr.reshapes]
     space = Space(groups, space_blocks, param_slices, gate_sites, flops_terms, param_terms,
                   unit_of_atom, [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
-                  skipped, time.perf_counter() - t0)
+                  skipped, time.perf_counter() - t0, reshapes)
+    if validate:
+        from ..validate import validate_space
+
+        validate_space(model, space, example_inputs)
+        space.trace_seconds = time.perf_counter() - t0
     return space
 
 

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .dsu import DisjointSets
-from .records import CostTerm, DenseParam, GateSite, Merge, ParamDim, Producer
+from .records import CostTerm, DenseParam, GateSite, Merge, ParamDim, Producer, ReshapeSite
 
 
 class TraceError(RuntimeError):
@@ -48,6 +48,8 @@ class Trace:
         self.producers: list[Producer] = []
         self.merges: list[Merge] = []
         self.pinned: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.reshapes: list[ReshapeSite] = []
+        self.box_pinned: list[np.ndarray] = []
         self.op_count = 0
         self.functions: list[str] = []  # torch-level functions being run (outermost first)
 
@@ -114,6 +116,50 @@ class Trace:
         if len(distinct) > 1:
             self.merges.append(Merge(op, self.module, distinct))
         return root
+
+    def record_reshape(self, out: torch.Tensor) -> None:
+        lab = self.labels.get(out)
+        if lab is None or lab.dim() == 0 or not (lab >= 0).any():
+            return
+        varying = [d for d in range(lab.dim())
+                   if lab.shape[d] > 1 and not torch.equal(lab, lab.narrow(d, 0, 1).expand_as(lab))]
+        if not varying:
+            return
+        small = lab
+        for d in range(lab.dim()):
+            if d not in varying:
+                small = small.narrow(d, 0, 1)
+        self.reshapes.append(ReshapeSite(self.module, tuple(out.shape), varying, small.contiguous().numpy()))
+
+    def enforce_boxes(self) -> None:
+        """Make the kept part of every recorded reshape a box for any decision: along some dim,
+        each position holds one unit (or nothing prunable).  Coarsen where that fails."""
+        pinned: set[int] = set()
+        for _ in range(len(self.reshapes) + 1):
+            changed = False
+            for site in self.reshapes:
+                if len(site.varying) < 2:
+                    continue
+                roots = self._roots(site.atoms, pinned)
+                if any(_rows_constant(roots, d) for d in site.varying):
+                    continue
+                d = max(site.varying, key=lambda k: roots.shape[k])
+                rows = np.moveaxis(roots, d, 0).reshape(roots.shape[d], -1)
+                mixed = (rows < 0).any(axis=1) & (rows >= 0).any(axis=1)
+                if mixed.any():  # part of the row can never go: neither can the rest
+                    pin = np.unique(rows[mixed][rows[mixed] >= 0])
+                    pinned.update(int(r) for r in pin)
+                    self.box_pinned.append(pin)
+                self.reduce_rows(rows[~mixed], f"reshape to {site.shape} in '{site.module}'")
+                changed = True
+            if not changed:
+                return
+
+    def _roots(self, atoms: np.ndarray, pinned: set[int]) -> np.ndarray:
+        roots = np.where(atoms >= 0, self.ds.find(np.maximum(atoms, 0)), -1)
+        if pinned:
+            roots = np.where(np.isin(roots, list(pinned)), -1, roots)
+        return roots
 
     # -- records ------------------------------------------------------------------------------
     def param_dim(self, t: Any, dim: int, atoms: np.ndarray) -> None:
@@ -211,11 +257,19 @@ def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Ru
     finally:
         h1.remove()
         h2.remove()
+    tr.enforce_boxes()
     leaves = [t for t in _tensors(out)]
     if leaves:
         tr.pinned = np.unique(np.concatenate([tr.label(t).reshape(-1).numpy() for t in leaves]))
         tr.pinned = tr.pinned[tr.pinned >= 0]
+    if tr.box_pinned:
+        tr.pinned = np.unique(np.concatenate([tr.pinned, *tr.box_pinned]))
     return tr, out
+
+
+def _rows_constant(roots: np.ndarray, d: int) -> bool:
+    rows = np.moveaxis(roots, d, 0).reshape(roots.shape[d], -1)
+    return bool((rows == rows[:, :1]).all())
 
 
 def _tensors(obj: Any):

@@ -82,9 +82,11 @@ class FlattenLinear(nn.Module):
 class Attention(nn.Module):
     """Pre-norm transformer layer: attention heads plus an MLP, with free parameters."""
 
-    def __init__(self, dim=16, heads=4, tokens=5):
+    def __init__(self, dim=24, heads=4, tokens=5, head_dim_from_stream=False):
         super().__init__()
         self.heads = heads
+        self.head_dim = dim // heads
+        self.head_dim_from_stream = head_dim_from_stream
         self.cls = nn.Parameter(torch.randn(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(1, tokens, dim))
         self.embed = nn.Conv2d(3, dim, 4, stride=4)
@@ -100,8 +102,9 @@ class Attention(nn.Module):
         t = self.embed(x).flatten(2).transpose(1, 2)
         t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
         b, n, c = t.shape
-        q, k, v = self.qkv(self.norm(t)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        head_dim = c // self.heads if self.head_dim_from_stream else self.head_dim
+        q, k, v = self.qkv(self.norm(t)).reshape(b, n, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
         t = t + self.proj(a)
         t = t + self.gamma * self.fc2(F.gelu(self.fc1(t)))
         return self.head(t[:, 0])
@@ -167,11 +170,21 @@ def test_attention_layer():
     # The MLP hidden layer is free to shrink.
     (hidden,) = _groups_with(space, "fc1.weight")
     assert hidden.prunable and sliced.fc1.out_features == len(d.groups["fc1"])
-    # qkv channels meet in attention: currently one unit per attention (head pruning is open work).
+    # q, k, v and proj channels of one head meet in attention: heads are the units.
     (qkv,) = _groups_with(space, "qkv.weight")
-    assert not qkv.prunable and "scaled_dot_product" in qkv.frozen
+    assert qkv.prunable and qkv.size == 4 and int(qkv.channels[0]) == 3 * 6
+    assert sliced.heads == len(d.groups["qkv"]) and sliced.proj.in_features == 6 * sliced.heads
     assert [b.name for b in space.blocks] == ["#0", "#1"]
     assert rel_diff(ys, yg) < 1e-5
+
+
+def test_sizes_the_tracer_cannot_refresh_freeze_the_group():
+    """Here the head size is computed from the stream width: removing heads would break the
+    reshape, and validation catches it."""
+    space = trace(Attention(head_dim_from_stream=True).eval(), torch.randn(1, 3, 8, 8))
+    (qkv,) = _groups_with(space, "qkv.weight")
+    assert not qkv.prunable and "does not reproduce" in qkv.frozen and "shape" in qkv.frozen
+    assert _groups_with(space, "fc1.weight")[0].prunable
 
 
 def test_untraceable_model_names_module_and_op():

@@ -1,0 +1,128 @@
+"""One label-propagation rule per kind of aten op: registry and the generic rules.
+
+A rule sees the op's real inputs and outputs, reads the input labels from the
+:class:`~compressor.space.tracer.Trace`, joins atoms that must go together and labels the
+outputs.  Ops without a rule take :func:`merge_rule`: every channel that flows in is tied to
+every channel that flows out, which is always safe (it only freezes more).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..tracer import Rule, Trace
+
+aten = torch.ops.aten
+_RULES: dict[Any, Rule] = {}
+
+def register(*ops: Any):
+    """Decorator: use the function as the rule of every overload of the given ops."""
+
+    def wrap(fn: Rule) -> Rule:
+        for op in ops:
+            if isinstance(op, torch._ops.OpOverloadPacket):
+                for name in op.overloads():
+                    _RULES[getattr(op, name)] = fn
+            else:
+                _RULES[op] = fn
+        return fn
+
+    return wrap
+
+
+def rule_for(func: Any) -> Rule:
+    """The rule registered for ``func``; pointwise-tagged ops share one; everything else merges."""
+    rule = _RULES.get(func)
+    if rule is not None:
+        return rule
+    if torch.Tag.pointwise in getattr(func, "tags", ()):
+        return pointwise_rule
+    return merge_rule
+
+
+def _tensor_args(args: tuple) -> list[torch.Tensor]:
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(x for x in a if isinstance(x, torch.Tensor))
+    return out
+
+
+def _outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [o for o in out if isinstance(o, torch.Tensor)]
+    return []
+
+
+def _fill(out: Any, root: int, tr: Trace) -> None:
+    for o in _outputs(out):
+        tr.set_label(o, torch.full(tuple(o.shape), root, dtype=torch.int64))
+
+
+# -- fallbacks ------------------------------------------------------------------------------------
+def merge_rule(tr: Trace, func, args, kwargs, out) -> None:
+    """Unknown op: all labeled inputs become one unit, and so is every output element."""
+    labs = [tr.label(t) for t in _tensor_args(args) + _tensor_args(tuple(kwargs.values()))
+            if t.is_floating_point() or t.is_complex()]
+    labs = [lab for lab in labs if (lab >= 0).any()]
+    root = tr.merge_all(labs, str(func)) if labs else -1
+    _fill(out, root, tr)
+
+
+def pointwise_rule(tr: Trace, func, args, kwargs, out) -> None:
+    """Elementwise op: inputs are broadcast, positions that meet are joined."""
+    outs = _outputs(out)
+    if not outs:
+        return
+    shape = tuple(outs[0].shape)
+    labs = []
+    for t in _tensor_args(args) + _tensor_args(tuple(kwargs.values())):
+        if t.dim() == 0 and not (tr.label(t) >= 0).any():
+            continue
+        lab = tr.label(t)
+        if (lab >= 0).any():
+            labs.append(torch.broadcast_to(lab, shape))
+    if not labs:
+        result = torch.full(shape, -1, dtype=torch.int64)
+    elif all(lab is labs[0] or torch.equal(lab, labs[0]) for lab in labs[1:]):
+        result = labs[0].contiguous()
+    else:
+        stack = torch.stack([lab.reshape(-1) for lab in labs]).numpy()
+        rep = stack.max(axis=0)
+        for row in stack:
+            tr.ds.union(rep, row)
+        result = np.full(rep.shape, -1, dtype=np.int64)
+        has = rep >= 0
+        result[has] = tr.ds.find(rep[has])
+        result = torch.from_numpy(result).reshape(shape)
+    for o in outs:
+        if tuple(o.shape) == shape:
+            tr.set_label(o, result)
+
+
+@register(aten.empty, aten.empty_like, aten.zeros, aten.zeros_like, aten.ones, aten.ones_like, aten.full,
+          aten.full_like, aten.arange, aten.randn, aten.rand, aten.randn_like, aten.rand_like,
+          aten.empty_strided, aten.scalar_tensor, aten.linspace, aten.new_zeros, aten.new_ones,
+          aten.new_empty, aten.new_full, aten.eye, aten.tensor, aten._local_scalar_dense,
+          aten.sym_size, aten.sym_stride, aten.sym_numel, aten.bernoulli_, aten.uniform_, aten.normal_,
+          aten.fill_, aten.zero_, aten.bernoulli, aten.randint, aten.randperm, aten.is_nonzero,
+          aten.equal, aten.allclose, aten.isnan, aten.isinf, aten.nonzero)
+def fresh_rule(tr: Trace, func, args, kwargs, out) -> None:
+    """Factories and in-place refills carry no channel."""
+    for o in _outputs(out):
+        tr.set_label(o, torch.full(tuple(o.shape), -1, dtype=torch.int64))
+
+
+EXTRA_POINTWISE = [aten.hardswish, aten.hardswish_, aten.hardsigmoid, aten.hardsigmoid_, aten.silu,
+                   aten.silu_, aten.mish, aten.mish_, aten.gelu, aten.gelu_, aten.elu, aten.elu_,
+                   aten.leaky_relu, aten.leaky_relu_, aten.hardtanh, aten.hardtanh_, aten.softplus,
+                   aten.relu6, aten.prelu, aten._prelu_kernel, aten.where, aten.masked_fill,
+                   aten.masked_fill_, aten.clamp, aten.clamp_, aten.threshold, aten.glu]
+register(*[op for op in EXTRA_POINTWISE if op is not aten.prelu and op is not aten.glu])(pointwise_rule)
+register(aten._prelu_kernel)(pointwise_rule)

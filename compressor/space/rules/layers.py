@@ -1,0 +1,165 @@
+"""Ops that read parameters: convolutions, linear layers, normalisations."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..tracer import Trace
+from .attention import activation_product_rule
+from .base import _outputs, aten, merge_rule, register
+from .movement import move_rule
+from .reduce import _reduce
+
+# -- layers with parameters ------------------------------------------------------------------------
+@register(aten.convolution, aten._convolution)
+def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
+    x, w, b = args[0], args[1], args[2]
+    transposed, groups = bool(args[6]), int(args[8])
+    wname = tr.param_name(w)
+    if wname is None:
+        return merge_rule(tr, func, args, kwargs, out)
+    cin = x.shape[1]
+    cout = out.shape[1]
+    lin = tr.vector(tr.label(x), 1, str(func))
+    o_atoms = tr.fresh(cout, f"{wname}")
+    in_dim, out_dim = (0, 1) if transposed else (1, 0)
+    ksize = math.prod(w.shape[2:])
+    if groups == 1:
+        tr.param_dim(w, out_dim, o_atoms)
+        tr.param_dim(w, in_dim, lin)
+        tr.gate_site(w, in_dim, lin)
+        out_lab = _channel_labels(o_atoms, out.shape)
+        tr.cost("conv", ksize, out_lab, lin)
+    else:
+        # Every group of channels stays whole: input group g and output group g are one unit.
+        kin, kout = cin // groups, cout // groups
+        gin = lin.reshape(groups, kin)
+        gout = o_atoms.reshape(groups, kout)
+        both = np.concatenate([gin, gout], axis=1)
+        tr.reduce_rows(both, str(func))
+        if transposed:
+            tr.param_dim(w, 0, lin)
+            tr.gate_site(w, 0, lin)
+        else:
+            tr.param_dim(w, 0, o_atoms)
+            tr.gate_site(w, 0, o_atoms)
+        out_lab = _channel_labels(tr.ds.find(o_atoms), out.shape)
+        tr.cost("conv", ksize * (kin if not transposed else kout), out_lab)
+    if b is not None:
+        tr.param_dim(b, 0, o_atoms)
+    tr.set_label(out, out_lab)
+
+
+def _channel_labels(atoms: np.ndarray, shape: torch.Size) -> torch.Tensor:
+    view = [1] * len(shape)
+    view[1] = shape[1]
+    return torch.from_numpy(np.ascontiguousarray(atoms)).reshape(view).expand(tuple(shape)).contiguous()
+
+
+def _linear(tr: Trace, func, x: torch.Tensor, w: torch.Tensor, w_in_dim: int, bias, out) -> None:
+    lin = tr.vector(tr.label(x), x.dim() - 1, str(func))
+    n_out = out.shape[-1]
+    o_atoms = tr.fresh(n_out, tr.param_name(w))
+    tr.param_dim(w, 1 - w_in_dim, o_atoms)
+    tr.param_dim(w, w_in_dim, lin)
+    tr.gate_site(w, w_in_dim, lin)
+    if bias is not None:
+        if tr.param_name(bias) is not None:
+            tr.param_dim(bias, 0, o_atoms)
+        else:
+            tr.ds.union(np.broadcast_to(o_atoms, tuple(bias.shape)), tr.label(bias).numpy())
+    shape = tuple(out.shape)
+    out_lab = torch.from_numpy(o_atoms).expand(shape).contiguous()
+    tr.cost("linear", 1.0, out_lab, lin)
+    tr.set_label(out, out_lab)
+
+
+@register(aten.t, aten.transpose, aten.permute, aten.numpy_T)
+def transpose_rule(tr: Trace, func, args, kwargs, out) -> None:
+    w = args[0]
+    if tr.param_name(w) is not None and w.dim() == 2 and out.dim() == 2:
+        # ``F.linear`` reaches us as ``t(weight)`` then ``addmm``: remember the transposed weight.
+        tr.labels[out] = torch.full(tuple(out.shape), -1, dtype=torch.int64)
+        tr.param_t[out] = w
+        return
+    move_rule(tr, func, args, kwargs, out)
+
+
+@register(aten.addmm)
+def addmm_rule(tr: Trace, func, args, kwargs, out) -> None:
+    bias, x, wt = args[0], args[1], args[2]
+    w = tr.param_t.get(wt)
+    if w is None:
+        return activation_product_rule(tr, func, args[1:], kwargs, out, bias=bias)
+    _linear(tr, func, x, w, 1, bias, out)
+
+
+@register(aten.mm, aten.matmul, aten.bmm)
+def mm_rule(tr: Trace, func, args, kwargs, out) -> None:
+    w = tr.param_t.get(args[1])
+    if w is not None and args[0].dim() == 2:
+        return _linear(tr, func, args[0], w, 1, None, out)
+    return activation_product_rule(tr, func, args, kwargs, out)
+
+
+@register(aten.linear)
+def linear_rule(tr: Trace, func, args, kwargs, out) -> None:
+    x, w = args[0], args[1]
+    b = args[2] if len(args) > 2 else kwargs.get("bias")
+    if tr.param_name(w) is None:
+        return merge_rule(tr, func, args, kwargs, out)
+    _linear(tr, func, x, w, 1, b, out)
+
+
+
+@register(aten.native_batch_norm, aten._native_batch_norm_legit, aten._native_batch_norm_legit_no_training,
+          aten._native_batch_norm_legit_functional, aten.batch_norm, aten.instance_norm)
+def batch_norm_rule(tr: Trace, func, args, kwargs, out) -> None:
+    x = args[0]
+    lab = tr.label(x)
+    vec = tr.vector(lab, 1, str(func))
+    for p in args[1:5]:
+        if isinstance(p, torch.Tensor) and p.dim() == 1 and p.shape[0] == x.shape[1]:
+            if tr.param_name(p) is not None:
+                tr.param_dim(p, 0, vec)
+            else:
+                tr.ds.union(vec, tr.vector(tr.label(p), 0, str(func)))
+    vec = np.where(vec >= 0, tr.ds.find(np.maximum(vec, 0)), -1)
+    out_lab = _channel_labels(vec, x.shape)
+    first = _outputs(out)[0]
+    tr.set_label(first, out_lab)
+    affine = isinstance(args[1], torch.Tensor)
+    tr.cost("batch_norm", 2.0 if affine else 1.0, out_lab)
+
+
+def _norm_over(tr: Trace, func, x: torch.Tensor, dims: list[int], params: tuple, out, coef: float) -> None:
+    """Normalisation over ``dims``: every channel inside them becomes one unit (its statistics
+    would change if one were removed), and so do the affine parameters."""
+    red = _reduce(tr, tr.label(x), dims, str(func))
+    out_lab = red.expand(tuple(x.shape)).contiguous()
+    row = out_lab.reshape(-1)[:1]
+    for p in params:
+        if isinstance(p, torch.Tensor):
+            plab = tr.label(p).reshape(-1).numpy()
+            tr.ds.union(np.broadcast_to(row.numpy(), plab.shape), plab)
+    if (row >= 0).any():
+        out_lab = torch.from_numpy(np.where(out_lab.numpy() >= 0, tr.ds.find(np.maximum(out_lab.numpy(), 0)), -1))
+    tr.set_label(_outputs(out)[0], out_lab)
+    tr.cost(func.__name__.split(".")[0].replace("native_", ""), coef, out_lab)
+
+
+@register(aten.native_layer_norm, aten.layer_norm)
+def layer_norm_rule(tr: Trace, func, args, kwargs, out) -> None:
+    x, shape = args[0], list(args[1])
+    affine = isinstance(args[2], torch.Tensor)
+    _norm_over(tr, func, x, list(range(x.dim() - len(shape), x.dim())), args[2:4], out, 5.0 if affine else 4.0)
+
+
+@register(aten.native_group_norm, aten.group_norm)
+def group_norm_rule(tr: Trace, func, args, kwargs, out) -> None:
+    x = args[0]
+    affine = isinstance(args[1], torch.Tensor)
+    _norm_over(tr, func, x, list(range(1, x.dim())), args[1:3], out, 5.0 if affine else 4.0)
+

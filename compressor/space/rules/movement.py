@@ -1,0 +1,98 @@
+"""Data movement: the op itself is applied to the label tensor (views, cat/split, pads...)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..tracer import Trace
+
+from .base import _outputs, aten, register
+
+# t/transpose/permute are registered in layers.py: F.linear reaches us as t(weight).
+_MOVES = [
+    aten.view, aten._unsafe_view, aten.reshape, aten.expand,
+    aten.unsqueeze, aten.squeeze, aten.select, aten.slice, aten.split, aten.split_with_sizes,
+    aten.unbind, aten.chunk, aten.clone, aten.contiguous, aten.alias, aten.roll, aten.flip,
+    aten.narrow, aten.repeat, aten.index_select, aten.index, aten.pixel_shuffle,
+    aten.pixel_unshuffle, aten.channel_shuffle, aten.detach, aten.lift_fresh, aten.expand_as,
+    aten.view_as, aten.movedim, aten.unflatten, aten.flatten, aten.diagonal, aten.tile,
+    aten.unfold, aten.as_strided, aten.gather,
+]
+
+
+def _as_cpu(a: Any) -> Any:
+    if isinstance(a, torch.Tensor):
+        return a.cpu()
+    if isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a):
+        return type(a)(x.cpu() if isinstance(x, torch.Tensor) else x for x in a)
+    return a
+
+
+@register(*_MOVES)
+def move_rule(tr: Trace, func, args, kwargs, out) -> None:
+    lab = tr.label(args[0])
+    rest = [_as_cpu(a) for a in args[1:]]
+    kw = {k: _as_cpu(v) for k, v in kwargs.items()}
+    res = func(lab, *rest, **kw)
+    _assign(tr, out, res)
+    name = func.__name__.split(".")[0]
+    if name in ("view", "_unsafe_view", "reshape", "unflatten") and isinstance(out, torch.Tensor):
+        tr.record_reshape(out)
+    elif name in ("split", "split_with_sizes", "unbind", "chunk", "unsafe_split"):
+        _tie_parts(tr, [o for o in _outputs(out)], str(func))
+
+
+def _tie_parts(tr: Trace, parts: list[torch.Tensor], op: str) -> None:
+    """Parts cut from one dim by its runtime size stay aligned only if they lose the same
+    positions: tie position i of every part (parts of unequal size tie everything)."""
+    labs = [tr.labels[p] for p in parts if p in tr.labels]
+    if len(labs) < 2 or not any((lab >= 0).any() for lab in labs):
+        return
+    if all(lab.shape == labs[0].shape for lab in labs):
+        stack = torch.stack([lab.reshape(-1) for lab in labs], 1).numpy()
+        roots = tr.reduce_rows(stack, op)
+        new = torch.from_numpy(roots).reshape(labs[0].shape)
+    else:
+        root = tr.merge_all(labs, op)
+        new = None
+    for p, lab in zip(parts, labs):
+        tr.set_label(p, torch.where(lab >= 0, new if new is not None else torch.full_like(lab, root), lab))
+
+
+@register(aten.cat, aten.stack, aten.concat)
+def cat_rule(tr: Trace, func, args, kwargs, out) -> None:
+    labs = [tr.label(t) for t in args[0]]
+    res = func(labs, *args[1:], **kwargs)
+    _assign(tr, out, res)
+
+
+@register(aten.constant_pad_nd)
+def pad_rule(tr: Trace, func, args, kwargs, out) -> None:
+    res = aten.constant_pad_nd(tr.label(args[0]), args[1], -1)
+    _assign(tr, out, res)
+
+
+@register(aten._to_copy, aten.to, aten.copy, aten.lift_fresh_copy, aten.type_as, aten.dropout,
+          aten.native_dropout, aten.feature_dropout, aten.alpha_dropout)
+def identity_rule(tr: Trace, func, args, kwargs, out) -> None:
+    lab = tr.label(args[0])
+    for o in _outputs(out):
+        if tuple(o.shape) == tuple(lab.shape):
+            tr.set_label(o, lab)
+
+
+@register(aten.copy_)
+def copy_rule(tr: Trace, func, args, kwargs, out) -> None:
+    tr.set_label(out, torch.broadcast_to(tr.label(args[1]), tuple(out.shape)).clone())
+
+
+def _assign(tr: Trace, out: Any, res: Any) -> None:
+    if isinstance(out, torch.Tensor):
+        tr.set_label(out, res.contiguous() if isinstance(res, torch.Tensor) else res)
+    else:
+        for o, r in zip(out, res):
+            tr.set_label(o, r.contiguous())
+
+

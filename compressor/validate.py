@@ -1,0 +1,109 @@
+"""Check a traced space against the model itself: slice == hard gate, or freeze what breaks it.
+
+The tracer's rules are exact for the ops they know, but a model's own code can hold sizes the
+tracer cannot see (a head count read from an attribute that slicing did not refresh, a size
+computed from another tensor).  ``validate_space`` slices a random decision and compares it
+with the hard-gated model; on a mismatch it bisects to the groups and blocks responsible and
+freezes them with the reason, so no decision over the returned space can break the model.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+TOLERANCE = 1e-4
+
+
+def _decision(space, groups, blocks, seed: int):
+    from .decision import Decision
+
+    rng = np.random.default_rng(seed)
+    kept = {}
+    for g in groups:
+        free = np.flatnonzero(~g.pinned)
+        n = max(1, len(free) // 2)
+        kept[g.name] = sorted(set(rng.choice(free, size=n, replace=False).tolist())
+                              | set(np.flatnonzero(g.pinned).tolist()))
+    return Decision(kept, [b.name for b in blocks])
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _mismatch(model: nn.Module, space, x: tuple, groups, blocks, seed: int) -> str | None:
+    from .checks import gated_output
+    from .export.slice import slice_model
+
+    decision = _decision(space, groups, blocks, seed)
+    try:
+        sliced = slice_model(model, space, decision).eval()
+        with torch.no_grad():
+            ys = _first(sliced(*x))
+        yg = gated_output(model, space, decision, x[0] if len(x) == 1 else x)
+    except Exception as exc:  # noqa: BLE001 - any failure marks the subset as unsafe
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if ys.shape != yg.shape:
+        return f"output shape {tuple(ys.shape)} != {tuple(yg.shape)}"
+    diff = float((ys - yg).abs().max()) / max(float(yg.abs().max()), 1e-12)
+    return None if diff <= TOLERANCE else f"sliced output differs by {diff:.1e}"
+
+
+def _bisect(items: list, bad: Callable[[list], str | None]) -> list[tuple[object, str]]:
+    """Items whose presence alone makes ``bad`` report an error (assumes no interactions)."""
+    if not items:
+        return []
+    err = bad(items)
+    if err is None:
+        return []
+    if len(items) == 1:
+        return [(items[0], err)]
+    mid = len(items) // 2
+    found = _bisect(items[:mid], bad) + _bisect(items[mid:], bad)
+    return found or [(it, err) for it in items]  # only bad together: give up on all of them
+
+
+def _groups_in_reshapes(space, groups) -> list:
+    units = set()
+    for site in space.reshapes:
+        if len(site.varying) >= 1:
+            units.update(np.unique(site.atoms[site.atoms >= 0]).tolist())
+    return [g for g in groups if any(g.offset <= u < g.offset + g.size for u in units)]
+
+
+def validate_space(model: nn.Module, space, example_inputs: tuple, *, seed: int = 0) -> None:
+    """Freeze every group, and drop every block, that slicing cannot reproduce (in place)."""
+    was_training = model.training
+    model.eval()
+    try:
+        groups = [g for g in space.groups if g.prunable and (~g.pinned).sum() >= 2]
+        blocks = list(space.blocks)
+        # Groups and blocks are checked apart: a removed block would hide its groups' faults.
+        # Groups whose channels pass through a reshape (heads) are the usual suspects: they are
+        # tried one by one, the rest by bisection.
+        check = lambda s: _mismatch(model, space, example_inputs, s, [], seed)  # noqa: E731
+        if check(groups) is not None:
+            risky = _groups_in_reshapes(space, groups)
+            bad = []
+            for g in risky:
+                err = check([g])
+                if err is not None:
+                    bad.append((g, err))
+            rest = [g for g in groups if g not in risky]
+            bad += _bisect(rest, check)
+            for g, err in bad:
+                g.frozen = f"slicing does not reproduce the gated model ({err})"
+        bad_blocks = _bisect(blocks, lambda s: _mismatch(model, space, example_inputs, [], s, seed))
+        # (Each group and each block is checked; combining them removes only more of the same
+        # parameters, so the two checks cover every decision.)
+        for b, err in bad_blocks:
+            space.dropped_blocks[b.name] = f"removing it does not reproduce the gated model ({err})"
+        if bad_blocks:
+            names = {b.name for b, _ in bad_blocks}
+            space.blocks = [b for b in space.blocks if b.name not in names]
+            space._cost = None
+    finally:
+        model.train(was_training)
