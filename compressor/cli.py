@@ -63,6 +63,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print("\nfrozen groups:")
         for g in frozen:
             print(f"  {g.name}: {g.frozen}")
+    if space.dropped_blocks:
+        print("\nresidual adds that are not removable blocks:")
+        for name, why in space.dropped_blocks.items():
+            print(f"  {name}: {why}")
     if space.skipped_owners:
         print("\nmodules with residual adds that fx could not trace (no depth gates there):")
         for owner, why in space.skipped_owners.items():

@@ -1,0 +1,85 @@
+"""Gates attach and detach cleanly and keep the model an ordinary nn.Module."""
+import pytest
+import torch
+
+from compressor.decision import random_decision
+from compressor.gates import attach_gates
+from compressor.space import trace
+from compressor.zoo import create_model
+
+
+def _setup():
+    model = create_model("resnet18").eval()
+    x = torch.randn(2, 3, 32, 32)
+    return model, x, trace(model, x[:1])
+
+
+def test_detach_restores_the_original_model_exactly():
+    model, x, space = _setup()
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        before = model(x)
+    gates = attach_gates(model, space)
+    gates.set(units=torch.zeros(space.num_units).index_fill_(0, torch.arange(0, space.num_units, 2), 1.0))
+    model = gates.remove()
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    assert list(model.state_dict()) == keys
+    assert not any("parametrizations" in n or "depth_gate" in n for n, _ in model.named_modules())
+
+
+def test_soft_gate_values_receive_gradients():
+    model, x, space = _setup()
+    gates = attach_gates(model, space)
+    units = torch.full((space.num_units,), 0.7, requires_grad=True)
+    blocks = torch.full((len(space.blocks),), 0.9, requires_grad=True)
+    gates.set(units=units, blocks=blocks)
+    gates.model(x).square().mean().backward()
+    prunable = torch.from_numpy(space.prunable_mask())
+    assert units.grad[prunable].abs().sum() > 0 and blocks.grad.abs().min() > 0
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_gated_model_runs_under_bf16_autocast_and_keeps_a_state_dict():
+    model, x, space = _setup()
+    gates = attach_gates(model, space)
+    gates.set(units=random_decision(space, 0.5).keep_vector(space).float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gates.model(x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    state = gates.model.state_dict()
+    assert any(k.endswith("parametrizations.weight.original") for k in state)
+    gates.model.load_state_dict(state)
+
+
+def _ddp_worker(rank: int, world: int, port: int, result) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model, x, space = _setup()
+        model.train()
+        gates = attach_gates(model, space)
+        gates.set(units=random_decision(space, 0.5).keep_vector(space).float())
+        ddp = DistributedDataParallel(gates.model)
+        torch.manual_seed(rank)
+        ddp(torch.randn(2, 3, 32, 32)).sum().backward()
+        grad = next(p.grad for p in ddp.parameters() if p.grad is not None)
+        result[rank] = float(grad.abs().sum())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gated_model_trains_under_ddp_with_gloo():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, result), nprocs=2, join=True)
+    assert result[0] == pytest.approx(result[1]) and result[0] > 0  # gradients were all-reduced
