@@ -119,10 +119,13 @@ def main() -> None:
             res = {"status": "fail", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         print("RESULT " + json.dumps(res), flush=True)
         return
-    names = args.models.split(",") if args.models else torchvision_models() + TIMM_MODELS
+    tv = set(torchvision_models())
+    timm_names = [f"timm:{n}" if n in tv else n for n in TIMM_MODELS]  # timm's densenet121, not torchvision's
+    names = args.models.split(",") if args.models else torchvision_models() + timm_names
     rows = []
     for name in names:
-        row = {"model": name, "source": "torchvision" if name in set(torchvision_models()) else "timm"}
+        source = "timm" if name.startswith("timm:") or name not in tv else "torchvision"
+        row = {"model": name, "source": source}
         ours = run_child("ours", name, args.timeout, args.size)
         row.update(ours)
         if not args.no_yardstick:

@@ -57,14 +57,24 @@ class ResidualBlock:
         return False
 
 
-def _branch_nodes(branch: fx.Node, skip: fx.Node) -> set[fx.Node] | None:
+def _identity_chain(node: fx.Node, gm: fx.GraphModule) -> set[fx.Node]:
+    """``node`` and what it is an identity of (``nn.Identity`` shortcuts, dropout in eval...)."""
+    chain = {node}
+    while node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), nn.Identity) \
+            and len(node.all_input_nodes) == 1:
+        node = node.all_input_nodes[0]
+        chain.add(node)
+    return chain
+
+
+def _branch_nodes(branch: fx.Node, skip: set[fx.Node]) -> set[fx.Node] | None:
     """Nodes computing ``branch`` from ``skip``; None if the branch reads anything else."""
     seen: set[fx.Node] = set()
     stack = [branch]
     reached_skip = False
     while stack:
         n = stack.pop()
-        if n is skip:
+        if n in skip:
             reached_skip = True
             continue
         if n in seen:
@@ -97,7 +107,7 @@ def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock
             if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
                 continue
             for skip, branch in ((a, b), (b, a)):
-                nodes = _branch_nodes(branch, skip)
+                nodes = _branch_nodes(branch, _identity_chain(skip, gm))
                 if not nodes:
                     continue
                 mods = sorted({_join(owner, n.target) for n in nodes if n.op == "call_module"})
