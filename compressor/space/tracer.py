@@ -119,17 +119,20 @@ class Trace:
 
     def record_reshape(self, out: torch.Tensor) -> None:
         lab = self.labels.get(out)
-        if lab is None or lab.dim() == 0 or not (lab >= 0).any():
+        if lab is None or lab.dim() == 0:
             return
-        varying = [d for d in range(lab.dim())
-                   if lab.shape[d] > 1 and not torch.equal(lab, lab.narrow(d, 0, 1).expand_as(lab))]
+        arr = lab.numpy()
+        if arr.max(initial=-1) < 0:
+            return
+        varying = [d for d in range(arr.ndim)
+                   if arr.shape[d] > 1 and not (arr == arr.take([0], axis=d)).all()]
         if not varying:
             return
-        small = lab
-        for d in range(lab.dim()):
+        small = arr
+        for d in range(arr.ndim):
             if d not in varying:
-                small = small.narrow(d, 0, 1)
-        self.reshapes.append(ReshapeSite(self.module, tuple(out.shape), varying, small.contiguous().numpy()))
+                small = small.take([0], axis=d)
+        self.reshapes.append(ReshapeSite(self.module, tuple(out.shape), varying, np.ascontiguousarray(small)))
 
     def enforce_boxes(self) -> None:
         """Make the kept part of every recorded reshape a box for any decision: along some dim,
