@@ -109,6 +109,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, help="input resolution override (default: the model's own)")
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--no-yardstick", action="store_true", help="skip torch-pruning")
+    ap.add_argument("--yardstick-only", action="store_true", help="run only torch-pruning")
+    ap.add_argument("--combine", nargs="+", type=Path, metavar="CSV",
+                    help="no runs: merge earlier --csv files (later files fill missing columns) into --md")
     ap.add_argument("--child", choices=["ours", "tp"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -119,6 +122,15 @@ def main() -> None:
             res = {"status": "fail", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         print("RESULT " + json.dumps(res), flush=True)
         return
+    if args.combine:
+        merged: dict[str, dict] = {}
+        for path in args.combine:
+            with open(path) as f:
+                for row in csv.DictReader(f):
+                    cur = merged.setdefault(row["model"], {})
+                    cur.update({k: v for k, v in row.items() if v not in ("", None) or k not in cur})
+        _summary(list(merged.values()), args)
+        return
     tv = set(torchvision_models())
     timm_names = [f"timm:{n}" if n in tv else n for n in TIMM_MODELS]  # timm's densenet121, not torchvision's
     names = args.models.split(",") if args.models else torchvision_models() + timm_names
@@ -126,8 +138,8 @@ def main() -> None:
     for name in names:
         source = "timm" if name.startswith("timm:") or name not in tv else "torchvision"
         row = {"model": name, "source": source}
-        ours = run_child("ours", name, args.timeout, args.size)
-        row.update(ours)
+        if not args.yardstick_only:
+            row.update(run_child("ours", name, args.timeout, args.size))
         if not args.no_yardstick:
             tpres = run_child("tp", name, args.timeout, args.size)
             row["tp_status"] = tpres.get("status")
@@ -158,8 +170,13 @@ def _summary(rows: list[dict], args) -> None:
         if not n:
             continue
         theirs, _ = count(source, "tp_status")
-        lines.append(f"| {source} | {n} | {ours} | {theirs if not args.no_yardstick else '-'} |")
-    table = ["| zoo | models | compressor passes | torch-pruning passes |", "|---|---|---|---|", *lines]
+        sel = [r for r in rows if r["source"] == source]
+        both = sum(r.get("tp_status") == "pass" and r.get("status") == "pass" for r in sel)
+        tp_only = [r["model"] for r in sel if r.get("tp_status") == "pass" and r.get("status") != "pass"]
+        lines.append(f"| {source} | {n} | {ours} | {theirs if not args.no_yardstick else '-'} | {both} | "
+                     f"{', '.join(tp_only) or 'none'} |")
+    table = ["| zoo | models | compressor passes | torch-pruning passes | both pass | torch-pruning only |",
+             "|---|---|---|---|---|---|", *lines]
     print("\n".join(table))
     if args.csv:
         with open(args.csv, "w", newline="") as f:
@@ -168,7 +185,7 @@ def _summary(rows: list[dict], args) -> None:
             w.writerows(rows)
     if args.md:
         cmd = "python tools/coverage.py" + (f" --models {args.models}" if args.models else "") \
-            + (f" --size {args.size}" if args.size else "")
+            + (f" --size {args.size}" if args.size else "") + (" --no-yardstick" if args.no_yardstick else "")
         body = ["# Coverage", "", f"Regenerate with `{cmd} --md {args.md}`.", "", *table, "",
                 "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         for r in rows:
