@@ -1,0 +1,152 @@
+"""Datasets: the embedded MNIST subset (the default, no network), ImageFolder trees and CIFAR
+folders in their standard python format; stratified train/val splits.
+
+The embedded set is a stratified subset of MNIST (LeCun, Cortes & Burges; CC BY-SA 3.0):
+10,000 training images (1,000 per class) and 2,000 test images (200 per class), drawn with
+numpy seed 20261123 from the full set whose sha256 is
+39b9b1ffaa0ba4d8995a616551f0966941fe02a3fe79ba4a9db7373db16d53ad.  It is served as 3-channel
+images at the size the model asks for, so any ImageNet-style model runs on it unchanged.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """A data path or format problem; the message says which path and what was expected."""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How images reach the model: square ``size`` pixels, 3 channels, per-channel mean/std."""
+
+    size: int = 32
+    mean: tuple[float, float, float] = (MNIST_MEAN,) * 3
+    std: tuple[float, float, float] = (MNIST_STD,) * 3
+
+
+class ArrayImages(Dataset):
+    """Images held as one uint8 array (N, H, W) or (N, H, W, C) with integer labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, spec: ImageSpec, augment: bool = False) -> None:
+        if len(images) != len(labels):
+            raise DataError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels.astype(np.int64)
+        self.spec, self.augment = spec, augment
+        self.num_classes = int(self.labels.max()) + 1 if len(labels) else 0
+        self._mean = torch.tensor(spec.mean).view(3, 1, 1)
+        self._std = torch.tensor(spec.std).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = torch.from_numpy(np.asarray(self.images[i])).float().div_(255)
+        img = img.unsqueeze(0).expand(3, -1, -1) if img.dim() == 2 else img.permute(2, 0, 1)
+        if self.augment:  # a random shift of up to 1/8 of the side, as in CIFAR recipes
+            pad = max(1, img.shape[-1] // 8)
+            img = F.pad(img, (pad, pad, pad, pad))
+            dy, dx = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+            img = img[:, dy:dy + img.shape[-2] - 2 * pad, dx:dx + img.shape[-1] - 2 * pad]
+        if img.shape[-1] != self.spec.size or img.shape[-2] != self.spec.size:
+            img = F.interpolate(img[None], size=(self.spec.size, self.spec.size), mode="bilinear",
+                                align_corners=False)[0]
+        return (img - self._mean) / self._std, int(self.labels[i])
+
+
+def embedded_mnist(split: str, spec: ImageSpec = ImageSpec(), augment: bool = False) -> ArrayImages:
+    """The MNIST subset shipped inside the package (``split`` is "train" or "test")."""
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', not {split!r}")
+    blob = resources.files("compressor.datasets").joinpath("mnist_subset.npz").read_bytes()
+    with np.load(io.BytesIO(blob)) as z:
+        return ArrayImages(z[f"{split}_images"], z[f"{split}_labels"], spec, augment)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR's python format is a pickle of dicts of arrays: allow exactly that, no code."""
+
+    def find_class(self, module: str, name: str):
+        if module.startswith("numpy") and name in ("ndarray", "dtype", "_reconstruct", "scalar"):
+            return super().find_class(module, name)
+        if module == "_codecs" and name == "encode":
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name}: not a CIFAR batch file")
+
+
+def cifar_folder(path: str | os.PathLike, split: str, spec: ImageSpec, augment: bool = False) -> ArrayImages:
+    """CIFAR-10 (``data_batch_1..5``/``test_batch``) or CIFAR-100 (``train``/``test``) folder."""
+    root = Path(path)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    if not (root / names[0]).exists():
+        names = ["train"] if split == "train" else ["test"]
+    images, labels = [], []
+    for name in names:
+        file = root / name
+        if not file.exists():
+            raise DataError(f"{file} not found: expected a CIFAR-10 or CIFAR-100 python-format folder")
+        with open(file, "rb") as f:
+            batch = _ArraysOnly(f, encoding="bytes").load()
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch.get(b"labels", batch.get(b"fine_labels"))))
+    return ArrayImages(np.concatenate(images), np.concatenate(labels), spec, augment)
+
+
+def image_folder(path: str | os.PathLike, spec: ImageSpec, augment: bool = False) -> Dataset:
+    """A torchvision ImageFolder tree (one sub-folder per class)."""
+    from torchvision import datasets, transforms
+
+    steps = [transforms.RandomResizedCrop(spec.size), transforms.RandomHorizontalFlip()] if augment else \
+        [transforms.Resize(int(spec.size * 256 / 224)), transforms.CenterCrop(spec.size)]
+    tf = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)])
+    ds = datasets.ImageFolder(str(path), transform=tf)
+    ds.num_classes = len(ds.classes)  # type: ignore[attr-defined]
+    return ds
+
+
+def load_dataset(path: str | os.PathLike | None, split: str, spec: ImageSpec, augment: bool = False) -> Dataset:
+    """The embedded MNIST subset (``path`` None), a CIFAR folder, or an ImageFolder tree
+    (``path/train`` and ``path/val`` when present, else ``path`` itself)."""
+    if path is None:
+        return embedded_mnist(split, spec, augment)
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"data path {root} does not exist or is not a directory")
+    if (root / "data_batch_1").exists() or (root / "train").is_file():
+        return cifar_folder(root, split, spec, augment)
+    sub = root / ("train" if split == "train" else "val")
+    return image_folder(sub if sub.is_dir() else root, spec, augment)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (first, second) with ``fraction`` of every class in the second part."""
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(len(idx) * fraction))
+        second.append(idx[:k])
+        first.append(idx[k:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
+def split_dataset(ds: Dataset, fraction: float, seed: int = 0) -> tuple[Subset, Subset]:
+    """Stratified (train, held-out) split of a dataset that knows its labels."""
+    labels = getattr(ds, "labels", None)
+    if labels is None:
+        labels = np.asarray([y for _, y in getattr(ds, "samples")])
+    a, b = stratified_split(np.asarray(labels), fraction, seed)
+    return Subset(ds, a.tolist()), Subset(ds, b.tolist())
