@@ -1,0 +1,116 @@
+"""Per-unit importance scores over a :class:`Space`, and the one-shot decision they give under a
+budget (the ``prune`` baseline's selection step).
+
+A score sums, over every parameter slice a unit owns (output rows of its producers, input columns
+of its consumers, norm and free parameters), a per-element quantity: |w|^2 for magnitude,
+|w * dL/dw| for Taylor (gradients must already be in ``.grad``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .decision import Decision
+from .space import Space
+
+_IMPORTANCE: dict[str, type["Importance"]] = {}
+
+
+def register_importance(name: str) -> Callable[[type], type]:
+    def wrap(cls: type) -> type:
+        _IMPORTANCE[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_importance(name: str | "Importance") -> "Importance":
+    """An importance by registered name (``"magnitude"``, ``"taylor"``) or the object itself."""
+    if isinstance(name, Importance):
+        return name
+    if name not in _IMPORTANCE:
+        raise ValueError(f"unknown importance {name!r}; known: {sorted(_IMPORTANCE)}")
+    return _IMPORTANCE[name]()
+
+
+class Importance:
+    """Scores every flat unit of a space: ``__call__(model, space) -> float64 array``."""
+
+    def element_score(self, p: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, space: Space) -> np.ndarray:
+        scores = np.zeros(space.num_units + 1)
+        tensors = dict(model.named_parameters())
+        for name, ps in space.param_slices.items():
+            p = tensors.get(name)
+            if p is None:
+                continue
+            s = self.element_score(p).detach().double().cpu().numpy()
+            if ps.dense is not None:
+                np.add.at(scores, np.where(ps.dense >= 0, ps.dense, space.num_units).ravel(), s.ravel())
+            for d, units in ps.dims.items():
+                per_pos = s.sum(axis=tuple(i for i in range(s.ndim) if i != d)) if s.ndim > 1 else s
+                np.add.at(scores, np.where(units >= 0, units, space.num_units), per_pos)
+        return scores[:-1]
+
+
+@register_importance("magnitude")
+class MagnitudeImportance(Importance):
+    """Sum of squared weights (L2 magnitude of everything a unit owns)."""
+
+    def element_score(self, p: torch.Tensor) -> torch.Tensor:
+        return p.detach().float().square()
+
+
+@register_importance("taylor")
+class TaylorImportance(Importance):
+    """First-order Taylor estimate |w * dL/dw| (call after ``loss.backward()``)."""
+
+    def element_score(self, p: torch.Tensor) -> torch.Tensor:
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        return (p.detach().float() * grad.float()).abs()
+
+
+def decision_from_scores(space: Space, scores: np.ndarray, target: float, *, what: str = "flops") -> Decision:
+    """Remove the lowest-scoring units (scores normalised by their group's mean) until the cost is
+    at most ``target`` of the original; every group keeps at least its best unit.  Raises
+    ValueError when even that is above the budget."""
+    if not 0 < target < 1:
+        raise ValueError(f"budget must be in (0, 1), got {target}")
+    cost = space.cost.flops if what == "flops" else space.cost.params
+    full = float(cost())
+    norm = scores.astype(np.float64).copy()
+    removable = space.prunable_mask()
+    for g in space.groups:
+        sl = slice(g.offset, g.offset + g.size)
+        mean = norm[sl].mean()
+        norm[sl] = norm[sl] / mean if mean > 0 else norm[sl]
+        if g.prunable:  # the best unit of every group stays
+            free = np.flatnonzero(removable[sl])
+            if len(free):
+                removable[g.offset + free[np.argmax(norm[sl][free])]] = False
+    order = np.flatnonzero(removable)[np.argsort(norm[removable], kind="stable")]
+
+    def keep_after(k: int) -> torch.Tensor:
+        keep = torch.ones(space.num_units, dtype=torch.double)
+        keep[torch.from_numpy(order[:k])] = 0.0
+        return keep
+
+    lo, hi = 0, len(order)
+    if float(cost(keep_after(hi))) > target * full:
+        raise ValueError(f"budget {target:.3f} cannot be met: removing every removable channel keeps "
+                         f"{float(cost(keep_after(hi))) / full:.3f} of the {what}")
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if float(cost(keep_after(mid))) <= target * full:
+            hi = mid
+        else:
+            lo = mid + 1
+    keep = keep_after(lo).numpy() > 0.5
+    groups = {g.name: np.flatnonzero(keep[g.offset:g.offset + g.size]).tolist()
+              for g in space.groups if g.prunable and not keep[g.offset:g.offset + g.size].all()}
+    return Decision(groups, [])
