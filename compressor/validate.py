@@ -66,12 +66,35 @@ def _bisect(items: list, bad: Callable[[list], str | None]) -> list[tuple[object
     return found or [(it, err) for it in items]  # only bad together: give up on all of them
 
 
-def _groups_in_reshapes(space, groups) -> list:
-    units = set()
+def _reshape_buckets(space, groups) -> dict[str, list]:
+    """Groups whose channels pass through a reshape (heads...), keyed by the class of the module
+    running it: the usual suspects, and usually alike within a class."""
+    classes: dict[int, set[str]] = {}
     for site in space.reshapes:
-        if len(site.varying) >= 1:
-            units.update(np.unique(site.atoms[site.atoms >= 0]).tolist())
-    return [g for g in groups if any(g.offset <= u < g.offset + g.size for u in units)]
+        units = np.unique(site.atoms[site.atoms >= 0])
+        for g in groups:
+            if ((units >= g.offset) & (units < g.offset + g.size)).any():
+                classes.setdefault(id(g), set()).add(site.module_type)
+    buckets: dict[str, list] = {}
+    for g in groups:
+        if id(g) in classes:
+            buckets.setdefault(",".join(sorted(classes[id(g)])), []).append(g)
+    return buckets
+
+
+def _check_bucket(bucket: list, check) -> list[tuple[object, str]]:
+    """One check for the whole bucket; if it fails, one for its first member and one for the
+    rest: when both fail the whole bucket is frozen (safe, and linear in buckets, not groups)."""
+    err = check(bucket)
+    if err is None:
+        return []
+    if len(bucket) == 1:
+        return [(bucket[0], err)]
+    first = check(bucket[:1])
+    rest = check(bucket[1:])
+    if first is not None and rest is not None:
+        return [(g, first) for g in bucket]
+    return ([(bucket[0], first)] if first else []) + (_bisect(bucket[1:], check) if rest else [])
 
 
 def validate_space(model: nn.Module, space, example_inputs: tuple, *, seed: int = 0) -> None:
@@ -86,14 +109,12 @@ def validate_space(model: nn.Module, space, example_inputs: tuple, *, seed: int 
         # tried one by one, the rest by bisection.
         check = lambda s: _mismatch(model, space, example_inputs, s, [], seed)  # noqa: E731
         if check(groups) is not None:
-            risky = _groups_in_reshapes(space, groups)
+            buckets = _reshape_buckets(space, groups)
             bad = []
-            for g in risky:
-                err = check([g])
-                if err is not None:
-                    bad.append((g, err))
-            rest = [g for g in groups if g not in risky]
-            bad += _bisect(rest, check)
+            for bucket in buckets.values():
+                bad += _check_bucket(bucket, check)
+            in_buckets = {id(g) for b in buckets.values() for g in b}
+            bad += _bisect([g for g in groups if id(g) not in in_buckets], check)
             for g, err in bad:
                 g.frozen = f"slicing does not reproduce the gated model ({err})"
         bad_blocks = _bisect(blocks, lambda s: _mismatch(model, space, example_inputs, [], s, seed))

@@ -98,6 +98,7 @@ def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock
             skipped[owner] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             continue
         k = 0
+        live = _live_nodes(gm)
         for node in gm.graph.nodes:
             if node.op not in ("call_function", "call_method") or len(node.args) < 2:
                 continue
@@ -108,8 +109,8 @@ def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock
                 continue
             for skip, branch in ((a, b), (b, a)):
                 nodes = _branch_nodes(branch, _identity_chain(skip, gm))
-                if not nodes:
-                    continue
+                if not nodes or any(u not in nodes and u is not node and u in live for n in nodes for u in n.users):
+                    continue  # none, or the branch also feeds something past the add
                 mods = sorted({_join(owner, n.target) for n in nodes if n.op == "call_module"})
                 params = sorted({_join(owner, n.target) for n in nodes if n.op == "get_attr"})
                 if not mods and not params:
@@ -122,6 +123,18 @@ def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock
                 break
     _assign_stages(blocks)
     return blocks, skipped
+
+
+def _live_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes the output depends on."""
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    live, stack = set(), [out]
+    while stack:
+        n = stack.pop()
+        if n not in live:
+            live.add(n)
+            stack.extend(n.all_input_nodes)
+    return live
 
 
 def _join(prefix: str, name: str) -> str:

@@ -75,3 +75,4 @@ class ReshapeSite:
     shape: tuple
     varying: list[int]
     atoms: np.ndarray
+    module_type: str = ""

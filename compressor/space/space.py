@@ -236,7 +236,7 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
         space_blocks, skipped = find_blocks(model, owners)
     flops_terms = [_resolve(t, to_units) for t in tr.costs]
     param_terms = _param_terms(model, param_slices)
-    reshapes = [ReshapeSite(r.module, r.shape, r.varying, to_units(r.atoms)) for r in tr.reshapes]
+    reshapes = [ReshapeSite(r.module, r.shape, r.varying, to_units(r.atoms), r.module_type) for r in tr.reshapes]
     space = Space(groups, space_blocks, param_slices, gate_sites, flops_terms, param_terms,
                   unit_of_atom, [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
                   skipped, time.perf_counter() - t0, reshapes)

@@ -38,6 +38,7 @@ class Trace:
             self.param_names.setdefault(id(b), name)
         self._param_refs = [p for p in model.parameters()] + [b for b in model.buffers()]
         self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        self.module_types = {n: type(m).__name__ for n, m in model.named_modules(remove_duplicate=False)}
         self.module_stack: list[str] = []
         self.module_inputs: dict[str, tuple] = {}
         self.add_sites: list[tuple[str, int]] = []  # (innermost module, op index) of tensor adds
@@ -92,7 +93,11 @@ class Trace:
     # -- joining ------------------------------------------------------------------------------
     def reduce_rows(self, rows: np.ndarray, op: str) -> np.ndarray:
         """Join the atoms of each row of a 2-D array; return one root per row (-1 if unlabeled)."""
+        if rows.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64)
         rows = rows.reshape(rows.shape[0], -1)
+        if rows.shape[1] == 0:
+            return np.full(rows.shape[0], -1, dtype=np.int64)
         rep = rows.max(axis=1)
         self.ds.union(np.broadcast_to(rep[:, None], rows.shape), rows)
         out = np.full(rows.shape[0], -1, dtype=np.int64)
@@ -132,7 +137,8 @@ class Trace:
         for d in range(arr.ndim):
             if d not in varying:
                 small = small.take([0], axis=d)
-        self.reshapes.append(ReshapeSite(self.module, tuple(out.shape), varying, np.ascontiguousarray(small)))
+        self.reshapes.append(ReshapeSite(self.module, tuple(out.shape), varying, np.ascontiguousarray(small),
+                                         self.module_types.get(self.module, "")))
 
     def enforce_boxes(self) -> None:
         """Make the kept part of every recorded reshape a box for any decision: along some dim,
