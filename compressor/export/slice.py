@@ -66,7 +66,7 @@ def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to:
             skip = next(a for a in add.args if a is not nodes[b.branch_node])
             add.replace_all_uses_with(skip)
             gm.graph.erase_node(add)
-        gm.graph.eliminate_dead_code()
+        _drop_unused(gm.graph)
         gm.recompile()
         gm = fx.GraphModule(mod, gm.graph, class_name=type(mod).__name__)  # drops modules no longer called
         if owner:
@@ -74,6 +74,17 @@ def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to:
         else:
             out = gm
     return out
+
+
+def _drop_unused(graph: fx.Graph) -> None:
+    """Remove every node the output no longer depends on, shape asserts of the removed branch
+    included (``eliminate_dead_code`` keeps those as impure)."""
+    from ..space.blocks import live_nodes
+
+    live = live_nodes(graph)
+    for node in reversed(list(graph.nodes)):
+        if node not in live and node.op != "placeholder" and not node.users:
+            graph.erase_node(node)
 
 
 def _get(model: nn.Module, name: str) -> torch.Tensor | None:

@@ -98,7 +98,7 @@ def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock
             skipped[owner] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             continue
         k = 0
-        live = _live_nodes(gm)
+        live = live_nodes(gm.graph)
         for node in gm.graph.nodes:
             if node.op not in ("call_function", "call_method") or len(node.args) < 2:
                 continue
@@ -125,9 +125,9 @@ def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock
     return blocks, skipped
 
 
-def _live_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+def live_nodes(graph: fx.Graph) -> set[fx.Node]:
     """Nodes the output depends on."""
-    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    out = next(n for n in reversed(graph.nodes) if n.op == "output")
     live, stack = set(), [out]
     while stack:
         n = stack.pop()
