@@ -52,6 +52,7 @@ def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to:
     for mod_name, shapes in changed.items():
         _refresh(out.get_submodule(mod_name), shapes)
     _refresh_reshape_attributes(out, space, keep_ext)
+    _refresh_split_attributes(out, space, keep_ext)
     removed = set(decision.removed_blocks)
     by_owner: dict[str, list] = defaultdict(list)
     for b in space.blocks:
@@ -151,6 +152,24 @@ def _refresh_reshape_attributes(model: nn.Module, space: Space, keep_ext: np.nda
             # Two attributes holding the same size are ambiguous: leave them (validation decides).
             if len(attrs) == 1 and (mod_name, value) not in conflicts:
                 setattr(module, attrs[0], sizes[value])
+
+
+def _refresh_split_attributes(model: nn.Module, space: Space, keep_ext: np.ndarray) -> None:
+    """A list attribute that held a split's old part sizes gets the kept sizes."""
+    for site in space.splits:
+        kept = keep_ext[np.where(site.atoms >= 0, site.atoms, len(keep_ext) - 1)]
+        bounds = np.cumsum([0] + site.sizes)
+        new = [int(kept[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+        if new == site.sizes:
+            continue
+        try:
+            module = model.get_submodule(site.module)
+        except AttributeError:
+            continue
+        for attr, value in vars(module).items():
+            if isinstance(value, (list, tuple)) and not attr.startswith("_") \
+                    and [v for v in value if type(v) is int] == site.sizes and len(value) == len(site.sizes):
+                setattr(module, attr, type(value)(new))
 
 
 def _refresh(module: nn.Module, old_shapes: dict[str, tuple]) -> None:

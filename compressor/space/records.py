@@ -76,3 +76,14 @@ class ReshapeSite:
     varying: list[int]
     atoms: np.ndarray
     module_type: str = ""
+
+
+@dataclass
+class SplitSite:
+    """A split into explicit sizes along a channel dim; ``atoms`` has one atom per position.
+    Each part keeps its first position (so no part can vanish), and a list attribute of the
+    module running it that held the old sizes gets the new ones when slicing."""
+
+    module: str
+    sizes: list[int]
+    atoms: np.ndarray

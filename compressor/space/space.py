@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .blocks import ResidualBlock, find_blocks
-from .records import CostTerm, ReshapeSite
+from .records import CostTerm, ReshapeSite, SplitSite
 from .rules import rule_for
 from .tracer import TraceError, run_trace
 
@@ -64,7 +64,7 @@ class Space:
     """
 
     def __init__(self, groups, blocks, param_slices, gate_sites, flops_terms, param_terms,
-                 unit_of_atom, input_shapes, skipped_owners, trace_seconds, reshapes=()):
+                 unit_of_atom, input_shapes, skipped_owners, trace_seconds, reshapes=(), splits=()):
         self.groups: list[ChannelGroup] = groups
         self.blocks: list[ResidualBlock] = blocks
         self.param_slices: dict[str, ParamSlice] = param_slices
@@ -76,6 +76,7 @@ class Space:
         self.skipped_owners: dict[str, str] = skipped_owners
         self.trace_seconds = trace_seconds
         self.reshapes: list[ReshapeSite] = list(reshapes)
+        self.splits: list[SplitSite] = list(splits)
         self.dropped_blocks: dict[str, str] = {}
         self.num_units = sum(g.size for g in groups)
         self._cost = None
@@ -236,10 +237,11 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
         space_blocks, skipped = find_blocks(model, owners)
     flops_terms = [_resolve(t, to_units) for t in tr.costs]
     param_terms = _param_terms(model, param_slices)
+    splits = [SplitSite(sp.module, sp.sizes, to_units(sp.atoms)) for sp in tr.splits]
     reshapes = [ReshapeSite(r.module, r.shape, r.varying, to_units(r.atoms), r.module_type) for r in tr.reshapes]
     space = Space(groups, space_blocks, param_slices, gate_sites, flops_terms, param_terms,
                   unit_of_atom, [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
-                  skipped, time.perf_counter() - t0, reshapes)
+                  skipped, time.perf_counter() - t0, reshapes, splits)
     if validate:
         from ..validate import validate_space
 

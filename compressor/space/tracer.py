@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .dsu import DisjointSets
-from .records import CostTerm, DenseParam, GateSite, Merge, ParamDim, Producer, ReshapeSite
+from .records import CostTerm, DenseParam, GateSite, Merge, ParamDim, Producer, ReshapeSite, SplitSite
 
 
 class TraceError(RuntimeError):
@@ -50,6 +50,7 @@ class Trace:
         self.merges: list[Merge] = []
         self.pinned: np.ndarray = np.zeros(0, dtype=np.int64)
         self.reshapes: list[ReshapeSite] = []
+        self.splits: list[SplitSite] = []
         self.box_pinned: list[np.ndarray] = []
         self.op_count = 0
         self.functions: list[str] = []  # torch-level functions being run (outermost first)
@@ -139,6 +140,15 @@ class Trace:
                 small = small.take([0], axis=d)
         self.reshapes.append(ReshapeSite(self.module, tuple(out.shape), varying, np.ascontiguousarray(small),
                                          self.module_types.get(self.module, "")))
+
+    def record_split(self, x: torch.Tensor, dim: int, sizes: list[int]) -> None:
+        vec = self.vector(self.label(x), dim, "split")
+        if (vec < 0).all():
+            return
+        starts = np.cumsum([0] + sizes[:-1])
+        firsts = vec[starts[np.asarray(sizes) > 0]]
+        self.box_pinned.append(firsts[firsts >= 0])
+        self.splits.append(SplitSite(self.module, list(sizes), vec))
 
     def enforce_boxes(self) -> None:
         """Make the kept part of every recorded reshape a box for any decision: along some dim,

@@ -1,4 +1,5 @@
 """One test per coupling kind: the groups are right and slicing equals hard gating."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,22 @@ class Split(nn.Module):
     def forward(self, x):
         l, r = self.a(x).chunk(2, dim=1)
         return self.left(l) * self.right(r)
+
+
+class MixedKernels(nn.Module):
+    """Unequal split sizes held in a list attribute (timm's MixedConv2d pattern)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 12, 1)
+        self.splits = [4, 8]
+        self.k3 = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.k5 = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+        self.head = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        left, right = torch.split(self.a(x), self.splits, 1)
+        return self.head(torch.cat([self.k3(left), self.k5(right)], 1))
 
 
 class Grouped(nn.Module):
@@ -135,6 +152,15 @@ def test_split_halves_lose_the_same_positions():
     (g,) = _groups_with(space, "a.weight")
     assert g.size == 6 and int(g.channels[0]) == 2  # unit i = channel i of each half
     assert sliced.left.in_channels == sliced.right.in_channels == len(d.groups["a"])
+    assert rel_diff(ys, yg) < 1e-5
+
+
+def test_split_with_sizes_refreshes_the_sizes_attribute():
+    space, d, sliced, ys, yg = round_trip(MixedKernels(), torch.randn(2, 3, 8, 8))
+    (g,) = _groups_with(space, "a.weight")
+    assert g.prunable and g.pinned[[0, 4]].all()  # each part keeps a channel
+    kept = np.asarray(d.groups["a"])
+    assert sliced.splits == [int((kept < 4).sum()), int((kept >= 4).sum())]
     assert rel_diff(ys, yg) < 1e-5
 
 

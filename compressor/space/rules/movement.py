@@ -40,7 +40,10 @@ def move_rule(tr: Trace, func, args, kwargs, out) -> None:
     name = func.__name__.split(".")[0]
     if name in ("view", "_unsafe_view", "reshape", "unflatten") and isinstance(out, torch.Tensor):
         tr.record_reshape(out)
-    elif name in ("split", "split_with_sizes", "unbind", "chunk", "unsafe_split"):
+    elif name in ("split_with_sizes", "split_with_sizes_copy"):
+        dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
+        tr.record_split(args[0], dim, [int(v) for v in args[1]])
+    elif name in ("split", "unbind", "chunk", "unsafe_split"):
         _tie_parts(tr, [o for o in _outputs(out)], str(func))
 
 
