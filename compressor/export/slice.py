@@ -182,7 +182,8 @@ def _refresh(module: nn.Module, old_shapes: dict[str, tuple]) -> None:
             module.in_channels = w.shape[0]
             module.out_channels = w.shape[1] * module.groups
         else:
-            module.groups = module.groups * w.shape[0] // old[0] if module.groups > 1 else 1
+            if module.groups > 1 and w.shape[1] == old[1]:  # whole groups went
+                module.groups = module.groups * w.shape[0] // old[0]
             module.out_channels = w.shape[0]
             module.in_channels = w.shape[1] * module.groups
     elif isinstance(module, nn.Linear) and w is not None:

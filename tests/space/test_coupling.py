@@ -74,6 +74,21 @@ class Grouped(nn.Module):
         return self.head(F.relu(self.g(F.relu(self.a(x)))))
 
 
+class FewWideGroups(nn.Module):
+    """Two groups of eight channels, split-attention style: positions are the units."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 1)
+        self.g = nn.Conv2d(16, 16, 3, padding=1, groups=2)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.g(F.relu(self.a(x)))
+        y = y.view(y.shape[0], 2, -1, *y.shape[2:]).softmax(dim=1).sum(dim=1)
+        return self.head(y)
+
+
 class Depthwise(nn.Module):
     def __init__(self):
         super().__init__()
@@ -169,6 +184,15 @@ def test_group_conv_prunes_whole_groups():
     (g,) = _groups_with(space, "g.weight")
     assert g.size == 4 and "a.weight" in g.producers
     assert sliced.g.groups == len(d.groups[g.name])
+    assert rel_diff(ys, yg) < 1e-5
+
+
+def test_few_wide_groups_keep_the_same_positions_in_every_group():
+    space, d, sliced, ys, yg = round_trip(FewWideGroups(), torch.randn(2, 3, 8, 8))
+    (g,) = _groups_with(space, "a.weight")
+    (h,) = _groups_with(space, "g.weight")
+    assert g.size == 8 and h.size == 8 and g.prunable and h.prunable
+    assert sliced.g.groups == 2 and sliced.g.in_channels == 2 * len(d.groups[g.name])
     assert rel_diff(ys, yg) < 1e-5
 
 

@@ -32,6 +32,17 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
         tr.gate_site(w, in_dim, lin)
         out_lab = _channel_labels(o_atoms, out.shape)
         tr.cost("conv", ksize, out_lab, lin)
+    elif not transposed and groups < cin // groups:
+        # Few wide groups (ResNeSt's radix): position i of every group is one unit, on each side,
+        # so every group keeps the same positions and ``groups`` stays.
+        kin, kout = cin // groups, cout // groups
+        pin = tr.reduce_rows(lin.reshape(groups, kin).T.copy(), str(func))
+        pout = tr.reduce_rows(o_atoms.reshape(groups, kout).T.copy(), str(func))
+        tr.param_dim(w, 0, np.tile(pout, groups))
+        tr.param_dim(w, 1, pin)
+        tr.gate_site(w, 1, pin)
+        out_lab = _channel_labels(np.tile(pout, groups), out.shape)
+        tr.cost("conv", ksize, out_lab, pin)
     else:
         # Every group of channels stays whole: input group g and output group g are one unit.
         kin, kout = cin // groups, cout // groups
