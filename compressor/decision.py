@@ -129,22 +129,28 @@ def random_decision(space: Space, ratio: float, *, blocks: bool = True, seed: in
 def decision_for_budget(space: Space, target: float, *, blocks: bool = True, seed: int = 0,
                         what: str = "flops") -> Decision:
     """A random decision whose cost is at most ``target`` times the full cost (bisection on the
-    kept ratio).  Raises ValueError if even the smallest decision is above the budget."""
-    full = space.cost.flops() if what == "flops" else space.cost.params()
+    kept ratio; a quarter of the blocks go, more when channels alone cannot reach the budget).
+    Raises ValueError if even the smallest decision is above the budget."""
+    full = float(space.cost.flops() if what == "flops" else space.cost.params())
     measure = (lambda d: d.flops(space)) if what == "flops" else (lambda d: d.params(space))
-    lo, hi = 0.0, 1.0
-    best = None
-    for _ in range(20):
-        mid = (lo + hi) / 2
-        d = random_decision(space, mid, blocks=blocks, seed=seed)
-        if measure(d) <= target * float(full):
-            best, lo = d, mid
-        else:
-            hi = mid
-    if best is None:
-        d = random_decision(space, 0.0, blocks=blocks, seed=seed)
-        if measure(d) > target * float(full):
-            raise ValueError(f"budget {target:.3f} cannot be met: the smallest decision keeps "
-                             f"{measure(d) / float(full):.3f} of the {what}")
-        best = d
-    return best
+    fractions = (0.25, 0.5, 0.75) if blocks and space.blocks else (0.0,)
+    smallest = 1.0
+    for fraction in fractions:
+        def make(ratio: float) -> Decision:
+            return random_decision(space, ratio, blocks=fraction > 0, seed=seed, block_fraction=fraction)
+
+        floor = measure(make(0.0))
+        smallest = min(smallest, floor / full)
+        if floor > target * full:
+            continue
+        lo, hi, best = 0.0, 1.0, make(0.0)
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            d = make(mid)
+            if measure(d) <= target * full:
+                best, lo = d, mid
+            else:
+                hi = mid
+        return best
+    raise ValueError(f"budget {target:.3f} cannot be met: the smallest decision keeps {smallest:.3f} "
+                     f"of the {what}")

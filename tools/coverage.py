@@ -86,10 +86,11 @@ def child_torch_pruning(name: str, size: int | None) -> dict:
     x = example_input(name, model, size=size)
     base, _ = tp.utils.count_ops_and_params(model, x)
     head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
+    # Channel ratio steps of 0.1: MACs fall roughly as (1 - r)^2, so 3 steps reach 50% on most models.
     pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
-                                       pruning_ratio=0.9, iterative_steps=30, ignored_layers=head)
+                                       pruning_ratio=0.9, iterative_steps=9, ignored_layers=head)
     macs = base
-    for _ in range(30):
+    for _ in range(9):
         pruner.step()
         macs, _ = tp.utils.count_ops_and_params(model, x)
         if macs <= 0.5 * base:
