@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -127,7 +128,9 @@ def main() -> None:
         merged: dict[str, dict] = {}
         for path in args.combine:
             with open(path) as f:
-                for row in csv.DictReader(f):
+                rows_in = csv.DictReader(f) if path.suffix == ".csv" else \
+                    (_parse_line(line) for line in f if line.startswith("model="))
+                for row in rows_in:
                     cur = merged.setdefault(row["model"], {})
                     cur.update({k: v for k, v in row.items() if v not in ("", None) or k not in cur})
         _summary(list(merged.values()), args)
@@ -154,6 +157,15 @@ def main() -> None:
 COLUMNS = ["model", "source", "status", "flops_ratio", "inv1", "inv2", "flops_vs_fvcore", "params_exact",
            "inv4", "inv5", "groups", "prunable", "blocks", "trace_s", "slice_s", "peak_mb", "error",
            "tp_status", "tp_macs_ratio", "tp_error"]
+
+
+def _parse_line(line: str) -> dict:
+    """Inverse of :func:`_line` (for logs of runs that were stopped before writing their CSV)."""
+    keys = list(re.finditer(r"(?:^| )(" + "|".join(COLUMNS) + r")=", line.rstrip("\n")))
+    row = {}
+    for m, nxt in zip(keys, keys[1:] + [None]):
+        row[m.group(1)] = line[m.end(): nxt.start() if nxt else len(line.rstrip("\n"))]
+    return row
 
 
 def _line(row: dict) -> str:
