@@ -40,6 +40,17 @@ def _split(name: str) -> tuple[str | None, str]:
     return None, name
 
 
+def _is_torchvision_classifier(name: str) -> bool:
+    """Fast check (no listing): a registered builder living in ``torchvision.models.<file>``."""
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except (ValueError, KeyError):
+        return False
+    return builder.__module__.count(".") == 2
+
+
 def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
     """Build ``name`` with random weights (``torchvision:``/``timm:`` prefixes pick the source).
 
@@ -49,14 +60,14 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     extra = dict(kwargs)
     if num_classes is not None:
         extra["num_classes"] = num_classes
-    if source in (None, "torchvision") and bare in _torchvision_names():
+    if source in (None, "torchvision") and _is_torchvision_classifier(bare):
         import torchvision
 
         if bare.startswith(("googlenet", "inception")):
             extra.setdefault("aux_logits", False)
             extra.setdefault("init_weights", True)
         return torchvision.models.get_model(bare, weights=None, **extra)
-    if source in (None, "timm") and bare in _timm_names():
+    if source in (None, "timm") and bare in set(_timm_names()):
         import timm
 
         return timm.create_model(bare, pretrained=False, **extra)
@@ -71,7 +82,7 @@ def create_model_for_size(name: str, size: int | None) -> tuple[nn.Module, dict]
     if size is None:
         return create_model(name), {}
     source, bare = _split(name)
-    if source != "torchvision" and bare not in _torchvision_names():
+    if source != "torchvision" and (source == "timm" or not _is_torchvision_classifier(bare)):
         try:
             return create_model(name, img_size=size), {"img_size": size}
         except TypeError:
