@@ -44,6 +44,16 @@ def gated_output(model: nn.Module, space: Space, decision: Decision | None, x: t
         gates.remove()
 
 
+def _randomise_zero_weights(model: nn.Module, seed: int) -> None:
+    """Weights initialised to zero (torchvision ViT heads, zero-init residual branches) make every
+    output comparison vacuous: give them small random values so the checks can fail."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+
 def check_round_trip(model: str | nn.Module, *, size: int | None = None, target: float = 0.5,
                      seed: int = 0, source: str | None = None) -> dict:
     """Trace, decide (random, about ``target`` of the FLOPs), slice and check invariants 1-5.
@@ -58,6 +68,7 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
     else:
         m = model
     m = m.eval()
+    _randomise_zero_weights(m, seed)
     x = example_input(name, m, batch=2, size=size) if isinstance(model, str) else \
         torch.randn(2, 3, size or 224, size or 224)
     res: dict = {"params": sum(p.numel() for p in m.parameters())}

@@ -17,10 +17,11 @@ class OnnxCheckError(RuntimeError):
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple | torch.Tensor, *,
-                opset: int = 17, check: bool = True, atol: float = 1e-4) -> float:
+                opset: int = 17, check: bool = True, atol: float = 1e-4,
+                external_data_above: int = _TWO_GB) -> float:
     """Export ``model`` (eval mode, on CPU) to ``path`` and return the max abs difference between
     onnxruntime and PyTorch, relative to the output scale.  Models over 2 GB write their weights
-    to ``<path>.data`` (ONNX external data).  Raises :class:`OnnxCheckError` above ``atol``."""
+    to ``<path>.data`` (ONNX external data; ``external_data_above`` sets the size in bytes).  Raises :class:`OnnxCheckError` above ``atol``."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     path = Path(path)
@@ -32,7 +33,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple
         torch.onnx.export(model, example_inputs, str(path), opset_version=opset, dynamo=False,
                           input_names=[f"input{i}" for i in range(len(example_inputs))],
                           output_names=["output"], do_constant_folding=True)
-    if size > _TWO_GB:
+    if size > external_data_above:
         import onnx
 
         proto = onnx.load(str(path), load_external_data=True)
