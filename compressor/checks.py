@@ -44,7 +44,7 @@ def gated_output(model: nn.Module, space: Space, decision: Decision | None, x: t
         gates.remove()
 
 
-def _randomise_zero_weights(model: nn.Module, seed: int) -> None:
+def randomise_zero_weights(model: nn.Module, seed: int) -> None:
     """Weights initialised to zero (torchvision ViT heads, zero-init residual branches) make every
     output comparison vacuous: give them small random values so the checks can fail."""
     gen = torch.Generator().manual_seed(seed)
@@ -68,7 +68,7 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
     else:
         m = model
     m = m.eval()
-    _randomise_zero_weights(m, seed)
+    randomise_zero_weights(m, seed)
     x = example_input(name, m, batch=2, size=size) if isinstance(model, str) else \
         torch.randn(2, 3, size or 224, size or 224)
     res: dict = {"params": sum(p.numel() for p in m.parameters())}
@@ -87,6 +87,7 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
     with torch.no_grad():
         y0 = _first(m(x))
         ys = _first(sliced(x))
+    res["output_scale"] = float(ys.abs().max())
     y1 = gated_output(m, space, None, x)
     yg = gated_output(m, space, decision, x)
     res["inv1"] = float((y1 - y0).abs().max())
@@ -104,6 +105,8 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
                 res["inv5"] = float((_first(loaded(x)) - ys).abs().max())
     res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     failures = []
+    if res["output_scale"] == 0.0:
+        failures.append("output is identically zero: the comparisons would be vacuous")
     if res["flops_ratio"] > 0.55:
         failures.append(f"FLOPs ratio {res['flops_ratio']} > 0.55")
     if res["inv1"] > TOL_GATES_AT_ONE * max(1.0, float(y0.abs().max())):
