@@ -124,6 +124,7 @@ def main() -> None:
             res = {"status": "fail", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         print("RESULT " + json.dumps(res), flush=True)
         return
+    tv = set(torchvision_models())
     if args.combine:
         merged: dict[str, dict] = {}
         for path in args.combine:
@@ -131,11 +132,15 @@ def main() -> None:
                 rows_in = csv.DictReader(f) if path.suffix == ".csv" else \
                     (_parse_line(line) for line in f if line.startswith("model="))
                 for row in rows_in:
+                    row["source"] = "timm" if row["model"].startswith("timm:") or row["model"] not in tv \
+                        else "torchvision"
                     cur = merged.setdefault(row["model"], {})
+                    if row.get("status"):  # a newer run of ours replaces every one of our columns
+                        for k in COLUMNS[2:COLUMNS.index("tp_status")]:
+                            cur.pop(k, None)
                     cur.update({k: v for k, v in row.items() if v not in ("", None) or k not in cur})
         _summary(list(merged.values()), args)
         return
-    tv = set(torchvision_models())
     timm_names = [f"timm:{n}" if n in tv else n for n in TIMM_MODELS]  # timm's densenet121, not torchvision's
     names = args.models.split(",") if args.models else torchvision_models() + timm_names
     rows = []
