@@ -75,19 +75,34 @@ def merge_rule(tr: Trace, func, args, kwargs, out) -> None:
     _fill(out, root, tr)
 
 
+def _varies(lab: torch.Tensor, d: int) -> bool:
+    if lab.shape[d] <= 1:
+        return False
+    arr = lab.numpy()
+    return not (arr == arr.take([0], axis=d)).all()
+
+
 def pointwise_rule(tr: Trace, func, args, kwargs, out) -> None:
     """Elementwise op: inputs are broadcast, positions that meet are joined."""
     outs = _outputs(out)
     if not outs:
         return
     shape = tuple(outs[0].shape)
-    labs = []
+    raw = []
     for t in _tensor_args(args) + _tensor_args(tuple(kwargs.values())):
-        if t.dim() == 0 and not (tr.label(t) >= 0).any():
-            continue
         lab = tr.label(t)
         if (lab >= 0).any():
-            labs.append(torch.broadcast_to(lab, shape))
+            raw.append(lab.reshape((1,) * (len(shape) - lab.dim()) + tuple(lab.shape)))
+    labs = []
+    for i, lab in enumerate(raw):
+        # An input of size 1 along a dim where the others carry different channels (a scalar
+        # scale, a per-sample gate) is shared by all of them: pin it rather than tie them all.
+        spread = [d for d in range(len(shape)) if lab.shape[d] == 1 and shape[d] > 1]
+        others = [o for j, o in enumerate(raw) if j != i]
+        if spread and any(_varies(o, d) for o in others for d in spread):
+            tr.box_pinned.append(np.unique(lab.numpy()[lab.numpy() >= 0]))
+            continue
+        labs.append(torch.broadcast_to(lab, shape))
     if not labs:
         result = torch.full(shape, -1, dtype=torch.int64)
     elif all(lab is labs[0] or torch.equal(lab, labs[0]) for lab in labs[1:]):
