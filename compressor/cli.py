@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     except TraceError as exc:
         print(f"compress: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `compress inspect ... | head`: the reader left, nothing is wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
