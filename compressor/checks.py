@@ -27,7 +27,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) / scale
 
 
-def _first(out):
+def first_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -39,7 +39,7 @@ def gated_output(model: nn.Module, space: Space, decision: Decision | None, x: t
         if decision is not None:
             gates.set(units=decision.keep_vector(space).float(), blocks=decision.block_vector(space).float())
         with torch.no_grad():
-            return _first(gates.model(x))
+            return first_output(gates.model(x))
     finally:
         gates.remove()
 
@@ -85,8 +85,8 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
     sliced = slice_model(m, space, decision).eval()
     res["slice_s"] = round(time.perf_counter() - t0, 2)
     with torch.no_grad():
-        y0 = _first(m(x))
-        ys = _first(sliced(x))
+        y0 = first_output(m(x))
+        ys = first_output(sliced(x))
     res["output_scale"] = float(ys.abs().max())
     y1 = gated_output(m, space, None, x)
     yg = gated_output(m, space, decision, x)
@@ -102,7 +102,7 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
                             decision=decision, source_kwargs=kwargs)
             loaded = load_compressed(Path(tmp) / "saved")
             with torch.no_grad():
-                res["inv5"] = float((_first(loaded(x)) - ys).abs().max())
+                res["inv5"] = float((first_output(loaded(x)) - ys).abs().max())
     res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     failures = []
     if res["output_scale"] == 0.0:

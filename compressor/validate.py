@@ -30,19 +30,15 @@ def _decision(space, groups, blocks, seed: int):
     return Decision(kept, [b.name for b in blocks])
 
 
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def _mismatch(model: nn.Module, space, x: tuple, groups, blocks, seed: int) -> str | None:
-    from .checks import gated_output
+    from .checks import first_output, gated_output
     from .export.slice import slice_model
 
     decision = _decision(space, groups, blocks, seed)
     try:
         sliced = slice_model(model, space, decision).eval()
         with torch.no_grad():
-            ys = _first(sliced(*x))
+            ys = first_output(sliced(*x))
         yg = gated_output(model, space, decision, x[0] if len(x) == 1 else x)
     except Exception as exc:  # noqa: BLE001 - any failure marks the subset as unsafe
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"

@@ -5,7 +5,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from torch import fx, nn
+from torch import nn
 from torch.nn.utils import parametrize
 
 from ..space import Space
@@ -92,5 +92,3 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
     root.set_submodule(name, new)
     return root
 
-
-_ = fx  # fx graphs are built by trace_owner

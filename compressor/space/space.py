@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .blocks import ResidualBlock, find_blocks
+from .dsu import DisjointSets
 from .records import CostTerm, ReshapeSite, SplitSite
 from .rules import rule_for
 from .tracer import TraceError, run_trace
@@ -138,25 +139,15 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
     n_atoms = len(ds)
     roots = ds.find(np.arange(n_atoms)) if n_atoms else np.zeros(0, dtype=np.int64)
 
-    # Units joined by sharing a producer form a group; order groups and units by first producer.
-    group_of_root: dict[int, int] = {}
-    parent = list(range(n_atoms))  # tiny second union-find over unit roots
+    # Units joined by sharing a producer form a group (a second union-find, over unit roots);
+    # groups and units are ordered by first producer.
+    grouping = DisjointSets()
+    grouping.new(n_atoms)
+    for prod in tr.producers:
+        grouping.union_all(roots[prod.atoms])
 
     def gfind(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for prod in tr.producers:
-        r = np.unique(roots[prod.atoms])
-        if len(r) == 0:
-            continue
-        base = gfind(int(r[0]))
-        for x in r[1:]:
-            y = gfind(int(x))
-            if y != base:
-                parent[y] = base
+        return int(grouping.find(np.array([x]))[0])
     units_by_group: dict[int, list[int]] = defaultdict(list)
     names_by_group: dict[int, list[str]] = defaultdict(list)
     channels: dict[int, int] = defaultdict(int)

@@ -137,7 +137,6 @@ def fresh_rule(tr: Trace, func, args, kwargs, out) -> None:
 EXTRA_POINTWISE = [aten.hardswish, aten.hardswish_, aten.hardsigmoid, aten.hardsigmoid_, aten.silu,
                    aten.silu_, aten.mish, aten.mish_, aten.gelu, aten.gelu_, aten.elu, aten.elu_,
                    aten.leaky_relu, aten.leaky_relu_, aten.hardtanh, aten.hardtanh_, aten.softplus,
-                   aten.relu6, aten.prelu, aten._prelu_kernel, aten.where, aten.masked_fill,
-                   aten.masked_fill_, aten.clamp, aten.clamp_, aten.threshold, aten.glu]
-register(*[op for op in EXTRA_POINTWISE if op is not aten.prelu and op is not aten.glu])(pointwise_rule)
-register(aten._prelu_kernel)(pointwise_rule)
+                   aten.relu6, aten._prelu_kernel, aten.where, aten.masked_fill,
+                   aten.masked_fill_, aten.clamp, aten.clamp_, aten.threshold]
+register(*EXTRA_POINTWISE)(pointwise_rule)
