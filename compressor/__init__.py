@@ -1,9 +1,11 @@
 """compressor: make existing vision models smaller and faster."""
+from .api import CompressResult, compress
 from .decision import Decision
 from .export import export_onnx, load_compressed, save_compressed, slice_model
+from .recipe import Recipe, load_recipe
 from .space import Space, trace
 from .zoo import create_model, list_models
 
-__all__ = ["Decision", "Space", "create_model", "export_onnx", "list_models", "load_compressed",
-           "save_compressed", "slice_model", "trace"]
+__all__ = ["CompressResult", "Decision", "Recipe", "Space", "compress", "create_model", "export_onnx",
+           "list_models", "load_compressed", "load_recipe", "save_compressed", "slice_model", "trace"]
 __version__ = "0.1.0"

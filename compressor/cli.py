@@ -8,11 +8,18 @@ import time
 import torch
 
 EXAMPLES = """examples:
+  compress resnet50 --budget-flops 0.5      train on the embedded MNIST subset, prune to half the FLOPs
+  compress mobilenet_v2 --budget-params 0.3 --method prune --out runs/mnv2
+  compress resnet50 --recipe scs-resnet50-imagenet --data ~/imagenet --weights r50.pth
+  compress resnet18 --set search.epochs=2 --set run.amp=bf16   any recipe key, dotted
+  compress ... --resume                     continue an interrupted run in the same --out
+  compress eval runs/resnet50-scs-flops0.5  accuracy of a compressed model, ONNX re-checked
+  compress export runs/resnet50-scs-flops0.5 --opset 18
   compress inspect resnet50                 groups, blocks and their share of FLOPs/params
-  compress inspect vit_tiny_patch16_224 --all
   compress list 'convnext*'                 known model names (torchvision, then timm)
-"""
 
+exit status: 0 success, 2 bad input (nothing written), 1 failure
+"""
 
 def _fmt(n: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -82,12 +89,135 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> dict:
+    import yaml
+
+    from .recipe import RecipeError
+
+    o: dict = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set expects KEY=VALUE (e.g. search.epochs=3), got {item!r}")
+        o[key] = yaml.safe_load(value)
+    if args.budget_flops is not None:
+        o["budget"] = {"flops": args.budget_flops}
+    if args.budget_params is not None:
+        o["budget"] = {"params": args.budget_params}
+    if args.method:
+        o["method.name"] = args.method
+    if args.data:
+        o["data.path"] = args.data
+    if args.weights:
+        o["weights"] = args.weights
+    if args.epochs is not None:
+        o["search.epochs"] = args.epochs
+    if args.device:
+        o["run.device"] = args.device
+    if args.quiet:
+        o["run.progress"] = False
+    return o
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .api import compress
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    overrides = _overrides(args)
+    if "method.name" in overrides and overrides["method.name"] != recipe.method.name:
+        overrides["method"] = {"name": overrides.pop("method.name")}  # the other method's defaults
+    recipe = load_recipe(recipe, {"model": args.model, **overrides})
+    result = compress(args.model, recipe, out=args.out, resume=args.resume)
+    r = result.report
+    if r:
+        o, c = r["original"], r["compressed"]
+        print(f"{args.model}: FLOPs {c['flops_fraction_fvcore']:.3f} of the original (fvcore), params "
+              f"{c['params_fraction']:.3f}, test accuracy {100 * o['test_accuracy']:.2f}% -> "
+              f"{100 * c['test_accuracy']:.2f}%")
+        for b, v in r["latency_ms"].items():
+            print(f"  onnxruntime CPU batch {b}: {v['original']:.2f} ms -> {v['compressed']:.2f} ms ({v['ratio']:.2f}x)")
+        print(f"written to {result.out}/ (report.md, model.onnx, model.safetensors)")
+    return 0
+
+
+def _run_dir(path: str):
+    from pathlib import Path
+
+    from .export.save import ARCH_FILE
+    from .recipe import RecipeError
+
+    d = Path(path)
+    if not (d / ARCH_FILE).exists():
+        raise RecipeError(f"{d} is not an output directory of `compress` ({ARCH_FILE} missing)")
+    return d
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .api import _datasets
+    from .export import load_compressed
+    from .export.onnx import check_onnx
+    from .recipe import load_recipe
+    from .train import Trainer
+
+    d = _run_dir(args.dir)
+    report = json.loads((d / "report.json").read_text()) if (d / "report.json").exists() else {}
+    recipe = load_recipe(report.get("recipe"), {"data.path": args.data} if args.data else None)
+    model = load_compressed(d)
+    _, _, test, _ = _datasets(recipe, None, model)
+    trainer = Trainer(recipe.run.model_copy(update={"device": args.device or recipe.run.device}))
+    loss, acc = trainer.evaluate(model, test, recipe.data.batch_size)
+    print(f"{d}: test accuracy {100 * acc:.2f}% (loss {loss:.4f}) on {len(test)} images")
+    if (d / "model.onnx").exists():
+        x = torch.randn(*report.get("input_shape", [1, 3, recipe.data.input_size, recipe.data.input_size]))
+        print(f"model.onnx: onnxruntime vs PyTorch max relative difference {check_onnx(model.cpu().eval(), d / 'model.onnx', (x,)):.1e}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from .export import export_onnx, load_compressed
+
+    d = _run_dir(args.dir)
+    arch = json.loads((d / "compressor.json").read_text())
+    model = load_compressed(d)
+    x = torch.randn(*arch["input_shape"])
+    path = args.output or d / "model.onnx"
+    diff = export_onnx(model, path, x, opset=args.opset, dynamic_batch=True)
+    print(f"wrote {path} (opset {args.opset}); onnxruntime vs PyTorch max relative difference {diff:.1e}")
+    return 0
+
+
+SUBCOMMANDS = ("inspect", "list", "eval", "export", "run")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="compress", description="Make vision models smaller and faster.",
-                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="show what can change in a model", epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    fmt = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(prog="compress", description="Make vision models smaller and faster: "
+                                 "compress MODEL [options], or one of the subcommands below.",
+                                 epilog=EXAMPLES, formatter_class=fmt)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{MODEL,inspect,list,eval,export}")
+    p = sub.add_parser("run", help="compress a model (the default: `compress MODEL ...`)", epilog=EXAMPLES,
+                       formatter_class=fmt)
+    p.add_argument("model", help="torchvision or timm model name (see `compress list`)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-flops", type=float, metavar="F", help="keep at most this fraction of FLOPs")
+    budget.add_argument("--budget-params", type=float, metavar="F", help="keep at most this fraction of params")
+    p.add_argument("--method", choices=["scs", "prune"], help="compression method (default: the recipe's, scs)")
+    p.add_argument("--recipe", default="default", help="built-in recipe name or YAML file (default: default)")
+    p.add_argument("--data", metavar="PATH", help="ImageFolder tree or CIFAR folder (default: embedded MNIST subset)")
+    p.add_argument("--weights", metavar="PATH", help="trained weights of the original (skips base training)")
+    p.add_argument("--epochs", type=int, metavar="N", help="epochs of the method's search stage")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/MODEL-METHOD-BUDGET)")
+    p.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any recipe key, e.g. run.amp=bf16")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("inspect", help="show what can change in a model", epilog=EXAMPLES, formatter_class=fmt)
     p.add_argument("model", help="a torchvision or timm model name")
     p.add_argument("--size", type=int, help="input resolution (default: the model's own)")
     p.add_argument("--all", action="store_true", help="list every group, not only the 40 largest")
@@ -95,22 +225,46 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list known model names")
     p.add_argument("filter", nargs="?", default="*", help="glob, e.g. 'resnet*'")
     p.set_defaults(func=cmd_list)
+    p = sub.add_parser("eval", help="test accuracy of a compressed model and an ONNX re-check")
+    p.add_argument("dir", help="output directory of a run")
+    p.add_argument("--data", metavar="PATH", help="evaluate on this data instead of the run's")
+    p.add_argument("--device", metavar="D")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="(re-)export a compressed model to ONNX")
+    p.add_argument("dir", help="output directory of a run")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--output", metavar="FILE", help="ONNX path (default: DIR/model.onnx)")
+    p.set_defaults(func=cmd_export)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .api import OutputExistsError
+    from .budget import BudgetError
+    from .data import DataError
+    from .recipe import RecipeError
     from .space import TraceError
+    from .train import CheckpointError
+    from .weights import WeightsError
     from .zoo import UnknownModelError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        argv.insert(0, "run")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except UnknownModelError as exc:
+    except (UnknownModelError, RecipeError, DataError, WeightsError, CheckpointError, BudgetError,
+            OutputExistsError) as exc:
         print(f"compress: error: {exc}", file=sys.stderr)
         return 2
     except TraceError as exc:
         print(f"compress: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("compress: interrupted; the last finished epoch is checkpointed: rerun with --resume",
+              file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `compress inspect ... | head`: the reader left, nothing is wrong
         import os
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .budget import fit_to_budget
 from .decision import Decision
 from .space import Space
 
@@ -75,42 +76,8 @@ class TaylorImportance(Importance):
         return (p.detach().float() * grad.float()).abs()
 
 
-def decision_from_scores(space: Space, scores: np.ndarray, target: float, *, what: str = "flops") -> Decision:
+def decision_from_scores(space: Space, scores: np.ndarray, target: float, *, what: str = "flops",
+                         round_to: int | None = None) -> Decision:
     """Remove the lowest-scoring units (scores normalised by their group's mean) until the cost is
-    at most ``target`` of the original; every group keeps at least its best unit.  Raises
-    ValueError when even that is above the budget."""
-    if not 0 < target < 1:
-        raise ValueError(f"budget must be in (0, 1), got {target}")
-    cost = space.cost.flops if what == "flops" else space.cost.params
-    full = float(cost())
-    norm = scores.astype(np.float64).copy()
-    removable = space.prunable_mask()
-    for g in space.groups:
-        sl = slice(g.offset, g.offset + g.size)
-        mean = norm[sl].mean()
-        norm[sl] = norm[sl] / mean if mean > 0 else norm[sl]
-        if g.prunable:  # the best unit of every group stays
-            free = np.flatnonzero(removable[sl])
-            if len(free):
-                removable[g.offset + free[np.argmax(norm[sl][free])]] = False
-    order = np.flatnonzero(removable)[np.argsort(norm[removable], kind="stable")]
-
-    def keep_after(k: int) -> torch.Tensor:
-        keep = torch.ones(space.num_units, dtype=torch.double)
-        keep[torch.from_numpy(order[:k])] = 0.0
-        return keep
-
-    lo, hi = 0, len(order)
-    if float(cost(keep_after(hi))) > target * full:
-        raise ValueError(f"budget {target:.3f} cannot be met: removing every removable channel keeps "
-                         f"{float(cost(keep_after(hi))) / full:.3f} of the {what}")
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if float(cost(keep_after(mid))) <= target * full:
-            hi = mid
-        else:
-            lo = mid + 1
-    keep = keep_after(lo).numpy() > 0.5
-    groups = {g.name: np.flatnonzero(keep[g.offset:g.offset + g.size]).tolist()
-              for g in space.groups if g.prunable and not keep[g.offset:g.offset + g.size].all()}
-    return Decision(groups, [])
+    at most ``target`` of the original; see :func:`compressor.budget.fit_to_budget`."""
+    return fit_to_budget(space, scores, target, what=what, round_to=round_to, normalize=True)

@@ -29,7 +29,9 @@ def _timm_names() -> tuple[str, ...]:
 
 def list_models(filter: str = "*") -> list[str]:  # noqa: A002 - mirrors timm.list_models
     """Every known model name matching the glob ``filter`` (torchvision names first)."""
-    names = list(_torchvision_names()) + [n for n in _timm_names() if n not in set(_torchvision_names())]
+    from .models import MODELS
+
+    names = list(MODELS) + list(_torchvision_names()) + [n for n in _timm_names() if n not in set(_torchvision_names())]
     return [n for n in names if fnmatch.fnmatch(n, filter)]
 
 
@@ -56,10 +58,15 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
 
     Raises :class:`UnknownModelError` with close matches when the name is unknown.
     """
+    from .models import MODELS
+
     source, bare = _split(name)
     extra = dict(kwargs)
     if num_classes is not None:
         extra["num_classes"] = num_classes
+    if source is None and bare in MODELS:
+        extra.pop("img_size", None)
+        return MODELS[bare](**extra)
     if source in (None, "torchvision") and _is_torchvision_classifier(bare):
         import torchvision
 
@@ -76,18 +83,18 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     raise UnknownModelError(f"unknown model {name!r}{hint}")
 
 
-def create_model_for_size(name: str, size: int | None) -> tuple[nn.Module, dict]:
+def create_model_for_size(name: str, size: int | None, **kwargs) -> tuple[nn.Module, dict]:
     """Build ``name`` for ``size``-pixel inputs: timm models with a fixed patch grid are built with
-    ``img_size=size`` when they accept it.  Returns the model and the extra kwargs used."""
-    if size is None:
-        return create_model(name), {}
-    source, bare = _split(name)
-    if source != "torchvision" and (source == "timm" or not _is_torchvision_classifier(bare)):
-        try:
-            return create_model(name, img_size=size), {"img_size": size}
-        except TypeError:
-            pass
-    return create_model(name), {}
+    ``img_size=size`` when they accept it.  Returns the model and every kwarg used (``kwargs``
+    such as ``num_classes`` included), which rebuild it with :func:`create_model`."""
+    if size is not None:
+        source, bare = _split(name)
+        if source != "torchvision" and (source == "timm" or not _is_torchvision_classifier(bare)):
+            try:
+                return create_model(name, img_size=size, **kwargs), {"img_size": size, **kwargs}
+            except TypeError:
+                pass
+    return create_model(name, **kwargs), dict(kwargs)
 
 
 def input_size(name: str, model: nn.Module | None = None) -> tuple[int, int, int]:

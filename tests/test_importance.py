@@ -39,7 +39,7 @@ def test_impossible_budget_and_unknown_importance_are_errors():
     scores = get_importance("magnitude")(model, space)
     with pytest.raises(ValueError, match="cannot be met"):
         decision_from_scores(space, scores, 0.001)
-    with pytest.raises(ValueError, match="budget must be in"):
+    with pytest.raises(ValueError, match="budget must be a fraction in"):
         decision_from_scores(space, scores, 1.5)
     with pytest.raises(ValueError, match="unknown importance"):
         get_importance("random-walk")

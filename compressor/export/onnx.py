@@ -18,21 +18,24 @@ class OnnxCheckError(RuntimeError):
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple | torch.Tensor, *,
                 opset: int = 17, check: bool = True, atol: float = 1e-4,
-                external_data_above: int = _TWO_GB) -> float:
+                external_data_above: int = _TWO_GB, dynamic_batch: bool = False) -> float:
     """Export ``model`` (eval mode, on CPU) to ``path`` and return the max abs difference between
     onnxruntime and PyTorch, relative to the output scale.  Models over 2 GB write their weights
-    to ``<path>.data`` (ONNX external data; ``external_data_above`` sets the size in bytes).  Raises :class:`OnnxCheckError` above ``atol``."""
+    to ``<path>.data`` (ONNX external data; ``external_data_above`` sets the size in bytes).  With
+    ``dynamic_batch`` the batch dimension is symbolic.  Raises :class:`OnnxCheckError` above ``atol``."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     size = sum(p.numel() * p.element_size() for p in model.parameters())
+    names = [f"input{i}" for i in range(len(example_inputs))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, example_inputs, str(path), opset_version=opset, dynamo=False,
-                          input_names=[f"input{i}" for i in range(len(example_inputs))],
-                          output_names=["output"], do_constant_folding=True)
+                          input_names=names,
+                          output_names=["output"], do_constant_folding=True,
+                          dynamic_axes={n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None)
     if size > external_data_above:
         import onnx
 

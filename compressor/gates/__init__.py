@@ -1,5 +1,7 @@
-"""Channel and depth gates that attach to and detach from a live model."""
+"""Channel and depth gates over a traced :class:`~compressor.space.Space`."""
 from .attach import Gates, attach_gates
-from .modules import ChannelMask, DepthGate
+from .controlled import ControlledModel, GateController
+from .modules import ChannelMask, DepthGate, GateValues
 
-__all__ = ["ChannelMask", "DepthGate", "Gates", "attach_gates"]
+__all__ = ["ChannelMask", "ControlledModel", "DepthGate", "GateController", "GateValues", "Gates",
+           "attach_gates"]

@@ -1,0 +1,225 @@
+"""``compress``: the pipeline of DESIGN section 2, from a model and a recipe to an output directory.
+
+    base (train the original unless weights are given) -> trace -> search (the method)
+    -> slice -> fine-tune -> save + ONNX + report
+
+Every stage checkpoints after each epoch under ``OUT/checkpoints``; ``resume=True`` continues a
+run that was interrupted, and re-running a finished stage only reloads it.  Everything the run
+could reject (recipe, model name, data path, weights file, budget) is checked before anything is
+written.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .budget import fit_to_budget
+from .data import IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD, ImageSpec, load_dataset, split_dataset
+from .decision import Decision
+from .export import export_onnx, save_compressed, slice_model
+from .export.save import ARCH_FILE
+from .methods import SearchContext, get_method
+from .recipe import Recipe, load_recipe
+from .space import trace
+from .train import Trainer, load_checkpoint
+from .weights import load_weights
+
+
+class OutputExistsError(ValueError):
+    """The output directory already holds a run and ``resume`` was not asked for."""
+
+
+@dataclass
+class CompressResult:
+    """The compressed dense model (eval mode, CPU), its decision, the report and where it lives."""
+
+    model: nn.Module
+    decision: Decision
+    report: dict[str, Any]
+    out: Path
+
+
+def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | None = None,
+             data: str | os.PathLike | tuple[Dataset, Dataset] | None = None, *,
+             out: str | os.PathLike | None = None, resume: bool = False,
+             overrides: dict[str, Any] | None = None,
+             callbacks: tuple[Callable[[str, int, int], None], ...] = ()) -> CompressResult:
+    """Compress ``model`` under ``recipe`` and write the result to ``out``.
+
+    Args:
+        model: a model name (torchvision or timm) or an ``nn.Module`` (its class is recorded so the
+            saved model can be rebuilt; see :func:`compressor.load_compressed`).
+        recipe: a :class:`Recipe`, a dict, a YAML path or a built-in recipe name.
+        data: a data path (ImageFolder/CIFAR), ``(train, test)`` datasets, or None for the
+            recipe's (the embedded MNIST subset by default).
+        out: output directory (default ``runs/<model>-<method>-<budget>``).
+        overrides: dotted recipe keys set on top, e.g. ``{"budget.flops": 0.25}``.
+
+    Example:
+        >>> result = compress("resnet18", {"budget": {"flops": 0.5}, "search": {"epochs": 1}})
+        >>> result.report["compressed"]["flops_fraction_fvcore"] <= 0.5
+        True
+    """
+    from .report import Stopwatch, build_report, write_report
+
+    recipe = load_recipe(recipe, overrides)
+    if isinstance(model, str):
+        recipe = load_recipe(recipe, {"model": model})
+    name = recipe.model if isinstance(model, str) else type(model).__name__
+    torch.manual_seed(recipe.run.seed)
+    train_set, val_set, test_set, num_classes = _datasets(recipe, data, model)
+    net, source, source_kwargs = _build(model, recipe, num_classes)
+    size = recipe.data.input_size or _native_size(net, recipe)
+    example = torch.randn(1, 3, size, size)
+    if recipe.weights:
+        load_weights(net, recipe.weights)
+    clock = Stopwatch()
+    with clock("trace"):
+        space = trace(net.cpu().eval(), example)
+        fit_to_budget(space, torch.zeros(space.num_units).numpy(), recipe.budget.target,
+                      what=recipe.budget.what)  # fails now, not after training, if unreachable
+    out = Path(out) if out else Path("runs") / f"{name}-{recipe.method.name}-{recipe.budget.what}{recipe.budget.target:g}"
+    _claim(out, resume)
+    if not (out / "recipe.yaml").exists():
+        (out / "recipe.yaml").write_text(recipe.to_yaml())
+
+    trainer = Trainer(recipe.run, log_dir=out / "logs", callbacks=callbacks)
+    ckpt = out / "checkpoints"
+    batch = recipe.data.batch_size
+    history: dict[str, list] = {}
+    if not recipe.weights and recipe.base.epochs:
+        with clock("base"):
+            history["base"] = [h.row() for h in trainer.fit(net, train_set, recipe.base, stage="base",
+                                                            batch_size=batch, val_set=val_set,
+                                                            checkpoint=ckpt / "base.pt", resume=resume)]
+    original_acc = trainer.evaluate(net, test_set, batch)[1]
+
+    method = get_method(recipe.method.name)(recipe.method, space)
+    ctx = SearchContext(trainer, train_set, val_set, batch, recipe.budget, recipe.export.round_to, recipe.run.seed)
+    with clock("search"):
+        net, decision, summary = method.search(net, ctx, epochs_cfg=recipe.search, checkpoint=ckpt / "search.pt",
+                                               resume=resume)
+    history["search"] = summary.pop("history", [])
+    original = net  # trained weights of the full-size model (gates removed)
+    compressed = slice_model(original.cpu().eval(), space, decision)
+
+    finetune = recipe.finetune
+    if not method.trains_in_search:  # equal total epochs for every method
+        finetune = finetune.model_copy(update={"epochs": finetune.epochs + recipe.search.epochs})
+    if finetune.epochs:
+        with clock("finetune"):
+            history["finetune"] = [h.row() for h in trainer.fit(compressed, train_set, finetune, stage="finetune",
+                                                                batch_size=batch, val_set=val_set,
+                                                                checkpoint=ckpt / "finetune.pt", resume=resume)]
+    compressed_acc = trainer.evaluate(compressed, test_set, batch)[1]
+    compressed = compressed.cpu().eval()
+    if not trainer.dist.is_main:
+        return CompressResult(compressed, decision, {}, out)
+
+    with clock("export"):
+        save_compressed(compressed, out, source=source, source_kwargs=source_kwargs,
+                        input_shape=tuple(example.shape), decision=decision)
+        onnx_diff = None
+        if recipe.export.onnx:
+            onnx_diff = export_onnx(compressed, out / "model.onnx", example, opset=recipe.export.opset,
+                                    dynamic_batch=True)
+    report = build_report(name=name, recipe=recipe, space=space, decision=decision, original=original.cpu().eval(),
+                          compressed=compressed, example=example, accuracy=(original_acc, compressed_acc),
+                          onnx_diff=onnx_diff, out=out, history=history, method_summary=summary, clock=clock,
+                          dist_world=trainer.dist.world_size)
+    write_report(report, out)
+    return CompressResult(compressed, decision, report, out)
+
+
+def _datasets(recipe: Recipe, data, model) -> tuple[Dataset, Dataset | None, Dataset, int]:
+    cfg = recipe.data
+    if isinstance(data, tuple):
+        train, test = data
+    else:
+        path = str(data) if data is not None else cfg.path
+        mean, std = _normalisation(recipe, path, model)
+        spec = ImageSpec(size=cfg.input_size or 224, mean=mean, std=std)
+        train = load_dataset(path, "train", spec, augment=cfg.augment)
+        test = load_dataset(path, "test", spec, augment=False)
+    num_classes = _num_classes(train)
+    val = None
+    if cfg.val_fraction > 0 and (hasattr(train, "labels") or hasattr(train, "samples")):
+        plain = train  # the held-out part is read without augmentation
+        if not isinstance(data, tuple) and cfg.augment:
+            plain = load_dataset(path, "train", spec, augment=False)
+        train, _ = split_dataset(train, cfg.val_fraction, seed=recipe.run.seed)
+        _, val = split_dataset(plain, cfg.val_fraction, seed=recipe.run.seed)
+    if cfg.limit_train and cfg.limit_train < len(train):
+        g = torch.Generator().manual_seed(recipe.run.seed)
+        train = torch.utils.data.Subset(train, torch.randperm(len(train), generator=g)[: cfg.limit_train].tolist())
+    return train, val, test, num_classes
+
+
+def _normalisation(recipe: Recipe, path, model) -> tuple[tuple, tuple]:
+    """Recipe override, else MNIST's for the embedded set, else the model's own data config."""
+    if recipe.data.mean and recipe.data.std:
+        return recipe.data.mean, recipe.data.std
+    if path is None:
+        return (MNIST_MEAN,) * 3, (MNIST_STD,) * 3
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+
+def _num_classes(ds: Dataset) -> int:
+    while isinstance(ds, torch.utils.data.Subset):
+        ds = ds.dataset
+    n = getattr(ds, "num_classes", None)
+    if n is None:
+        raise ValueError("the training dataset does not say how many classes it has (set .num_classes)")
+    return int(n)
+
+
+def _build(model: nn.Module | str, recipe: Recipe, num_classes: int) -> tuple[nn.Module, str, dict]:
+    """The original model and how to rebuild it (zoo name or ``module:Class`` plus kwargs)."""
+    if isinstance(model, str) and ":" in model and not model.startswith(("timm:", "tv:", "torchvision:")):
+        from .export.save import build_source
+
+        try:  # "package.module:factory", as saved models record their source
+            return build_source(model, {"num_classes": num_classes}), model, {"num_classes": num_classes}
+        except (ImportError, AttributeError) as exc:
+            from .zoo import UnknownModelError
+
+            raise UnknownModelError(f"cannot build {model!r}: {exc}") from None
+        except TypeError:
+            return build_source(model, {}), model, {}
+    if isinstance(model, str):
+        from .zoo import create_model_for_size
+
+        net, kwargs = create_model_for_size(model, recipe.data.input_size, num_classes=num_classes)
+        return net, model, kwargs
+    if recipe.data.input_size is None:
+        raise ValueError("data.input_size must be set for a model given as an nn.Module")
+    cls = type(model)
+    return model, f"{cls.__module__}:{cls.__qualname__}", {}
+
+
+def _native_size(net: nn.Module, recipe: Recipe) -> int:
+    from .zoo import input_size
+
+    return input_size(recipe.model or "", net)[-1]
+
+
+def _claim(out: Path, resume: bool) -> None:
+    """Refuse to overwrite a previous run unless it is being resumed."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output path {out} exists and is not a directory")
+    taken = [p for p in (out / ARCH_FILE, out / "report.json", out / "checkpoints") if p.exists()]
+    if taken and not resume:
+        raise OutputExistsError(f"output directory {out} already holds a run ({taken[0].name}); "
+                                "pass --resume to continue it or choose another --out")
+    if resume:  # a damaged checkpoint is reported now, before any work
+        for ckpt in sorted((out / "checkpoints").glob("*.pt")):
+            load_checkpoint(ckpt)
+    out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,42 @@
+"""``ControlledModel``: a gated network plus the module that computes its gate values.
+
+The controller (an ``nn.Module`` owning the method's logits) runs at the start of every forward
+and writes unit and block values into the gates, so the whole thing is one ``nn.Module``:
+DDP synchronises the logits' gradients with the weights', ``state_dict`` holds both, and
+autocast covers both.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attach import Gates
+
+
+class GateController(nn.Module):
+    """Computes ``(unit_values, block_values)``; either may be None (left unchanged)."""
+
+    def forward(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ControlledModel(nn.Module):
+    def __init__(self, gates: Gates, controller: GateController) -> None:
+        super().__init__()
+        self.net = gates.model
+        self.controller = controller
+        self._gates = [gates]  # not a submodule: it only points at modules already inside net
+
+    @property
+    def gates(self) -> Gates:
+        return self._gates[0]
+
+    def forward(self, *args, **kwargs):
+        units, blocks = self.controller()
+        self.gates.set(units=units, blocks=blocks)
+        return self.net(*args, **kwargs)
+
+    def release(self) -> nn.Module:
+        """Remove every gate and return the plain network with its trained weights."""
+        self.gates.model = self.net
+        return self.gates.remove()

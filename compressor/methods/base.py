@@ -1,0 +1,64 @@
+"""The method interface and registry: a typed config class selects the handler that runs it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..decision import Decision
+from ..recipe import BudgetConfig
+from ..space import Space
+from ..train import Trainer, TrainHooks
+
+_METHODS: dict[str, type["Method"]] = {}
+
+
+def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    def wrap(cls: type["Method"]) -> type["Method"]:
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_method(name: str) -> type["Method"]:
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+@dataclass
+class SearchContext:
+    """What a method's search may use: the trainer, the data, the budget and the seed."""
+
+    trainer: Trainer
+    train_set: Dataset
+    val_set: Dataset | None
+    batch_size: int
+    budget: BudgetConfig
+    round_to: int | None
+    seed: int
+
+
+class Method(TrainHooks):
+    """A compression method.  ``search`` turns a (trained) model and its space into a decision;
+    methods that train during search do it through the shared trainer with themselves as hooks.
+
+    ``trains_in_search`` is False for one-shot methods: the pipeline then gives the search
+    epochs to fine-tuning, so every method sees the same number of epochs.
+    """
+
+    name = "method"
+    trains_in_search = True
+
+    def __init__(self, config, space: Space) -> None:
+        self.config = config
+        self.space = space
+
+    def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg, checkpoint=None,
+               resume: bool = False) -> tuple[nn.Module, Decision, dict]:
+        """Return (the model with its trained weights, the decision, a summary for the report)."""
+        raise NotImplementedError

@@ -1,0 +1,222 @@
+"""``scs``: structured continuous sparsification (Yuan, Savarese & Maire, ICLR 2021; DESIGN 5.1).
+
+Algorithm, per epoch e of T (a *gate* is one channel unit or one residual block):
+
+    q  ~ Bernoulli(sigma(beta * s))                 drawn once, held for the epoch
+    du = (1 - budget) - u(q)                        u = fraction of FLOPs/params removed by q
+    lambda1, lambda2 = lambda1_base * du, lambda2_base * du
+    for each batch:  g = sigma(beta * s) * q        channel gates; blocks compute x + g * f(x)
+                     L = CE + lambda1 * sum sigma(beta * s_c) + lambda2 * sum sigma(beta * s_l)
+                     SGD step on weights and on s
+    t_s += q                                        per-gate counters: beta = beta0 * gamma^t_s
+                                                    (the ``global`` ablation: t_s = e)
+    end: keep the gates with the largest s that fit the budget (= s > 0 once du has settled).
+
+Short runs (a few epochs instead of the paper's 160) can set ``lambda_interval``: du is then also
+re-measured every that many steps, on the gates that are both sampled and positive (q = 1, s > 0),
+so the penalty stops before every logit has crossed zero within one long epoch.
+
+Choices the paper leaves open, recorded here: q is drawn at the start of each epoch from a
+generator seeded by (seed, epoch), so every DDP process and every resumed run draws the same
+masks; u(q) is measured with the cost model on the sampled architecture; in grow mode a unit
+switched on for the first time gets fresh random weights (normal with its tensor's initial std).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..budget import fit_to_budget
+from ..decision import Decision
+from ..gates import ControlledModel, GateController, attach_gates
+from ..recipe import ScsConfig
+from ..space import Space
+from .base import Method, SearchContext, register_method
+
+
+class ScsLogits(GateController):
+    """Gate logits ``s``, per-gate temperature counters ``t`` and the epoch's draw ``q``."""
+
+    def __init__(self, space: Space, cfg: ScsConfig, epochs: int) -> None:
+        super().__init__()
+        self.num_units, self.num_blocks = space.num_units, len(space.blocks)
+        free = np.flatnonzero(space.prunable_mask()) if cfg.channels else np.zeros(0, dtype=np.int64)
+        nb = self.num_blocks if cfg.layers else 0
+        self.register_buffer("free", torch.from_numpy(free).long())
+        sign_c, sign_l = torch.ones(len(free)), torch.ones(nb)
+        if cfg.mode == "grow":  # one active unit per group and one active block per stage
+            sign_c.fill_(-1)
+            first: dict[int, int] = {}
+            group_of = space.unit_group()
+            for pos, u in enumerate(free.tolist()):
+                first.setdefault(int(group_of[u]), pos)
+            sign_c[list(first.values())] = 1
+            sign_l.fill_(-1)
+            if nb:
+                seeds = {}
+                for i, b in enumerate(space.blocks):
+                    seeds.setdefault(b.stage, i)
+                sign_l[list(seeds.values())] = 1
+        self.s_c = nn.Parameter(cfg.init_logit * sign_c)
+        self.s_l = nn.Parameter(cfg.init_logit * sign_l)
+        self.register_buffer("q_c", torch.ones(len(free)))
+        self.register_buffer("q_l", torch.ones(nb))
+        self.register_buffer("t_c", torch.zeros(len(free)))
+        self.register_buffer("t_l", torch.zeros(nb))
+        self.register_buffer("ever_on", sign_c > 0)
+        self.beta0 = cfg.beta0
+        self.log_gamma = math.log(cfg.beta_final / cfg.beta0) / max(epochs, 1)
+
+    def soft(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """sigma(beta * s) for channel and block gates."""
+        beta_c = self.beta0 * torch.exp(self.log_gamma * self.t_c)
+        beta_l = self.beta0 * torch.exp(self.log_gamma * self.t_l)
+        return torch.sigmoid(beta_c * self.s_c), torch.sigmoid(beta_l * self.s_l)
+
+    def forward(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        soft_c, soft_l = self.soft()
+        units = self.s_c.new_ones(self.num_units).index_put((self.free,), soft_c * self.q_c)
+        blocks = soft_l * self.q_l if len(self.q_l) else None
+        return units, blocks
+
+    def keep(self, q_c: torch.Tensor, q_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """0/1 keep vectors over the whole space for channel and block gate values."""
+        units = torch.ones(self.num_units, dtype=torch.double)
+        units[self.free.cpu()] = q_c.double().cpu()
+        blocks = torch.ones(self.num_blocks, dtype=torch.double)
+        if len(q_l):
+            blocks = q_l.double().cpu()
+        return units, blocks
+
+
+@register_method("scs")
+class ScsMethod(Method):
+    """Trains gates and weights jointly under the budget-aware penalty, then decides."""
+
+    config: ScsConfig
+
+    def __init__(self, config: ScsConfig, space: Space) -> None:
+        super().__init__(config, space)
+        self.logits: ScsLogits | None = None
+        self.lambda1 = self.lambda2 = 0.0
+        self.seed = 0
+        self.budget = None
+        self.net: nn.Module | None = None
+        self.init_std: dict[str, float] = {}
+        self.steps = 0
+
+    # -- the algorithm ---------------------------------------------------------------------------
+    def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
+        lg = self.logits
+        soft_c, soft_l = (v.detach().cpu() for v in lg.soft())
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        q_c, q_l = torch.bernoulli(soft_c, generator=g), torch.bernoulli(soft_l, generator=g)
+        lg.q_c.copy_(q_c)
+        lg.q_l.copy_(q_l)
+        if self.config.mode == "grow":
+            self._fresh_init(q_c.bool() & ~lg.ever_on.cpu(), g)
+            lg.ever_on |= lg.q_c.bool()
+        kept = self._set_lambda(q_c, q_l)
+        self.steps = 0
+        return {"sampled_cost": kept, "lambda1": self.lambda1}
+
+    def _set_lambda(self, q_c: torch.Tensor, q_l: torch.Tensor) -> float:
+        kept = self._cost_fraction(*self.logits.keep(q_c, q_l))
+        du = (1 - self.budget.target) - (1 - kept)
+        self.lambda1, self.lambda2 = self.config.lambda1 * du, self.config.lambda2_base * du
+        return kept
+
+    def extra_loss(self, model, outputs, targets) -> torch.Tensor:  # noqa: ARG002
+        interval = self.config.lambda_interval
+        if interval and self.steps and self.steps % interval == 0:
+            lg = self.logits
+            self._set_lambda(lg.q_c * (lg.s_c.detach() > 0), lg.q_l * (lg.s_l.detach() > 0))
+        self.steps += 1
+        soft_c, soft_l = self.logits.soft()
+        return self.lambda1 * soft_c.sum() + self.lambda2 * soft_l.sum()
+
+    def end_epoch(self, epoch: int, epochs: int) -> dict[str, float]:  # noqa: ARG002
+        lg = self.logits
+        if self.config.temperature == "per_gate":
+            lg.t_c += lg.q_c
+            lg.t_l += lg.q_l
+        else:
+            lg.t_c.fill_(epoch + 1)
+            lg.t_l.fill_(epoch + 1)
+        on_c, on_l = (lg.s_c.detach() > 0).double(), (lg.s_l.detach() > 0).double()
+        return {"sign_cost": self._cost_fraction(*lg.keep(on_c, on_l))}
+
+    def step_metrics(self) -> dict[str, float]:
+        return {"lam": self.lambda1}
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg, checkpoint=None,
+               resume: bool = False) -> tuple[nn.Module, Decision, dict]:
+        self.seed, self.budget = ctx.seed, ctx.budget
+        self.init_std = {n: float(p.detach().float().std()) for n, p in model.named_parameters() if p.dim() > 1}
+        gates = attach_gates(model, self.space)
+        self.logits = ScsLogits(self.space, self.config, epochs_cfg.epochs)
+        controlled = ControlledModel(gates, self.logits)
+        self.net = controlled.net
+        history = ctx.trainer.fit(controlled, ctx.train_set, epochs_cfg, stage="search", batch_size=ctx.batch_size,
+                                  val_set=ctx.val_set, hooks=self, checkpoint=checkpoint, resume=resume)
+        decision, summary = self.decide(ctx)
+        summary["history"] = [h.row() for h in history]
+        return controlled.release(), decision, summary
+
+    def param_groups(self) -> list[dict]:
+        c = self.config
+        params = [p for p in (self.logits.s_c, self.logits.s_l) if p.numel()]
+        return [{"params": params, "lr": c.logit_lr, "momentum": c.logit_momentum,
+                 "weight_decay": c.logit_weight_decay}]
+
+    def decide(self, ctx: SearchContext) -> tuple[Decision, dict]:
+        """Blocks with s <= 0 go; channels are ranked by s and the best that fit the budget stay."""
+        lg = self.logits
+        scores = np.zeros(self.space.num_units)
+        scores[lg.free.cpu().numpy()] = lg.s_c.detach().double().cpu().numpy()
+        removed = [b.name for b, s in zip(self.space.blocks, lg.s_l.detach().cpu().tolist()) if s <= 0]
+        decision = fit_to_budget(self.space, scores, ctx.budget.target, what=ctx.budget.what,
+                                 round_to=ctx.round_to, removed_blocks=removed)
+        kept = decision.keep_vector(self.space).numpy()[lg.free.cpu().numpy()] > 0.5
+        sign = scores[lg.free.cpu().numpy()] > 0
+        return decision, {"units_positive": int(sign.sum()), "units_kept": int(kept.sum()),
+                          "units_free": int(len(sign)), "units_differing_from_sign": int((kept != sign).sum()),
+                          "blocks_removed": removed}
+
+    def _cost_fraction(self, units: torch.Tensor, blocks: torch.Tensor) -> float:
+        cost = self.space.cost.flops if self.budget.what == "flops" else self.space.cost.params
+        return float(cost(units, blocks) / cost())
+
+    @torch.no_grad()
+    def _fresh_init(self, newly_on: torch.Tensor, g: torch.Generator) -> None:
+        """Grow mode: weights of units switched on for the first time are drawn anew."""
+        if not newly_on.any():
+            return
+        flat = torch.zeros(self.space.num_units + 1, dtype=torch.bool)
+        flat[self.logits.free.cpu()[newly_on]] = True
+        for name, ps in self.space.param_slices.items():
+            if name not in self.init_std:
+                continue
+            tensor = _raw_param(self.net, name)
+            for d, units in ps.dims.items():
+                hit = flat[torch.from_numpy(np.where(units >= 0, units, self.space.num_units))]
+                if hit.any():
+                    idx = hit.nonzero().flatten().to(tensor.device)
+                    shape = list(tensor.shape)
+                    shape[d] = len(idx)
+                    fresh = torch.randn(shape, generator=g) * self.init_std[name]
+                    tensor.index_copy_(d, idx, fresh.to(tensor.dtype).to(tensor.device))
+
+
+def _raw_param(net: nn.Module, name: str) -> torch.Tensor:
+    """The stored tensor behind ``name``, under a parametrization if there is one."""
+    mod_name, _, attr = name.rpartition(".")
+    module = net.get_submodule(mod_name)
+    if parametrize.is_parametrized(module, attr):
+        return module.parametrizations[attr].original
+    return getattr(module, attr)

@@ -1,0 +1,5 @@
+"""Models the zoos lack but recipes need (registered by name with :func:`register_model`)."""
+from .cifar_resnet import CifarResNet
+from .registry import MODELS, register_model
+
+__all__ = ["CifarResNet", "MODELS", "register_model"]

@@ -1,0 +1,257 @@
+"""Typed recipes: every knob of a ``compress`` run, loaded from YAML, a dict or a built-in name.
+
+Unknown keys are errors, and every error names the key path and what was expected::
+
+    >>> r = load_recipe({"budget": {"flops": 0.5}, "method": {"name": "prune"}})
+    >>> r.method.importance
+    'magnitude'
+    >>> load_recipe({"budget": {"flops": 1.5}})
+    Traceback (most recent call last):
+    RecipeError: budget.flops: must be a fraction in (0, 1), got 1.5
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+RECIPE_VERSION = 1
+
+
+class RecipeError(ValueError):
+    """A recipe that does not parse or does not validate; the message names the key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BudgetConfig(_Strict):
+    """What the compressed model may cost, as a fraction of the original (exactly one is set)."""
+
+    flops: float | None = Field(None, description="Kept FLOPs (MACs at the recipe input size), fraction in (0, 1).")
+    params: float | None = Field(None, description="Kept parameters, fraction in (0, 1).")
+
+    @field_validator("flops", "params")
+    @classmethod
+    def _fraction(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v < 1:
+            raise ValueError(f"must be a fraction in (0, 1), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> "BudgetConfig":
+        if (self.flops is None) == (self.params is None):
+            raise ValueError("set exactly one of budget.flops and budget.params")
+        return self
+
+    @property
+    def what(self) -> str:
+        return "flops" if self.flops is not None else "params"
+
+    @property
+    def target(self) -> float:
+        return float(self.flops if self.flops is not None else self.params)  # type: ignore[arg-type]
+
+
+class DataConfig(_Strict):
+    """Where images come from and how they reach the model."""
+
+    path: str | None = Field(None, description="ImageFolder tree or CIFAR folder; None = embedded MNIST subset.")
+    input_size: int | None = Field(32, ge=8, description="Square input side in pixels; None = the model's own.")
+    batch_size: int = Field(64, ge=1, description="Images per step (per process under DDP).")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the training set held out per class.")
+    augment: bool = Field(True, description="Random shifts (arrays) or random-resized crops + flips (folders).")
+    mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; None = dataset default.")
+    std: tuple[float, float, float] | None = Field(None, description="Normalisation std; None = dataset default.")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    limit_train: int | None = Field(None, ge=1, description="Use only the first N training images (smoke runs).")
+
+
+class TrainConfig(_Strict):
+    """One training stage of the weights (SGD with momentum)."""
+
+    epochs: int = Field(3, ge=0, description="Epochs of this stage.")
+    lr: float = Field(0.05, gt=0, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(True, description="Nesterov momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (not applied to norms and biases).")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="Learning-rate schedule.")
+    milestones: list[float] = Field([0.5, 0.75], description="Step schedule: fractions of the stage's epochs.")
+    gamma: float = Field(0.1, gt=0, description="Step schedule: factor at each milestone.")
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up, in epochs (fractions allowed).")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.")
+
+
+class ScsConfig(_Strict):
+    """Structured continuous sparsification (Yuan, Savarese & Maire, ICLR 2021; DESIGN 5.1)."""
+
+    name: Literal["scs"] = "scs"
+    mode: Literal["prune", "grow"] = Field("prune", description="Start with every gate on, or one per layer/stage.")
+    channels: bool = Field(True, description="Gate channel groups.")
+    layers: bool = Field(True, description="Gate residual blocks (depth).")
+    lambda1_base: float | None = Field(None, description="Channel penalty base; None = 1.0 with layers, else 0.5.")
+    lambda2_base: float = Field(0.1, description="Layer penalty base.")
+    beta0: float = Field(1.0, gt=0, description="Initial temperature.")
+    beta_final: float = Field(100.0, gt=1, description="Temperature after T on-epochs: gamma = (final/beta0)^(1/T).")
+    temperature: Literal["per_gate", "global"] = Field("per_gate", description="Per-gate counters or t = epoch.")
+    lambda_interval: int | None = Field(None, ge=1, description="Re-measure du every N steps on the sampled "
+                                        "architecture's gates with s > 0; None = once per epoch (the paper).")
+    init_logit: float = Field(3.0, gt=0, description="|s| at the start (prune: +s for all; grow: +s for seeds).")
+    logit_lr: float = Field(0.1, gt=0, description="SGD learning rate of the gate logits.")
+    logit_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of the gate logits.")
+    logit_weight_decay: float = Field(1e-6, ge=0, description="Weight decay of the gate logits.")
+
+    @property
+    def lambda1(self) -> float:
+        if self.lambda1_base is not None:
+            return self.lambda1_base
+        return 1.0 if self.layers else 0.5
+
+
+class PruneConfig(_Strict):
+    """One-shot importance pruning to the budget, then fine-tuning (the baseline)."""
+
+    name: Literal["prune"] = "prune"
+    importance: Literal["magnitude", "taylor"] = Field("magnitude", description="Per-channel score.")
+    taylor_batches: int = Field(8, ge=1, description="Batches whose gradients the Taylor score sums.")
+
+
+MethodConfig = Annotated[Union[ScsConfig, PruneConfig], Field(discriminator="name")]
+
+
+class ExportConfig(_Strict):
+    """What ends up in the output directory."""
+
+    round_to: int = Field(8, ge=1, description="Kept widths are multiples of this many channels.")
+    onnx: bool = Field(True, description="Write and check model.onnx.")
+    opset: int = Field(17, ge=13, description="ONNX opset.")
+    latency_repeats: int = Field(20, ge=0, description="onnxruntime timing repeats per batch size (0 = skip).")
+
+
+class RunConfig(_Strict):
+    """Where and how the run executes."""
+
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="Autocast dtype (fp16 on CUDA only).")
+    channels_last: bool = Field(False, description="Train in channels_last memory format.")
+    seed: int = Field(0, description="Seed of every random choice (data order, sampling, init).")
+    progress: bool = Field(True, description="Show progress bars.")
+
+
+class Recipe(_Strict):
+    """A whole ``compress`` run.  Stages: ``base`` (train the original when no weights are given),
+    ``search`` (the method's own training), ``finetune`` (the sliced model).  A method that does
+    not train during search (``prune``) gets the search epochs added to its fine-tuning, so every
+    method sees the same total number of epochs."""
+
+    VERSION: ClassVar[int] = RECIPE_VERSION
+    version: int = Field(RECIPE_VERSION, description="Recipe format version.")
+    model: str | None = Field(None, description="Model name; the CLI's MODEL argument overrides it.")
+    weights: str | None = Field(None, description="Trained weights of the original; None = train them (base).")
+    budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig(flops=0.5))
+    method: MethodConfig = Field(default_factory=ScsConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    base: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3))
+    search: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=6))
+    finetune: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, lr=0.01))
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != RECIPE_VERSION:
+            raise ValueError(f"this compressor reads recipe version {RECIPE_VERSION}, not {v}")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    return sorted(p.name[:-5] for p in resources.files("compressor.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(source: "Recipe | dict | str | os.PathLike | None" = None,
+                overrides: dict[str, Any] | None = None) -> Recipe:
+    """A :class:`Recipe` from an object, a dict, a YAML path or a built-in name (``"default"``),
+    with ``overrides`` (dotted key paths, e.g. ``{"budget.flops": 0.25}``) applied on top.
+
+    Raises :class:`RecipeError` naming the key path and what was expected.
+    """
+    if source is None:
+        data: dict[str, Any] = {}
+    elif isinstance(source, Recipe):
+        data = source.to_dict()
+    elif isinstance(source, dict):
+        data = dict(source)
+    else:
+        data = _read_yaml(source)
+    for path, value in (overrides or {}).items():
+        _set_path(data, path, value)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_describe(exc)) from None
+
+
+def _read_yaml(source: str | os.PathLike) -> dict[str, Any]:
+    text = str(source)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or os.sep in text or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} not found")
+        raw = path.read_text()
+    else:
+        names = builtin_recipes()
+        if text not in names:
+            raise RecipeError(f"unknown recipe {text!r}: not a file, and the built-in recipes are {', '.join(names)}")
+        raw = resources.files("compressor.recipes").joinpath(text + ".yaml").read_text()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"recipe {text} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {text} must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    keys = path.split(".")
+    node = data
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[k] = nxt
+        node = nxt
+    node[keys[-1]] = value
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("scs", "prune")
+                                                           and err["loc"][0] == "method"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "union_tag_invalid":
+            msg = "unknown method; expected one of scs, prune"
+        parts.append(f"{loc or '<recipe>'}: {msg}" + (f", got {err['input']!r}" if err["type"].endswith(
+            ("_type", "_parsing", "literal_error", "greater_than", "less_than", "greater_than_equal",
+             "less_than_equal")) else ""))
+    return "; ".join(parts)

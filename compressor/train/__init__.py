@@ -1,0 +1,8 @@
+"""The training backend: one device-agnostic loop that every method plugs into."""
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .distributed import DistEnv
+from .hooks import TrainHooks
+from .trainer import EpochResult, Trainer
+
+__all__ = ["CheckpointError", "DistEnv", "EpochResult", "TrainHooks", "Trainer", "load_checkpoint",
+           "save_checkpoint"]

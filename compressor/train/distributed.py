@@ -1,0 +1,59 @@
+"""Process-group setup under ``torchrun`` (NCCL on CUDA, gloo on CPU) and the few collectives
+the trainer needs.  A plain ``python`` run is a world of one and touches no process group."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device: torch.device) -> "DistEnv":
+        """Join the process group ``torchrun`` describes in the environment, if any."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of ``values`` over all processes."""
+        if not self.enabled:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the local CUDA device when there is one (per ``LOCAL_RANK``), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device

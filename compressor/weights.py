@@ -1,0 +1,45 @@
+"""Load trained weights of an original model from a file, without unpickling code.
+
+Accepted: a ``state_dict`` saved with ``torch.save`` (optionally nested under ``state_dict``,
+``model`` or ``model_state_dict``, as timm/torchvision training scripts write them), or a
+safetensors file.  Keys may carry a ``module.`` (DDP) prefix.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class WeightsError(ValueError):
+    """The weights file is missing, unreadable or does not fit the model; the message says which."""
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load ``path`` into ``model`` strictly (in place)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many kinds for a bad file
+        raise WeightsError(f"weights file {path} is corrupt or not a state_dict "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights file {path} does not hold a state_dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        raise WeightsError(f"weights file {path} does not fit the model: {' '.join(first[:2])[:300]}") from None

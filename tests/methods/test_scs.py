@@ -1,0 +1,71 @@
+import numpy as np
+import torch
+
+from compressor.budget import fit_to_budget
+from compressor.methods.base import SearchContext
+from compressor.methods.scs import ScsLogits, ScsMethod
+from compressor.recipe import BudgetConfig, RunConfig, ScsConfig, TrainConfig
+from compressor.space import trace
+from compressor.train import Trainer
+from tests.tiny import TinyNet
+
+
+def _space():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    return model, trace(model, torch.randn(1, 3, 16, 16))
+
+
+def test_grow_mode_seeds_one_unit_per_group_and_one_block_per_stage():
+    _, space = _space()
+    lg = ScsLogits(space, ScsConfig(mode="grow"), epochs=10)
+    on = lg.s_c.detach() > 0
+    group_of = space.unit_group()[lg.free.numpy()]
+    assert int(on.sum()) == len(set(group_of.tolist()))
+    assert all(on[torch.from_numpy(group_of == g)].sum() == 1 for g in set(group_of.tolist()))
+    stages = {b.stage for b in space.blocks}
+    assert int((lg.s_l.detach() > 0).sum()) == len(stages)
+
+
+def test_epoch_updates_temperature_lambda_and_masks():
+    model, space = _space()
+    method = ScsMethod(ScsConfig(), space)
+    method.budget, method.seed = BudgetConfig(flops=0.5), 0
+    method.logits = ScsLogits(space, method.config, epochs=4)
+    metrics = method.begin_epoch(0, 4)
+    # all gates start on (s = 3): u(q) is small, so du = 0.5 - u > 0 and the penalty prunes
+    assert method.lambda1 > 0 and metrics["sampled_cost"] > 0.5
+    q_first = method.logits.q_c.clone()
+    method.begin_epoch(0, 4)
+    assert torch.equal(q_first, method.logits.q_c)  # the same (seed, epoch) draws the same masks
+    method.end_epoch(0, 4)
+    assert torch.equal(method.logits.t_c, q_first)  # per-gate counters count on-epochs
+    beta = method.logits.beta0 * torch.exp(method.logits.log_gamma * method.logits.t_c)
+    assert torch.allclose(beta[q_first > 0], torch.tensor(100.0 ** 0.25))
+    # too sparse: the penalty changes sign and grows the model
+    with torch.no_grad():
+        method.logits.s_c.fill_(-3.0)
+    method.begin_epoch(1, 4)
+    assert method.lambda1 < 0
+    method.config = ScsConfig(temperature="global")
+    method.end_epoch(1, 4)
+    assert torch.all(method.logits.t_c == 2)
+
+
+def test_search_meets_budget_and_decides_from_logits(tmp_path):
+    model, space = _space()
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g))
+    trainer = Trainer(RunConfig(progress=False))
+    ctx = SearchContext(trainer, data, None, 16, BudgetConfig(flops=0.4), None, 0)
+    method = ScsMethod(ScsConfig(), space)
+    plain, decision, summary = method.search(model.train(), ctx, epochs_cfg=TrainConfig(epochs=2, lr=0.01))
+    assert not any("parametrizations" in k for k in plain.state_dict())  # gates are gone
+    frac = decision.flops(space) / float(space.cost.flops())
+    assert 0.3 < frac <= 0.4
+    # the kept units are the best-ranked logits: fitting the same scores again gives the same decision
+    scores = np.zeros(space.num_units)
+    scores[method.logits.free.numpy()] = method.logits.s_c.detach().numpy()
+    removed = [b.name for b, s in zip(space.blocks, method.logits.s_l.tolist()) if s <= 0]
+    assert fit_to_budget(space, scores, 0.4, removed_blocks=removed) == decision
+    assert summary["units_kept"] <= summary["units_free"] and len(summary["history"]) == 2

@@ -1,0 +1,36 @@
+"""``compressor.compress`` on a user-built module: budget met, and the returned model, the saved
+model and the ONNX file all compute the same function."""
+import json
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+import compressor
+from compressor.export import load_compressed
+from compressor.export.flops import fvcore_flops
+from tests.tiny import TINY_RECIPE, TinyNet
+
+
+def test_compress_user_module(tmp_path):
+    torch.manual_seed(0)
+    recipe = {**TINY_RECIPE, "budget": {"flops": 0.5}}
+    result = compressor.compress(TinyNet(), recipe, out=tmp_path / "run")
+    out = result.out
+    x = torch.randn(4, 3, 16, 16)
+    full = fvcore_flops(TinyNet().eval(), x[:1])
+    frac = fvcore_flops(result.model, x[:1]) / full
+    assert 0.4 <= frac <= 0.5, frac
+    report = json.loads((out / "report.json").read_text())
+    assert report["compressed"]["flops_fraction_fvcore"] == frac
+    assert abs(report["compressed"]["flops_fraction_cost_model"] - frac) < 1e-9
+    assert set(report["latency_ms"]) == {"1", "8"}
+    with torch.no_grad():
+        want = result.model(x)
+        loaded = load_compressed(out)(x)
+    assert torch.allclose(want, loaded, atol=1e-6)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - want.numpy()).max() <= 1e-4 * max(1.0, float(want.abs().max()))
+    for name in ("report.md", "widths.png", "training.png", "recipe.yaml", "logs/search.csv"):
+        assert (out / name).exists(), name

@@ -1,0 +1,42 @@
+"""Two processes under torchrun (gloo on CPU) run a one-epoch search and produce a valid decision."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from compressor.decision import Decision
+from compressor.space import trace
+from tests.tiny import TinyNet
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = """
+import sys
+import torch.distributed as dist
+import compressor
+from tests.tiny import TINY_RECIPE, TinyNet
+
+recipe = {**TINY_RECIPE, "base": {"epochs": 0}, "search": {"epochs": 1}, "finetune": {"epochs": 0},
+          "budget": {"flops": 0.6}}
+compressor.compress(TinyNet(), recipe, out=sys.argv[1])
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_two_processes(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29533", str(script), str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["environment"]["processes"] == 2
+    decision = Decision.from_dict(report["decision"])
+    space = trace(TinyNet().eval(), torch.randn(1, 3, 16, 16))
+    decision.validate(space)
+    assert decision.flops(space) / float(space.cost.flops()) <= 0.6
+    assert len(report["history"]["search"]) == 1
