@@ -1,0 +1,28 @@
+"""The CI slice of the tools/ benchmarks: the same code paths on small models and few repeats."""
+import csv
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+import accuracy  # noqa: E402
+import latency  # noqa: E402
+
+
+def test_latency_rows():
+    rows = latency.measure("resnet18", 64, 0.5, [1, 8], repeats=2, batches=(1, 2))
+    assert len(rows) == 4
+    for r in rows:
+        assert 0.4 < r["flops_fraction"] <= 0.5 and r["original_ms"] > 0 and r["compressed_ms"] > 0
+        assert abs(r["ratio"] - r["compressed_ms"] / r["original_ms"]) < 0.01
+
+
+def test_accuracy_equal_epochs(tmp_path, capsys):
+    out = tmp_path / "acc.csv"
+    accuracy.main(["--models", "cifar_resnet20", "--budgets", "0.5", "--seeds", "0", "--csv", str(out),
+                   "--set", "data.limit_train=128", "--set", "data.input_size=16", "--set", "base.epochs=1",
+                   "--set", "search.epochs=1", "--set", "finetune.epochs=1"])
+    rows = list(csv.DictReader(out.open()))
+    assert {r["variant"] for r in rows} == {"scs", "prune"}
+    assert all(float(r["flops_fraction_fvcore"]) <= 0.5 for r in rows)
+    assert "| cifar_resnet20 | 0.5 | scs |" in capsys.readouterr().out

@@ -1,0 +1,109 @@
+"""Methods against the ``prune`` baseline at equal budget and equal epochs, on the embedded data.
+
+For each model and seed the original is trained once (``base`` epochs) and shared by every run of
+that seed.  Each method then gets the same total number of epochs: scs trains ``search`` epochs
+and fine-tunes ``finetune``; prune fine-tunes ``search + finetune`` epochs.  Prints a mean ± std
+table of test accuracy and fvcore FLOPs fraction, and writes every run to CSV.
+
+    python tools/accuracy.py                                        # the docs/accuracy.md table
+    python tools/accuracy.py --models resnet18 --budgets 0.5 --seeds 0 --methods scs,prune
+    python tools/accuracy.py --variants scs:temperature=global      # ablations: method=key=value
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from compressor import compress, load_recipe
+from compressor.api import _build, _datasets
+from compressor.train import Trainer
+
+
+def base_weights(model: str, recipe, seed: int, directory: Path) -> tuple[Path, float]:
+    """Train the original once per (model, seed); return its weights file and test accuracy."""
+    torch.manual_seed(seed)
+    train, val, test, n = _datasets(recipe, None, model)
+    net, _, _ = _build(model, recipe, n)
+    trainer = Trainer(recipe.run)
+    trainer.fit(net, train, recipe.base, stage="base", batch_size=recipe.data.batch_size, val_set=val)
+    path = directory / f"{model}-seed{seed}.pt"
+    torch.save(net.state_dict(), path)
+    return path, trainer.evaluate(net, test, recipe.data.batch_size)[1]
+
+
+def parse_variant(spec: str) -> tuple[str, str, dict]:
+    """``scs`` or ``scs:temperature=global,layers=false`` -> (label, method, overrides)."""
+    method, _, rest = spec.partition(":")
+    overrides = {f"method.{k}": yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
+    return spec, method, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="resnet18,mobilenet_v2")
+    ap.add_argument("--budgets", default="0.5,0.25")
+    ap.add_argument("--variants", default="scs,prune", help="method[:key=value,...] per variant")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides for all runs")
+    ap.add_argument("--csv", default="accuracy.csv")
+    args = ap.parse_args(argv)
+    common = {"data.limit_train": 4000, "base.epochs": 3, "search.epochs": 4, "finetune.epochs": 2,
+              "export.onnx": False, "export.latency_repeats": 0, "run.progress": False, "method.lambda_interval": 10}
+    for item in args.set:
+        k, _, v = item.partition("=")
+        common[k] = yaml.safe_load(v)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for model in args.models.split(","):
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                plain = {k: v for k, v in common.items() if not k.startswith("method.")}
+                base = load_recipe("default", {**plain, "model": model, "run.seed": seed})
+                weights, base_acc = base_weights(model, base, seed, tmp)
+                for budget in [float(b) for b in args.budgets.split(",")]:
+                    for label, method, extra in map(parse_variant, args.variants.split(",")):
+                        o = {**plain, "run.seed": seed, "budget": {"flops": budget}, "weights": str(weights),
+                             "method": {"name": method}}
+                        if method == "scs":
+                            o["method.lambda_interval"] = common["method.lambda_interval"]
+                        o.update(extra)
+                        t0 = time.perf_counter()
+                        r = compress(model, load_recipe("default", o), out=tmp / f"{model}-{seed}-{budget}-{label}").report
+                        row = {"model": model, "seed": seed, "budget": budget, "variant": label,
+                               "original_acc": round(base_acc, 4),
+                               "test_acc": round(r["compressed"]["test_accuracy"], 4),
+                               "flops_fraction_fvcore": round(r["compressed"]["flops_fraction_fvcore"], 4),
+                               "params_fraction": round(r["compressed"]["params_fraction"], 4),
+                               "seconds": round(time.perf_counter() - t0, 1)}
+                        rows.append(row)
+                        print(row, flush=True)
+    with open(args.csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print("\n| model | budget | variant | test accuracy (mean ± std) | FLOPs kept (fvcore) | seeds |")
+    print("|---|---:|---|---:|---:|---:|")
+    keys = sorted({(r["model"], r["budget"], r["variant"]) for r in rows}, key=lambda k: (k[0], -k[1], k[2]))
+    for model, budget, variant in keys:
+        sel = [r for r in rows if (r["model"], r["budget"], r["variant"]) == (model, budget, variant)]
+        accs = [100 * r["test_acc"] for r in sel]
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        flops = statistics.mean(r["flops_fraction_fvcore"] for r in sel)
+        print(f"| {model} | {budget:g} | {variant} | {statistics.mean(accs):.2f} ± {std:.2f} | {flops:.3f} | {len(sel)} |")
+    originals = {(r["model"], r["seed"]): r["original_acc"] for r in rows}
+    for model in args.models.split(","):
+        accs = [100 * a for (m, _), a in originals.items() if m == model]
+        print(f"\noriginal {model}: {statistics.mean(accs):.2f}% test accuracy (mean of {len(accs)} seeds)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
