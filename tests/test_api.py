@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 import compressor
@@ -12,10 +13,14 @@ from compressor.export.flops import fvcore_flops
 from tests.tiny import TINY_RECIPE, TinyNet
 
 
-def test_compress_user_module(tmp_path):
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
     torch.manual_seed(0)
     recipe = {**TINY_RECIPE, "budget": {"flops": 0.5}}
-    result = compressor.compress(TinyNet(), recipe, out=tmp_path / "run")
+    return compressor.compress(TinyNet(), recipe, out=tmp_path_factory.mktemp("api") / "run")
+
+
+def test_compress_user_module(result):
     out = result.out
     x = torch.randn(4, 3, 16, 16)
     full = fvcore_flops(TinyNet().eval(), x[:1])
@@ -34,3 +39,15 @@ def test_compress_user_module(tmp_path):
     assert np.abs(got - want.numpy()).max() <= 1e-4 * max(1.0, float(want.abs().max()))
     for name in ("report.md", "widths.png", "training.png", "recipe.yaml", "logs/search.csv"):
         assert (out / name).exists(), name
+
+
+def test_eval_and_export_subcommands(result, capsys, tmp_path):
+    from compressor.cli import main
+
+    assert main(["eval", str(result.out)]) == 0
+    printed = capsys.readouterr().out
+    acc = 100 * result.report["compressed"]["test_accuracy"]
+    assert f"test accuracy {acc:.2f}%" in printed and "model.onnx: onnxruntime vs PyTorch" in printed
+    assert main(["export", str(result.out), "--opset", "18", "--output", str(tmp_path / "m18.onnx")]) == 0
+    assert (tmp_path / "m18.onnx").stat().st_size > 0
+    assert main(["eval", str(tmp_path)]) == 2  # not a run directory

@@ -125,7 +125,7 @@ class ScsMethod(Method):
         return {"sampled_cost": kept, "lambda1": self.lambda1}
 
     def _set_lambda(self, q_c: torch.Tensor, q_l: torch.Tensor) -> float:
-        kept = self._cost_fraction(*self.logits.keep(q_c, q_l))
+        kept = self.kept = self._cost_fraction(*self.logits.keep(q_c, q_l))
         du = (1 - self.budget.target) - (1 - kept)
         self.lambda1, self.lambda2 = self.config.lambda1 * du, self.config.lambda2_base * du
         return kept
@@ -151,7 +151,7 @@ class ScsMethod(Method):
         return {"sign_cost": self._cost_fraction(*lg.keep(on_c, on_l))}
 
     def step_metrics(self) -> dict[str, float]:
-        return {"lam": self.lambda1}
+        return {"cost": self.kept, "lam": self.lambda1}
 
     # -- plumbing --------------------------------------------------------------------------------
     def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg, checkpoint=None,
