@@ -99,8 +99,8 @@ class ScsConfig(_Strict):
     beta0: float = Field(1.0, gt=0, description="Initial temperature.")
     beta_final: float = Field(100.0, gt=1, description="Temperature after T on-epochs: gamma = (final/beta0)^(1/T).")
     temperature: Literal["per_gate", "global"] = Field("per_gate", description="Per-gate counters or t = epoch.")
-    lambda_interval: int | None = Field(None, ge=1, description="Re-measure du every N steps on the sampled "
-                                        "architecture's gates with s > 0; None = once per epoch (the paper).")
+    lambda_interval: int | None = Field(None, ge=1, description="Also re-measure du every N steps on the expected "
+                                        "cost of the next draw; None = once per epoch (the paper).")
     init_logit: float = Field(3.0, gt=0, description="|s| at the start (prune: +s for all; grow: +s for seeds).")
     logit_lr: float = Field(0.1, gt=0, description="SGD learning rate of the gate logits.")
     logit_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of the gate logits.")

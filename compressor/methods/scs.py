@@ -13,8 +13,10 @@ Algorithm, per epoch e of T (a *gate* is one channel unit or one residual block)
     end: keep the gates with the largest s that fit the budget (= s > 0 once du has settled).
 
 Short runs (a few epochs instead of the paper's 160) can set ``lambda_interval``: du is then also
-re-measured every that many steps, on the gates that are both sampled and positive (q = 1, s > 0),
-so the penalty stops before every logit has crossed zero within one long epoch.
+re-measured every that many steps on the *expected* cost of the next draw, cost(sigma(beta * s))
+(for independent Bernoulli gates the expected FLOPs of a sampled architecture is the cost model
+at the keep probabilities).  Measured on q alone, du cannot change within an epoch, and every
+logit, pushed by the same penalty, crossed zero in the first epoch (docs/compress.md).
 
 Choices the paper leaves open, recorded here: q is drawn at the start of each epoch from a
 generator seeded by (seed, epoch), so every DDP process and every resumed run draws the same
@@ -133,8 +135,7 @@ class ScsMethod(Method):
     def extra_loss(self, model, outputs, targets) -> torch.Tensor:  # noqa: ARG002
         interval = self.config.lambda_interval
         if interval and self.steps and self.steps % interval == 0:
-            lg = self.logits
-            self._set_lambda(lg.q_c * (lg.s_c.detach() > 0), lg.q_l * (lg.s_l.detach() > 0))
+            self._set_lambda(*(v.detach() for v in self.logits.soft()))
         self.steps += 1
         soft_c, soft_l = self.logits.soft()
         return self.lambda1 * soft_c.sum() + self.lambda2 * soft_l.sum()
