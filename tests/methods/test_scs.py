@@ -69,3 +69,25 @@ def test_search_meets_budget_and_decides_from_logits(tmp_path):
     removed = [b.name for b, s in zip(space.blocks, method.logits.s_l.tolist()) if s <= 0]
     assert fit_to_budget(space, scores, 0.4, removed_blocks=removed) == decision
     assert summary["units_kept"] <= summary["units_free"] and len(summary["history"]) == 2
+
+
+def test_grow_mode_search_draws_fresh_weights_for_new_units():
+    model, space = _space()
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g))
+    ctx = SearchContext(Trainer(RunConfig(progress=False)), data, None, 16, BudgetConfig(flops=0.5), None, 0)
+    method = ScsMethod(ScsConfig(mode="grow", init_logit=0.5), space)
+    before = model.stem[0].weight.detach().clone()
+    plain, decision, _ = method.search(model.train(), ctx, epochs_cfg=TrainConfig(epochs=2, lr=0.01))
+    lg = method.logits
+    seeds = len(set(space.unit_group()[lg.free.numpy()].tolist()))  # one per group at the start
+    assert int(lg.ever_on.sum()) > seeds
+    decision.validate(space)
+    assert decision.flops(space) / float(space.cost.flops()) <= 0.5
+    # stem units that were off at the start and got switched on were re-drawn, not trained from the old values
+    stem = space.group("stem.0")
+    newly = [u - stem.offset for u in range(stem.offset, stem.offset + stem.size)
+             if bool(lg.ever_on[(lg.free == u).nonzero()].any()) and u != stem.offset]
+    assert newly, "sigma(0.5) = 0.62: some stem units must have been drawn on in two epochs"
+    after = plain.stem[0].weight.detach()
+    assert not torch.allclose(after[newly], before[newly])

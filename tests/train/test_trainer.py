@@ -90,3 +90,24 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_arch_step_gets_held_out_batches():
+    from compressor.train import TrainHooks
+
+    class Bilevel(TrainHooks):
+        has_arch_step = True
+
+        def __init__(self):
+            self.seen = []
+
+        def arch_step(self, batch):
+            self.seen.append(batch[0][:, 0, 0, 0].clone())
+
+    hooks = Bilevel()
+    held_out = _data(20, seed=7)
+    Trainer(RunConfig(progress=False)).fit(_model(), _data(), TrainConfig(epochs=1), stage="bi", batch_size=16,
+                                           val_set=held_out, hooks=hooks)
+    assert len(hooks.seen) == 6  # one per weight step; the 20 held-out images cycle
+    values = set(torch.cat(hooks.seen).tolist())
+    assert values <= set(held_out.tensors[0][:, 0, 0, 0].tolist())
