@@ -54,8 +54,9 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
     """Compress ``model`` under ``recipe`` and write the result to ``out``.
 
     Args:
-        model: a model name (torchvision or timm) or an ``nn.Module`` (its class is recorded so the
-            saved model can be rebuilt; see :func:`compressor.load_compressed`).
+        model: a model name (torchvision or timm) or an ``nn.Module``, which is trained in place
+            (its class is recorded so the saved model can be rebuilt; see
+            :func:`compressor.load_compressed`).
         recipe: a :class:`Recipe`, a dict, a YAML path or a built-in recipe name.
         data: a data path (ImageFolder/CIFAR), ``(train, test)`` datasets, or None for the
             recipe's (the embedded MNIST subset by default).
@@ -169,6 +170,11 @@ def _normalisation(recipe: Recipe, path, model) -> tuple[tuple, tuple]:
     if path is None:
         return (MNIST_MEAN,) * 3, (MNIST_STD,) * 3
     cfg = getattr(model, "pretrained_cfg", None) or {}
+    if isinstance(model, str) and not model.startswith(("tv:", "torchvision:")):
+        import timm
+
+        found = timm.models.get_pretrained_cfg(model.removeprefix("timm:"))
+        cfg = found.to_dict() if found is not None else {}
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
 
