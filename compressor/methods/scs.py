@@ -63,8 +63,11 @@ class ScsLogits(GateController):
                 for i, b in enumerate(space.blocks):
                     seeds.setdefault(b.stage, i)
                 sign_l[list(seeds.values())] = 1
-        self.s_c = nn.Parameter(cfg.init_logit * sign_c)
-        self.s_l = nn.Parameter(cfg.init_logit * sign_l)
+        for name, init in (("s_c", cfg.init_logit * sign_c), ("s_l", cfg.init_logit * sign_l)):
+            if init.numel():
+                setattr(self, name, nn.Parameter(init))
+            else:  # nothing to learn: an empty buffer keeps DDP free of unused parameters
+                self.register_buffer(name, init)
         self.register_buffer("q_c", torch.ones(len(free)))
         self.register_buffer("q_l", torch.ones(nb))
         self.register_buffer("t_c", torch.zeros(len(free)))
@@ -171,7 +174,7 @@ class ScsMethod(Method):
 
     def param_groups(self) -> list[dict]:
         c = self.config
-        params = [p for p in (self.logits.s_c, self.logits.s_l) if p.numel()]
+        params = [p for p in (self.logits.s_c, self.logits.s_l) if isinstance(p, nn.Parameter)]
         return [{"params": params, "lr": c.logit_lr, "momentum": c.logit_momentum,
                  "weight_decay": c.logit_weight_decay}]
 

@@ -91,3 +91,11 @@ def test_grow_mode_search_draws_fresh_weights_for_new_units():
     assert newly, "sigma(0.5) = 0.62: some stem units must have been drawn on in two epochs"
     after = plain.stem[0].weight.detach()
     assert not torch.allclose(after[newly], before[newly])
+
+
+def test_channels_only_has_no_empty_parameters():
+    _, space = _space()
+    lg = ScsLogits(space, ScsConfig(layers=False), epochs=3)
+    assert [n for n, _ in lg.named_parameters()] == ["s_c"]
+    units, blocks = lg()
+    assert blocks is None and units.shape == (space.num_units,)
