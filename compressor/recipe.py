@@ -96,8 +96,6 @@ class ScsConfig(_Strict):
     layers: bool = Field(True, description="Gate residual blocks (depth).")
     lambda1_base: float | None = Field(None, description="Channel penalty base; None = 1.0 with layers, else 0.5.")
     lambda2_base: float = Field(0.1, description="Layer penalty base.")
-    penalty: Literal["count", "cost"] = Field("count", description="count: L1 on the soft gates (the paper); "
-                                               "cost: each gate weighted by its marginal FLOPs/params (mean 1).")
     beta0: float = Field(1.0, gt=0, description="Initial temperature.")
     beta_final: float = Field(100.0, gt=1, description="Temperature after T on-epochs: gamma = (final/beta0)^(1/T).")
     temperature: Literal["per_gate", "global"] = Field("per_gate", description="Per-gate counters or t = epoch.")

@@ -6,15 +6,11 @@ Algorithm, per epoch e of T (a *gate* is one channel unit or one residual block)
     du = (1 - budget) - u(q)                        u = fraction of FLOPs/params removed by q
     lambda1, lambda2 = lambda1_base * du, lambda2_base * du
     for each batch:  g = sigma(beta * s) * q        channel gates; blocks compute x + g * f(x)
-                     L = CE + lambda1 * sum w sigma(beta * s_c) + lambda2 * sum w sigma(beta * s_l)
+                     L = CE + lambda1 * sum sigma(beta * s_c) + lambda2 * sum sigma(beta * s_l)
                      SGD step on weights and on s
     t_s += q                                        per-gate counters: beta = beta0 * gamma^t_s
                                                     (the ``global`` ablation: t_s = e)
     end: keep the gates with the largest s that fit the budget (= s > 0 once du has settled).
-
-w = 1 is the paper's L1 on the gates (``penalty: count``); ``penalty: cost`` weighs each gate by
-its marginal FLOPs (or params) at the full model, scaled to mean 1, so that a FLOPs budget
-presses hardest on the channels that cost the most.
 
 Short runs (a few epochs instead of the paper's 160) can set ``lambda_interval``: du is then also
 re-measured every that many steps on the *expected* cost of the next draw, cost(sigma(beta * s))
@@ -77,8 +73,6 @@ class ScsLogits(GateController):
         self.register_buffer("t_c", torch.zeros(len(free)))
         self.register_buffer("t_l", torch.zeros(nb))
         self.register_buffer("ever_on", sign_c > 0)
-        self.register_buffer("w_c", torch.ones(len(free)))  # penalty weight per gate
-        self.register_buffer("w_l", torch.ones(nb))
         self.beta0 = cfg.beta0
         self.log_gamma = math.log(cfg.beta_final / cfg.beta0) / max(epochs, 1)
 
@@ -147,7 +141,7 @@ class ScsMethod(Method):
             self._set_lambda(*(v.detach() for v in self.logits.soft()))
         self.steps += 1
         soft_c, soft_l = self.logits.soft()
-        return self.lambda1 * (self.logits.w_c * soft_c).sum() + self.lambda2 * (self.logits.w_l * soft_l).sum()
+        return self.lambda1 * soft_c.sum() + self.lambda2 * soft_l.sum()
 
     def end_epoch(self, epoch: int, epochs: int) -> dict[str, float]:  # noqa: ARG002
         lg = self.logits
@@ -170,8 +164,6 @@ class ScsMethod(Method):
         self.init_std = {n: float(p.detach().float().std()) for n, p in model.named_parameters() if p.dim() > 1}
         gates = attach_gates(model, self.space)
         self.logits = ScsLogits(self.space, self.config, epochs_cfg.epochs)
-        if self.config.penalty == "cost":
-            self._weigh_penalty_by_cost()
         controlled = ControlledModel(gates, self.logits)
         self.net = controlled.net
         history = ctx.trainer.fit(controlled, ctx.train_set, epochs_cfg, stage="search", batch_size=ctx.batch_size,
@@ -199,18 +191,6 @@ class ScsMethod(Method):
         return decision, {"units_positive": int(sign.sum()), "units_kept": int(kept.sum()),
                           "units_free": int(len(sign)), "units_differing_from_sign": int((kept != sign).sum()),
                           "blocks_removed": removed}
-
-    def _weigh_penalty_by_cost(self) -> None:
-        """Penalty weight of each gate = its marginal cost at the full model, scaled to mean 1."""
-        lg = self.logits
-        cost = self.space.cost.flops if self.budget.what == "flops" else self.space.cost.params
-        units = torch.ones(self.space.num_units, dtype=torch.double, requires_grad=True)
-        blocks = torch.ones(len(self.space.blocks), dtype=torch.double, requires_grad=True)
-        cost(units, blocks).backward()
-        w_c = units.grad[lg.free.cpu()].float()
-        w_l = blocks.grad.float()[: lg.w_l.numel()]
-        lg.w_c.copy_(w_c / w_c.mean().clamp_min(1e-12) if w_c.numel() else w_c)
-        lg.w_l.copy_(w_l / w_l.mean().clamp_min(1e-12) if w_l.numel() else w_l)
 
     def _cost_fraction(self, units: torch.Tensor, blocks: torch.Tensor) -> float:
         cost = self.space.cost.flops if self.budget.what == "flops" else self.space.cost.params

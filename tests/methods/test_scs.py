@@ -99,21 +99,3 @@ def test_channels_only_has_no_empty_parameters():
     assert [n for n, _ in lg.named_parameters()] == ["s_c"]
     units, blocks = lg()
     assert blocks is None and units.shape == (space.num_units,)
-
-
-def test_cost_weighted_penalty():
-    _, space = _space()
-    method = ScsMethod(ScsConfig(penalty="cost"), space)
-    method.budget = BudgetConfig(flops=0.5)
-    method.logits = ScsLogits(space, method.config, epochs=3)
-    method._weigh_penalty_by_cost()
-    w = method.logits.w_c
-    assert torch.isclose(w.mean(), torch.tensor(1.0)) and (w > 0).all() and w.std() > 0.1
-    # a unit's weight is its marginal FLOPs: removing the heaviest unit saves the most
-    keep = torch.ones(space.num_units, dtype=torch.double)
-    saved = []
-    for pos in (int(w.argmax()), int(w.argmin())):
-        k = keep.clone()
-        k[method.logits.free[pos]] = 0
-        saved.append(float(space.cost.flops() - space.cost.flops(k)))
-    assert saved[0] > saved[1]
