@@ -28,7 +28,7 @@ from compressor.zoo import create_model_for_size
 
 
 def measure(name: str, size: int, budget: float, round_tos: list[int], repeats: int,
-            batches: tuple[int, ...]) -> list[dict]:
+            batches: tuple[int, ...], blocks_per_stage: int = 0) -> list[dict]:
     torch.manual_seed(0)
     model, _ = create_model_for_size(name, size)
     model.eval()
@@ -36,13 +36,17 @@ def measure(name: str, size: int, budget: float, round_tos: list[int], repeats: 
     space = trace(model, x)
     scores = get_importance("magnitude")(model, space)
     full = fvcore_flops(model, x)
+    stages: dict[str, list[str]] = {}
+    for b in space.blocks:
+        stages.setdefault(b.stage, []).append(b.name)
+    removed = [n for names in stages.values() for n in names[len(names) - blocks_per_stage:]] if blocks_per_stage else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"original": Path(tmp) / "original.onnx"}
         export_onnx(model, paths["original"], x, dynamic_batch=True, check=False)
         fractions = {}
         for r in round_tos:
-            decision = fit_to_budget(space, scores, budget, round_to=r, normalize=True)
+            decision = fit_to_budget(space, scores, budget, round_to=r, normalize=True, removed_blocks=removed)
             small = slice_model(model, space, decision)
             fractions[r] = fvcore_flops(small, x) / full
             paths[f"round{r}"] = Path(tmp) / f"round{r}.onnx"
@@ -50,7 +54,7 @@ def measure(name: str, size: int, budget: float, round_tos: list[int], repeats: 
         ms = ort_latency(paths, (3, size, size), batches=batches, repeats=repeats)
     for b, times in ms.items():
         for r in round_tos:
-            rows.append({"model": name, "size": size, "batch": b, "round_to": r,
+            rows.append({"model": name, "size": size, "batch": b, "round_to": r, "blocks_removed": len(removed),
                          "flops_fraction": round(fractions[r], 4), "original_ms": round(times["original"], 3),
                          "compressed_ms": round(times[f"round{r}"], 3),
                          "ratio": round(times[f"round{r}"] / times["original"], 3)})
@@ -65,13 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round-to", default="1,8,16")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--blocks-per-stage", type=int, default=0, help="also remove the last K blocks of every stage")
     ap.add_argument("--csv")
     args = ap.parse_args(argv)
     rows = []
     print(f"{'model':<26} {'batch':>5} {'round_to':>8} {'FLOPs':>6} {'orig ms':>8} {'comp ms':>8} {'ratio':>6}")
     for name in args.models.split(","):
         for row in measure(name, args.size, args.budget, [int(r) for r in args.round_to.split(",")],
-                           args.repeats, tuple(int(b) for b in args.batches.split(","))):
+                           args.repeats, tuple(int(b) for b in args.batches.split(",")), args.blocks_per_stage):
             rows.append(row)
             print(f"{row['model']:<26} {row['batch']:>5} {row['round_to']:>8} {row['flops_fraction']:>6.3f} "
                   f"{row['original_ms']:>8.2f} {row['compressed_ms']:>8.2f} {row['ratio']:>6.3f}", flush=True)
