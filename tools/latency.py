@@ -7,11 +7,13 @@ batch 1 and 8.  Prints a table of ratios compressed/original and writes CSV.
 
     python tools/latency.py                                    # resnet50, mobilenet_v2, deit_small
     python tools/latency.py --models resnet18 --round-to 1,8 --repeats 10 --csv lat.csv
+    python tools/latency.py --models resnet50 --round-to 8 --decision runs/resnet50-scs-flops0.5/compressor.json
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from compressor.budget import fit_to_budget
+from compressor.decision import Decision
 from compressor.export import export_onnx, slice_model
 from compressor.export.flops import fvcore_flops
 from compressor.export.latency import ort_latency
@@ -28,7 +31,7 @@ from compressor.zoo import create_model_for_size
 
 
 def measure(name: str, size: int, budget: float, round_tos: list[int], repeats: int,
-            batches: tuple[int, ...], blocks_per_stage: int = 0) -> list[dict]:
+            batches: tuple[int, ...], blocks_per_stage: int = 0, decision: Decision | None = None) -> list[dict]:
     torch.manual_seed(0)
     model, _ = create_model_for_size(name, size)
     model.eval()
@@ -46,8 +49,9 @@ def measure(name: str, size: int, budget: float, round_tos: list[int], repeats: 
         export_onnx(model, paths["original"], x, dynamic_batch=True, check=False)
         fractions = {}
         for r in round_tos:
-            decision = fit_to_budget(space, scores, budget, round_to=r, normalize=True, removed_blocks=removed)
-            small = slice_model(model, space, decision)
+            chosen = decision.rounded(space, r) if decision is not None else \
+                fit_to_budget(space, scores, budget, round_to=r, normalize=True, removed_blocks=removed)
+            small = slice_model(model, space, chosen)
             fractions[r] = fvcore_flops(small, x) / full
             paths[f"round{r}"] = Path(tmp) / f"round{r}.onnx"
             export_onnx(small, paths[f"round{r}"], x, dynamic_batch=True)
@@ -70,13 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--blocks-per-stage", type=int, default=0, help="also remove the last K blocks of every stage")
+    ap.add_argument("--decision", metavar="JSON", help="apply the decision saved in a run's compressor.json "
+                    "(found by a method) instead of magnitude; with one model")
     ap.add_argument("--csv")
     args = ap.parse_args(argv)
+    decision = None
+    if args.decision:
+        decision = Decision.from_dict(json.loads(Path(args.decision).read_text())["decision"])
     rows = []
     print(f"{'model':<26} {'batch':>5} {'round_to':>8} {'FLOPs':>6} {'orig ms':>8} {'comp ms':>8} {'ratio':>6}")
     for name in args.models.split(","):
         for row in measure(name, args.size, args.budget, [int(r) for r in args.round_to.split(",")],
-                           args.repeats, tuple(int(b) for b in args.batches.split(",")), args.blocks_per_stage):
+                           args.repeats, tuple(int(b) for b in args.batches.split(",")), args.blocks_per_stage, decision):
             rows.append(row)
             print(f"{row['model']:<26} {row['batch']:>5} {row['round_to']:>8} {row['flops_fraction']:>6.3f} "
                   f"{row['original_ms']:>8.2f} {row['compressed_ms']:>8.2f} {row['ratio']:>6.3f}", flush=True)
