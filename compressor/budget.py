@@ -6,12 +6,10 @@ decision is the one that meets the budget.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from .decision import Decision
+from .decision import Decision, round_up_group
 from .space import Space
 
 
@@ -56,7 +54,7 @@ def fit_to_budget(space: Space, scores: np.ndarray, target: float, *, what: str 
         keep[order[:k]] = False
         if round_to and round_to > 1:
             for g in groups:
-                _round_group(keep, s, g, round_to)
+                round_up_group(keep, g, round_to, s)
         return keep
 
     def fraction(keep: np.ndarray) -> float:
@@ -77,17 +75,3 @@ def fit_to_budget(space: Space, scores: np.ndarray, target: float, *, what: str 
     kept = {g.name: np.flatnonzero(keep[g.offset:g.offset + g.size]).tolist()
             for g in space.groups if g.prunable and not keep[g.offset:g.offset + g.size].all()}
     return Decision(kept, sorted(removed_blocks))
-
-
-def _round_group(keep: np.ndarray, scores: np.ndarray, g, multiple: int) -> None:
-    """Grow the kept count of ``g`` to a multiple of ``multiple`` channels, adding back its
-    best-scoring removed units."""
-    sl = keep[g.offset:g.offset + g.size]
-    n = int(sl.sum())
-    per_unit = int(g.channels[0]) if len(g.channels) else 1
-    want = min(g.size, math.ceil(n * per_unit / multiple) * multiple // max(per_unit, 1))
-    if want <= n:
-        return
-    removed = np.flatnonzero(~sl)
-    best = removed[np.argsort(-scores[g.offset + removed], kind="stable")[: want - n]]
-    sl[best] = True

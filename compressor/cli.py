@@ -104,8 +104,6 @@ def _overrides(args: argparse.Namespace) -> dict:
         o["budget"] = {"flops": args.budget_flops}
     if args.budget_params is not None:
         o["budget"] = {"params": args.budget_params}
-    if args.method:
-        o["method.name"] = args.method
     if args.data:
         o["data.path"] = args.data
     if args.weights:
@@ -121,13 +119,11 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .api import compress
-    from .recipe import load_recipe
+    from .recipe import load_recipe, method_override
 
     recipe = load_recipe(args.recipe)
-    overrides = _overrides(args)
-    if "method.name" in overrides and overrides["method.name"] != recipe.method.name:
-        overrides["method"] = {"name": overrides.pop("method.name")}  # the other method's defaults
-    recipe = load_recipe(recipe, {"model": args.model, **overrides})
+    switch = method_override(recipe, args.method) if args.method else {}
+    recipe = load_recipe(recipe, {"model": args.model, **switch, **_overrides(args)})
     result = compress(args.model, recipe, out=args.out, resume=args.resume)
     r = result.report
     if r:

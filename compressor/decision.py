@@ -92,17 +92,29 @@ class Decision:
     def rounded(self, space: Space, multiple: int) -> "Decision":
         """Grow every changed group's kept count up to a multiple of ``multiple`` channels (of the
         group's first producer), adding back the lowest-numbered removed units first."""
+        keep = self.keep_vector(space).numpy() > 0.5
         groups = {}
-        for name, kept in self.groups.items():
+        for name in self.groups:
             g = space.group(name)
-            kept = sorted(set(kept))
-            per_unit = int(g.channels[0]) if len(g.channels) else 1
-            want = min(g.size, math.ceil(len(kept) * per_unit / multiple) * multiple // max(per_unit, 1))
-            want = max(want, len(kept))
-            removed = [i for i in range(g.size) if i not in set(kept)]
-            kept = sorted(kept + removed[: want - len(kept)])
-            groups[name] = kept
+            round_up_group(keep, g, multiple)
+            groups[name] = np.flatnonzero(keep[g.offset:g.offset + g.size]).tolist()
         return Decision(groups, list(self.removed_blocks))
+
+
+def round_up_group(keep: np.ndarray, group, multiple: int, scores: np.ndarray | None = None) -> None:
+    """In place on the space-wide 0/1 ``keep`` mask: grow ``group``'s kept count up to a multiple
+    of ``multiple`` channels, adding back its best-scoring removed units (the lowest-numbered
+    ones when ``scores`` is None)."""
+    sl = keep[group.offset:group.offset + group.size]
+    n = int(sl.sum())
+    per_unit = int(group.channels[0]) if len(group.channels) else 1
+    want = min(group.size, math.ceil(n * per_unit / multiple) * multiple // max(per_unit, 1))
+    if want <= n:
+        return
+    removed = np.flatnonzero(~sl)
+    if scores is not None:
+        removed = removed[np.argsort(-scores[group.offset + removed], kind="stable")]
+    sl[removed[: want - n]] = True
 
 
 def random_decision(space: Space, ratio: float, *, blocks: bool = True, seed: int = 0,

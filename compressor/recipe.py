@@ -176,6 +176,12 @@ class Recipe(_Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def method_override(recipe: Recipe, name: str) -> dict[str, Any]:
+    """Overrides that switch ``recipe`` to method ``name``: none when it already uses it (its
+    settings stay), else that method with its own defaults."""
+    return {} if name == recipe.method.name else {"method": {"name": name}}
+
+
 def builtin_recipes() -> list[str]:
     """Names of the recipes shipped with the package."""
     return sorted(p.name[:-5] for p in resources.files("compressor.recipes").iterdir() if p.name.endswith(".yaml"))

@@ -65,7 +65,6 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     if num_classes is not None:
         extra["num_classes"] = num_classes
     if source is None and bare in MODELS:
-        extra.pop("img_size", None)
         return MODELS[bare](**extra)
     if source in (None, "torchvision") and _is_torchvision_classifier(bare):
         import torchvision

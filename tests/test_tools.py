@@ -1,12 +1,7 @@
 """The CI slice of the tools/ benchmarks: the same code paths on small models and few repeats."""
 import csv
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-import accuracy  # noqa: E402
-import latency  # noqa: E402
+from tools import accuracy, latency
 
 
 def test_latency_rows():

@@ -9,10 +9,8 @@ It is tools/accuracy.py with the variants fixed; every option of that tool appli
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import main as accuracy_main  # noqa: E402
+from accuracy import main as accuracy_main  # run as a script: tools/ is on the path
 
 VARIANTS = "scs:temperature=per_gate,scs:temperature=global"
 

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from compressor import compress, load_recipe
+from compressor.recipe import method_override
 from compressor.api import _build, _datasets
 from compressor.train import Trainer
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", default="accuracy.csv")
     args = ap.parse_args(argv)
     common = {"data.limit_train": 4000, "base.epochs": 3, "search.epochs": 4, "finetune.epochs": 2,
-              "export.onnx": False, "export.latency_repeats": 0, "run.progress": False, "method.lambda_interval": 10}
+              "export.onnx": False, "export.latency_repeats": 0, "run.progress": False}
     for item in args.set:
         k, _, v = item.partition("=")
         common[k] = yaml.safe_load(v)
@@ -65,16 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         for model in args.models.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
-                plain = {k: v for k, v in common.items() if not k.startswith("method.")}
-                base = load_recipe("default", {**plain, "model": model, "run.seed": seed})
+                base = load_recipe("default", {**common, "model": model, "run.seed": seed})
                 weights, base_acc = base_weights(model, base, seed, tmp)
                 for budget in [float(b) for b in args.budgets.split(",")]:
                     for label, method, extra in map(parse_variant, args.variants.split(",")):
-                        o = {**plain, "run.seed": seed, "budget": {"flops": budget}, "weights": str(weights),
-                             "method": {"name": method}}
-                        if method == "scs":
-                            o["method.lambda_interval"] = common["method.lambda_interval"]
-                        o.update(extra)
+                        o = {**common, "run.seed": seed, "budget": {"flops": budget}, "weights": str(weights),
+                             **method_override(base, method), **extra}
                         t0 = time.perf_counter()
                         r = compress(model, load_recipe("default", o), out=tmp / f"{model}-{seed}-{budget}-{label}").report
                         row = {"model": model, "seed": seed, "budget": budget, "variant": label,

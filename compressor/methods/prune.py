@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..budget import fit_to_budget
+from ..checks import first_output
 from ..decision import Decision
 from ..importance import get_importance
 from ..recipe import PruneConfig
@@ -40,5 +41,4 @@ class PruneMethod(Method):
             x, y = x.to(trainer.device), y.to(trainer.device)
             with trainer.autocast():
                 out = model(x)
-            F.cross_entropy((out[0] if isinstance(out, (tuple, list)) else out).float(), y).backward()
-        torch.nn.Module.train(model, False)
+            F.cross_entropy(first_output(out).float(), y).backward()

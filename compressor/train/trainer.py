@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from ..checks import first_output
 from ..recipe import RunConfig, TrainConfig
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistEnv, resolve_device
@@ -118,7 +119,7 @@ class Trainer:
         for x, y in self.loader(dataset, batch_size, shuffle=False, workers=workers):
             x, y = self._to_device(x, y)
             with self.autocast():
-                out = _logits(model(x)).float()
+                out = first_output(model(x)).float()
             loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
             correct += float((out.argmax(1) == y).sum())
             count += len(y)
@@ -192,7 +193,7 @@ class Trainer:
                 if held_out is not None:
                     hooks.arch_step(self._to_device(*next(held_out)))
                 with self.autocast():
-                    out = _logits(net(x))
+                    out = first_output(net(x))
                     loss = F.cross_entropy(out.float(), y)
                     penalty = hooks.extra_loss(model, out, y)
                 total = loss if penalty is None else loss + penalty
@@ -264,10 +265,6 @@ class Trainer:
 def _cycle(loader: DataLoader):
     while True:
         yield from loader
-
-
-def _logits(out) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 _WRITERS: dict[str, object] = {}
