@@ -2,6 +2,12 @@
 
 Repeats interleave the models (A, B, A, B, ...) so that machine noise hits them alike; each
 figure is the median of the repeats.  Ratios are what to compare across machines.
+
+Every session runs with intra-op spinning off.  onnxruntime's worker threads otherwise keep
+spinning for a while after each run; with several sessions alive, the idle session's spinning
+threads take cores from the one being timed (on 2 cores: resnet50 batch 1 measured 37 ms instead
+of 20, and every ratio is pulled towards 1).  With spinning off, interleaved timings match timing
+each model alone with spinning on.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ def ort_latency(paths: dict[str, str | os.PathLike], input_shape: tuple[int, ...
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     sessions = {n: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for n, p in paths.items()}
