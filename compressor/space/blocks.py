@@ -8,6 +8,7 @@ the skip path and whatever follows the add.
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -38,7 +39,8 @@ class ResidualBlock:
         branch_node: name of the branch operand node.
         modules: qualified names of the modules only the branch calls.
         params: qualified names of parameters the branch reads directly.
-        stage: name of the stage (runs of blocks under one parent) the block belongs to.
+        stage: the stage: a run of consecutive blocks on the same residual stream (set by
+            :func:`assign_stages`).
     """
 
     name: str
@@ -121,7 +123,6 @@ def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock
                 blocks.append(ResidualBlock(f"{owner}#{k}", owner, node.name, branch.name, mods, params))
                 k += 1
                 break
-    _assign_stages(blocks)
     return blocks, skipped
 
 
@@ -141,8 +142,35 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else str(name)
 
 
-def _assign_stages(blocks: list[ResidualBlock]) -> None:
-    """A stage is the run of blocks whose owners share a parent module."""
+def assign_stages(blocks: list[ResidualBlock], param_groups: dict[str, set[int]]) -> None:
+    """Name each block's stage: a run of consecutive blocks whose branches read and write the same
+    residual stream.  The stream of a block is the set of channel groups its parameters share with
+    parameters outside it (its internal widths belong to it alone).  ``param_groups`` maps every
+    parameter name to the channel groups its dimensions span.  Blocks whose stream has no channel
+    group fall back to their owner's parent module."""
+    def stream(b: ResidualBlock) -> frozenset[int]:
+        inside = [p for p in param_groups if b.contains(p)]
+        mine = set().union(*(param_groups[p] for p in inside)) if inside else set()
+        shared = set().union(*(g for p, g in param_groups.items() if not b.contains(p)))
+        return frozenset(mine & shared)
+
+    def parent(b: ResidualBlock) -> str:
+        return b.owner.rsplit(".", 1)[0] if "." in b.owner else ""
+
+    runs: list[list[ResidualBlock]] = []
+    key = None
     for b in blocks:
-        parent = b.owner.rsplit(".", 1)[0] if "." in b.owner else b.owner
-        b.stage = parent
+        k = stream(b) or parent(b)
+        if not runs or k != key:
+            runs.append([])
+        runs[-1].append(b)
+        key = k
+    per_parent = Counter(parent(run[0]) for run in runs)
+    for run in runs:
+        first, last = run[0].owner, run[-1].owner
+        if per_parent[parent(run[0])] == 1 and parent(run[0]):
+            name = parent(run[0])
+        else:
+            name = first if first == last else f"{first}-{last.rsplit('.', 1)[-1]}"
+        for b in run:
+            b.stage = name

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .blocks import ResidualBlock, find_blocks
+from .blocks import ResidualBlock, assign_stages, find_blocks
 from .dsu import DisjointSets
 from .records import CostTerm, ReshapeSite, SplitSite
 from .rules import rule_for
@@ -226,6 +226,9 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
     if blocks:
         owners = list(dict.fromkeys(m for m, _ in tr.add_sites))
         space_blocks, skipped = find_blocks(model, owners)
+        group_of = np.concatenate([np.full(g.size, i) for i, g in enumerate(groups)]) if groups else np.zeros(0, int)
+        assign_stages(space_blocks, {name: {int(group_of[u]) for d in ps.dims.values() for u in d if u >= 0}
+                                     for name, ps in param_slices.items()})
     flops_terms = [_resolve(t, to_units) for t in tr.costs]
     param_terms = _param_terms(model, param_slices)
     splits = [SplitSite(sp.module, sp.sizes, to_units(sp.atoms)) for sp in tr.splits]
