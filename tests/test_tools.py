@@ -1,7 +1,7 @@
 """The CI slice of the tools/ benchmarks: the same code paths on small models and few repeats."""
 import csv
 
-from tools import accuracy, latency
+from tools import accuracy, latency, overhead
 
 
 def test_latency_rows():
@@ -21,3 +21,13 @@ def test_accuracy_equal_epochs(tmp_path, capsys):
     assert {r["variant"] for r in rows} == {"scs", "prune"}
     assert all(float(r["flops_fraction_fvcore"]) <= 0.5 for r in rows)
     assert "| cifar_resnet20 | 0.5 | scs |" in capsys.readouterr().out
+
+
+def test_overhead_rows(tmp_path):
+    out = tmp_path / "overhead.csv"
+    overhead.main(["--models", "cifar_resnet20", "--size", "16", "--batch", "4", "--steps", "2", "--warmup", "1",
+                   "--device", "cpu", "--csv", str(out)])
+    (row,) = list(csv.DictReader(out.open()))
+    assert float(row["plain_ms"]) > 0 and float(row["gated_ms"]) > 0
+    assert float(row["plain_peak_mib"]) > 0 and float(row["gated_peak_mib"]) > 0
+    assert abs(float(row["time_ratio"]) - float(row["gated_ms"]) / float(row["plain_ms"])) < 0.01

@@ -1,0 +1,151 @@
+"""Training-step time and peak memory of the gated model (what ``scs`` trains) vs the plain one.
+
+The gated model is the original with every channel and depth gate attached and the scs
+controller computing the gate values at each forward; a step is forward, cross-entropy (plus the
+scs penalty for the gated model), backward and an SGD update.  Step times: the two models are
+stepped alternately in one process (plain, gated, plain, ...), after warm-up, and each figure is a
+median.  Peak memory: each model trains in a fresh child process; on CPU the figure is the peak
+resident set during the steps (Linux ``VmHWM``, reset just before them) minus the resident set
+before them, on CUDA the growth of ``torch.cuda.max_memory_allocated``.
+
+    python tools/overhead.py                                   # resnet50, mobilenet_v2, deit_small
+    python tools/overhead.py --models resnet18 --size 64 --batch 16 --steps 5 --csv overhead.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from compressor.gates import ControlledModel, attach_gates
+from compressor.methods.scs import ScsLogits
+from compressor.recipe import ScsConfig
+from compressor.space import trace
+from compressor.zoo import create_model_for_size
+
+
+def build(name: str, size: int, gated: bool, device: str) -> tuple[nn.Module, nn.Module | None]:
+    """The model to train and, when gated, the controller holding the logits."""
+    torch.manual_seed(0)
+    model, _ = create_model_for_size(name, size)
+    if not gated:
+        return model.to(device), None
+    space = trace(model.eval(), torch.randn(1, 3, size, size))
+    logits = ScsLogits(space, ScsConfig(), epochs=10)
+    return ControlledModel(attach_gates(model.train(), space), logits).to(device), logits
+
+
+def make_step(model: nn.Module, logits: nn.Module | None, x: torch.Tensor, y: torch.Tensor):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model.train()
+
+    def step() -> None:
+        loss = nn.functional.cross_entropy(model(x), y)
+        if logits is not None:  # the scs penalty, with a fixed lambda
+            soft_c, soft_l = logits.soft()
+            loss = loss + 1e-3 * (soft_c.sum() + soft_l.sum())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def step_times(name: str, size: int, batch: int, steps: int, warmup: int, device: str) -> dict[str, float]:
+    """Median milliseconds per training step, plain and gated stepped alternately."""
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    fns = {"plain": make_step(*build(name, size, False, device), x, y),
+           "gated": make_step(*build(name, size, True, device), x, y)}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + steps):
+        for k, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if i >= warmup:
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _peak_child(name: str, size: int, batch: int, gated: bool, device: str, steps: int, out) -> None:
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    step = make_step(*build(name, size, gated, device), x, y)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _proc_status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+    for _ in range(steps):
+        step()
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _proc_status("VmHWM")
+    out.put(peak - before)
+
+
+def _proc_status(key: str) -> int:
+    """A size from /proc/self/status, in bytes (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}: peak CPU memory needs Linux")
+
+
+def peak_memory(name: str, size: int, batch: int, gated: bool, device: str, steps: int = 2) -> int:
+    """Bytes of peak memory added by training steps, measured in a fresh process."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_peak_child, args=(name, size, batch, gated, device, steps, q))
+    p.start()
+    value = q.get()
+    p.join()
+    return int(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="resnet50,mobilenet_v2,deit_small_patch16_224")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per model (after warm-up)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--csv")
+    args = ap.parse_args(argv)
+    rows = []
+    print(f"{'model':<26} {'plain ms':>9} {'gated ms':>9} {'time x':>7} {'plain MiB':>10} {'gated MiB':>10} {'mem x':>6}")
+    for name in args.models.split(","):
+        ms = step_times(name, args.size, args.batch, args.steps, args.warmup, args.device)
+        mem = {k: peak_memory(name, args.size, args.batch, k == "gated", args.device) for k in ("plain", "gated")}
+        row = {"model": name, "size": args.size, "batch": args.batch, "device": args.device,
+               "plain_ms": round(ms["plain"], 2), "gated_ms": round(ms["gated"], 2),
+               "time_ratio": round(ms["gated"] / ms["plain"], 3),
+               "plain_peak_mib": round(mem["plain"] / 2**20, 1), "gated_peak_mib": round(mem["gated"] / 2**20, 1),
+               "memory_ratio": round(mem["gated"] / max(mem["plain"], 1), 3)}
+        rows.append(row)
+        print(f"{name:<26} {row['plain_ms']:>9.1f} {row['gated_ms']:>9.1f} {row['time_ratio']:>7.3f} "
+              f"{row['plain_peak_mib']:>10.1f} {row['gated_peak_mib']:>10.1f} {row['memory_ratio']:>6.3f}", flush=True)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
