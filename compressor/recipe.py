@@ -127,7 +127,7 @@ MethodConfig = Annotated[Union[ScsConfig, PruneConfig], Field(discriminator="nam
 class ExportConfig(_Strict):
     """What ends up in the output directory."""
 
-    round_to: int = Field(8, ge=1, description="Kept widths are multiples of this many channels.")
+    round_to: int = Field(16, ge=1, description="Kept widths are multiples of this many channels.")
     onnx: bool = Field(True, description="Write and check model.onnx.")
     opset: int = Field(17, ge=13, description="ONNX opset.")
     latency_repeats: int = Field(20, ge=0, description="onnxruntime timing repeats per batch size (0 = skip).")
