@@ -55,8 +55,9 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
 
     Args:
         model: a model name (torchvision or timm) or an ``nn.Module``, which is trained in place
-            (its class is recorded so the saved model can be rebuilt; see
-            :func:`compressor.load_compressed`).
+            (its class is recorded so the saved model can be rebuilt; a class that needs
+            constructor arguments is rebuilt by passing an instance to
+            :func:`compressor.load_compressed`'s ``original``).
         recipe: a :class:`Recipe`, a dict, a YAML path or a built-in recipe name.
         data: a data path (ImageFolder/CIFAR), ``(train, test)`` datasets, or None for the
             recipe's (the embedded MNIST subset by default).

@@ -72,3 +72,28 @@ def test_save_load_is_exact_and_needs_no_pickle(case, tmp_path: Path):
     loaded = load_compressed(tmp_path)
     with torch.no_grad():
         assert torch.equal(loaded(x), sliced(x))
+
+
+class NeedsWidth(torch.nn.Module):
+    """A user model whose constructor needs an argument the saved source does not record."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3), torch.nn.ReLU(), torch.nn.Conv2d(width, width, 3))
+        self.head = torch.nn.Linear(width, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def test_load_takes_the_original_when_its_source_cannot_be_rebuilt(tmp_path: Path):
+    torch.manual_seed(0)
+    model, x = NeedsWidth(12).eval(), torch.randn(2, 3, 12, 12)
+    space = trace(model, x[:1])
+    decision = decision_for_budget(space, 0.5, seed=0)
+    sliced = slice_model(model, space, decision)
+    save_compressed(sliced, tmp_path, source=f"{__name__}:NeedsWidth", input_shape=(1, 3, 12, 12), decision=decision)
+    with pytest.raises(ValueError, match=r"cannot rebuild the original model .*NeedsWidth.*original=model"):
+        load_compressed(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(load_compressed(tmp_path, original=NeedsWidth(12))(x), sliced(x))

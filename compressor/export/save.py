@@ -46,8 +46,14 @@ def save_compressed(model: nn.Module, directory: str | os.PathLike, *, source: s
     return directory
 
 
-def load_compressed(directory: str | os.PathLike) -> nn.Module:
-    """Rebuild a model written by :func:`save_compressed` (eval mode, CPU)."""
+def load_compressed(directory: str | os.PathLike, original: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model written by :func:`save_compressed` (eval mode, CPU).
+
+    Args:
+        original: a freshly built uncompressed model to slice, for sources that cannot be
+            rebuilt from their name (a class that needs constructor arguments, or one defined in
+            ``__main__``).  Its weights do not matter; it is modified in place.
+    """
     directory = Path(directory)
     arch_path = directory / ARCH_FILE
     if not arch_path.exists():
@@ -55,7 +61,14 @@ def load_compressed(directory: str | os.PathLike) -> nn.Module:
     arch = json.loads(arch_path.read_text())
     if arch.get("format") != FORMAT_VERSION:
         raise ValueError(f"{arch_path}: format {arch.get('format')!r} is not {FORMAT_VERSION}")
-    original = build_source(arch["source"], arch.get("source_kwargs") or {}).eval()
+    if original is None:
+        try:
+            original = build_source(arch["source"], arch.get("source_kwargs") or {})
+        except Exception as exc:
+            raise ValueError(f"{arch_path}: cannot rebuild the original model {arch['source']!r} "
+                             f"({type(exc).__name__}: {exc}); build it yourself and pass it: "
+                             f"load_compressed(directory, original=model)") from exc
+    original = original.eval()
     space = trace(original, torch.randn(*arch["input_shape"]))
     model = slice_model(original, space, Decision.from_dict(arch["decision"]), round_to=arch.get("round_to"))
     state = OrderedDict(load_file(str(directory / WEIGHTS_FILE)))
