@@ -29,6 +29,7 @@ from .methods import SearchContext, get_method
 from .recipe import Recipe, load_recipe
 from .space import trace
 from .train import Trainer, load_checkpoint
+from .train.distributed import launched_as_main
 from .weights import load_weights
 
 
@@ -88,9 +89,10 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
         fit_to_budget(space, torch.zeros(space.num_units).numpy(), recipe.budget.target,
                       what=recipe.budget.what)  # fails now, not after training, if unreachable
     out = Path(out) if out else Path("runs") / f"{name}-{recipe.method.name}-{recipe.budget.what}{recipe.budget.target:g}"
-    _claim(out, resume)
-    if not (out / "recipe.yaml").exists():
-        (out / "recipe.yaml").write_text(recipe.to_yaml())
+    if launched_as_main():  # one process owns the output directory; the others only train
+        _claim(out, resume)
+        if not (out / "recipe.yaml").exists():
+            (out / "recipe.yaml").write_text(recipe.to_yaml())
 
     trainer = Trainer(recipe.run, log_dir=out / "logs", callbacks=callbacks)
     ckpt = out / "checkpoints"

@@ -46,6 +46,11 @@ class DistEnv:
             dist.barrier()
 
 
+def launched_as_main() -> bool:
+    """False in the non-zero ranks ``torchrun`` starts; readable before the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is the local CUDA device when there is one (per ``LOCAL_RANK``), else CPU."""
     if name == "auto":
