@@ -1,16 +1,21 @@
 """onnxruntime CPU latency of several ONNX files, measured side by side.
 
-Repeats interleave the models (A, B, A, B, ...) so that machine noise hits them alike; each
-figure is the median of the repeats.  Ratios are what to compare across machines.
+How it is measured, and why:
 
-Every session runs with intra-op spinning off.  onnxruntime's worker threads otherwise keep
-spinning for a while after each run; with several sessions alive, the idle session's spinning
-threads take cores from the one being timed (on 2 cores: resnet50 batch 1 measured 37 ms instead
-of 20, and every ratio is pulled towards 1).  With spinning off, interleaved timings match timing
-each model alone with spinning on.
+* One session is alive at a time, with onnxruntime's default options.  Its worker threads
+  spin between runs, as they do in a deployed process.  Two live sessions on the same cores steal
+  them from each other (the idle one's threads keep spinning): on 2 cores resnet50 at batch 1
+  measured 37 ms with a second session alive vs 20 ms alone.  Turning spinning off is no cure:
+  every operator then pays a thread wake-up (mobilenet_v2 batch 1: 3.9 ms instead of 2.9), which
+  pulls every ratio towards 1.
+* The models take turns in rounds (A's session runs ``repeats / rounds`` times, then B's, ...,
+  then the next round), so that machine noise hits them alike; each figure is the median of all
+  its runs.  Ratios are what to compare across machines.
 """
 from __future__ import annotations
 
+import gc
+import math
 import os
 import statistics
 import time
@@ -19,31 +24,34 @@ import numpy as np
 
 
 def ort_latency(paths: dict[str, str | os.PathLike], input_shape: tuple[int, ...], *,
-                batches: tuple[int, ...] = (1, 8), repeats: int = 20, warmup: int = 3,
+                batches: tuple[int, ...] = (1, 8), repeats: int = 20, warmup: int = 3, rounds: int = 4,
                 threads: int | None = None) -> dict[int, dict[str, float]]:
     """``{batch: {name: median milliseconds}}`` for every ONNX file in ``paths`` (batch-dynamic
-    models, or models exported at that batch size).  ``input_shape`` excludes the batch."""
+    models, or models exported at that batch size).  ``input_shape`` excludes the batch; each
+    model runs ``repeats`` timed times per batch size, spread over ``rounds`` turns."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
-    sessions = {n: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for n, p in paths.items()}
     rng = np.random.default_rng(0)
-    result: dict[int, dict[str, float]] = {}
-    for batch in batches:
-        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-        feeds = {n: {s.get_inputs()[0].name: x} for n, s in sessions.items()}
-        for _ in range(warmup):
-            for n, s in sessions.items():
-                s.run(None, feeds[n])
-        times: dict[str, list[float]] = {n: [] for n in sessions}
-        for _ in range(repeats):
-            for n, s in sessions.items():
-                t0 = time.perf_counter()
-                s.run(None, feeds[n])
-                times[n].append((time.perf_counter() - t0) * 1e3)
-        result[batch] = {n: statistics.median(t) for n, t in times.items()}
-    return result
+    inputs = {b: rng.standard_normal((b, *input_shape)).astype(np.float32) for b in batches}
+    rounds = max(1, min(rounds, repeats))
+    per_round = math.ceil(repeats / rounds)
+    times: dict[int, dict[str, list[float]]] = {b: {n: [] for n in paths} for b in batches}
+    for _ in range(rounds):
+        for name, path in paths.items():
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            feed_name = session.get_inputs()[0].name
+            for b in batches:
+                feed = {feed_name: inputs[b]}
+                for _ in range(warmup):
+                    session.run(None, feed)
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    session.run(None, feed)
+                    times[b][name].append((time.perf_counter() - t0) * 1e3)
+            del session
+            gc.collect()  # the next model runs with no other session alive
+    return {b: {n: statistics.median(t) for n, t in per_model.items()} for b, per_model in times.items()}
