@@ -1,20 +1,24 @@
-"""Per-unit importance scores over a :class:`Space`, and the one-shot decision they give under a
-budget (the ``prune`` baseline's selection step).
+"""Importance scores over a :class:`Space`, and the one-shot decision they give under a budget
+(the ``prune`` baseline's selection step).
 
-A score sums, over every parameter slice a unit owns (output rows of its producers, input columns
-of its consumers, norm and free parameters), a per-element quantity: |w|^2 for magnitude,
-|w * dL/dw| for Taylor (gradients must already be in ``.grad``).
+A unit's score sums, over every parameter slice it owns (output rows of its producers, input
+columns of its consumers, norm and free parameters), a per-element quantity: |w|^2 for magnitude,
+|w * dL/dw| for Taylor (gradients must already be in ``.grad``).  A residual block's score is how
+much the loss rises when the block is skipped (:func:`block_drop_loss`).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .budget import fit_to_budget
+from .checks import first_output
 from .decision import Decision
+from .gates import attach_gates
 from .space import Space
 
 _IMPORTANCE: dict[str, type["Importance"]] = {}
@@ -81,3 +85,25 @@ def decision_from_scores(space: Space, scores: np.ndarray, target: float, *, wha
     """Remove the lowest-scoring units (scores normalised by their group's mean) until the cost is
     at most ``target`` of the original; see :func:`compressor.budget.fit_to_budget`."""
     return fit_to_budget(space, scores, target, what=what, round_to=round_to, normalize=True)
+
+
+@torch.no_grad()
+def block_drop_loss(model: nn.Module, space: Space, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+    """Per residual block of ``space``: mean cross-entropy on ``batches`` with that block skipped,
+    minus with every block kept (higher = more worth keeping).  ``model`` is evaluated as it is
+    (train/eval mode, device) and left unchanged."""
+    batches = list(batches)
+    gates = attach_gates(model, space)
+    try:
+        def loss() -> float:
+            return sum(float(F.cross_entropy(first_output(gates.model(x)).float(), y)) for x, y in batches) / len(batches)
+
+        keep = torch.ones(len(space.blocks))
+        base = loss()
+        scores = np.zeros(len(space.blocks))
+        for i in range(len(space.blocks)):
+            gates.set(blocks=keep.index_fill(0, torch.tensor([i]), 0.0))
+            scores[i] = loss() - base
+        return scores
+    finally:
+        gates.remove()

@@ -119,6 +119,9 @@ class PruneConfig(_Strict):
     name: Literal["prune"] = "prune"
     importance: Literal["magnitude", "taylor"] = Field("magnitude", description="Per-channel score.")
     taylor_batches: int = Field(8, ge=1, description="Batches whose gradients the Taylor score sums.")
+    blocks: int = Field(0, ge=0, description="Also remove this many residual blocks: those whose skipping "
+                        "raises the training loss least (channels then fill the budget around them).")
+    block_batches: int = Field(4, ge=1, description="Training batches the block scores are measured on.")
 
 
 MethodConfig = Annotated[Union[ScsConfig, PruneConfig], Field(discriminator="name")]

@@ -1,7 +1,9 @@
-"""``prune``: the one-shot baseline.  Score every unit (magnitude, or first-order Taylor on a few
-training batches), keep the best that fit the budget, then fine-tune; no training in search."""
+"""``prune``: the one-shot baseline.  Optionally drop the residual blocks whose skipping costs the
+least loss; score every unit (magnitude, or first-order Taylor on a few training batches); keep
+the best units that fit the budget; then fine-tune.  No training in search."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,7 +11,7 @@ from torch import nn
 from ..budget import fit_to_budget
 from ..checks import first_output
 from ..decision import Decision
-from ..importance import get_importance
+from ..importance import block_drop_loss, get_importance
 from ..recipe import PruneConfig
 from .base import Method, SearchContext, register_method
 
@@ -21,13 +23,28 @@ class PruneMethod(Method):
 
     def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg=None, checkpoint=None,  # noqa: ARG002
                resume: bool = False) -> tuple[nn.Module, Decision, dict]:
+        removed = self._least_important_blocks(model, ctx) if self.config.blocks else []
         if self.config.importance == "taylor":
             self._accumulate_gradients(model, ctx)
         scores = get_importance(self.config.importance)(model, self.space)
         model.zero_grad(set_to_none=True)
         decision = fit_to_budget(self.space, scores, ctx.budget.target, what=ctx.budget.what,
-                                 round_to=ctx.round_to, normalize=True)
-        return model, decision, {"importance": self.config.importance}
+                                 round_to=ctx.round_to, normalize=True, removed_blocks=removed)
+        return model, decision, {"importance": self.config.importance, "blocks_removed": removed}
+
+    def _least_important_blocks(self, model: nn.Module, ctx: SearchContext) -> list[str]:
+        blocks = self.space.blocks
+        if self.config.blocks > len(blocks):
+            raise ValueError(f"method.blocks={self.config.blocks}, but the model has only {len(blocks)} "
+                             "removable residual blocks")
+        trainer = ctx.trainer
+        model.to(trainer.device).eval()
+        loader = trainer.loader(ctx.train_set, ctx.batch_size, shuffle=True)
+        batches = [(x.to(trainer.device), y.to(trainer.device))
+                   for _, (x, y) in zip(range(self.config.block_batches), loader)]
+        with trainer.autocast():
+            scores = block_drop_loss(model, self.space, batches)
+        return sorted(blocks[i].name for i in np.argsort(scores, kind="stable")[:self.config.blocks])
 
     def _accumulate_gradients(self, model: nn.Module, ctx: SearchContext) -> None:
         """Sum the loss gradients of ``taylor_batches`` training batches into ``.grad``."""

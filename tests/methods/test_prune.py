@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from compressor.importance import block_drop_loss
 from compressor.methods.base import SearchContext
 from compressor.methods.prune import PruneMethod
 from compressor.recipe import BudgetConfig, PruneConfig, RunConfig
@@ -24,3 +26,27 @@ def test_taylor_prune_uses_gradients_and_meets_budget():
     for d in (taylor, magnitude):
         assert d.params(space) / float(space.cost.params()) <= 0.5
         assert all(len(k) % 8 == 0 or len(k) == space.group(n).size for n, k in d.groups.items())
+
+
+def test_prune_removes_the_block_whose_skipping_costs_least():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    with torch.no_grad():
+        model.stage1[1].bn2.weight.zero_()  # this branch adds nothing: skipping it is free
+        model.stage1[1].bn2.bias.zero_()
+        model.head.weight.mul_(100)  # confident: the loss on its own predictions is about 0
+    x = torch.randn(2, 3, 16, 16)
+    before = model(x)
+    space = trace(model, x[:1])
+    inputs = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # its own predictions as labels: skipping a real branch only costs
+        data = torch.utils.data.TensorDataset(inputs, model(inputs).argmax(1))
+    scores = block_drop_loss(model, space, [(inputs, data.tensors[1])])
+    assert scores[1] == 0 and (scores[[0, 2]] > 0).all()
+    ctx = SearchContext(Trainer(RunConfig(progress=False)), data, None, 16, BudgetConfig(flops=0.6), 1, 0)
+    _, decision, summary = PruneMethod(PruneConfig(blocks=1, block_batches=2), space).search(model, ctx)
+    assert decision.removed_blocks == summary["blocks_removed"] == ["stage1.1#0"]
+    assert decision.flops(space) / float(space.cost.flops()) <= 0.6
+    assert torch.equal(model(x), before)  # scoring left the model as it was
+    with pytest.raises(ValueError, match="only 3 removable residual blocks"):
+        PruneMethod(PruneConfig(blocks=4), space).search(model, ctx)
