@@ -88,6 +88,7 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
         space = trace(net.cpu().eval(), example)
         fit_to_budget(space, torch.zeros(space.num_units).numpy(), recipe.budget.target,
                       what=recipe.budget.what)  # fails now, not after training, if unreachable
+        method = get_method(recipe.method.name)(recipe.method, space)  # so do its settings
     out = Path(out) if out else Path("runs") / f"{name}-{recipe.method.name}-{recipe.budget.what}{recipe.budget.target:g}"
     if launched_as_main():  # one process owns the output directory; the others only train
         _claim(out, resume)
@@ -105,7 +106,6 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
                                                             checkpoint=ckpt / "base.pt", resume=resume)]
     original_acc = trainer.evaluate(net, test_set, batch)[1]
 
-    method = get_method(recipe.method.name)(recipe.method, space)
     ctx = SearchContext(trainer, train_set, val_set, batch, recipe.budget, recipe.export.round_to, recipe.run.seed)
     with clock("search"):
         net, decision, summary = method.search(net, ctx, epochs_cfg=recipe.search, checkpoint=ckpt / "search.pt",

@@ -47,6 +47,8 @@ CASES = {
     "unknown-model": (lambda tmp: ["resnet51"], "unknown model 'resnet51'; did you mean resnet51q, resnet50"),
     "corrupt-weights": (_corrupt_weights, "is corrupt or not a state_dict"),
     "existing-output": (lambda tmp: ["resnet18"], "already holds a run"),
+    "too-many-blocks": (lambda tmp: ["resnet18", "--method", "prune", "--set", "method.blocks=9"],
+                        "method.blocks: 9 blocks to remove, but the model has only 5"),
 }
 
 

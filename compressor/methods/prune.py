@@ -12,7 +12,8 @@ from ..budget import fit_to_budget
 from ..checks import first_output
 from ..decision import Decision
 from ..importance import block_drop_loss, get_importance
-from ..recipe import PruneConfig
+from ..recipe import PruneConfig, RecipeError
+from ..space import Space
 from .base import Method, SearchContext, register_method
 
 
@@ -32,11 +33,14 @@ class PruneMethod(Method):
                                  round_to=ctx.round_to, normalize=True, removed_blocks=removed)
         return model, decision, {"importance": self.config.importance, "blocks_removed": removed}
 
+    def __init__(self, config: PruneConfig, space: Space) -> None:
+        super().__init__(config, space)
+        if config.blocks > len(space.blocks):
+            raise RecipeError(f"method.blocks: {config.blocks} blocks to remove, but the model has only "
+                              f"{len(space.blocks)} removable residual blocks")
+
     def _least_important_blocks(self, model: nn.Module, ctx: SearchContext) -> list[str]:
         blocks = self.space.blocks
-        if self.config.blocks > len(blocks):
-            raise ValueError(f"method.blocks={self.config.blocks}, but the model has only {len(blocks)} "
-                             "removable residual blocks")
         trainer = ctx.trainer
         model.to(trainer.device).eval()
         loader = trainer.loader(ctx.train_set, ctx.batch_size, shuffle=True)

@@ -4,7 +4,7 @@ import torch
 from compressor.importance import block_drop_loss
 from compressor.methods.base import SearchContext
 from compressor.methods.prune import PruneMethod
-from compressor.recipe import BudgetConfig, PruneConfig, RunConfig
+from compressor.recipe import BudgetConfig, PruneConfig, RecipeError, RunConfig
 from compressor.space import trace
 from compressor.train import Trainer
 from tests.tiny import TinyNet
@@ -48,5 +48,5 @@ def test_prune_removes_the_block_whose_skipping_costs_least():
     assert decision.removed_blocks == summary["blocks_removed"] == ["stage1.1#0"]
     assert decision.flops(space) / float(space.cost.flops()) <= 0.6
     assert torch.equal(model(x), before)  # scoring left the model as it was
-    with pytest.raises(ValueError, match="only 3 removable residual blocks"):
-        PruneMethod(PruneConfig(blocks=4), space).search(model, ctx)
+    with pytest.raises(RecipeError, match="method.blocks: .* only 3 removable residual blocks"):
+        PruneMethod(PruneConfig(blocks=4), space)
