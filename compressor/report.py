@@ -98,7 +98,7 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
                         "threads": torch.get_num_threads(), "processes": dist_world,
                         "cuda": torch.cuda.is_available()},
         "notes": "FLOPs are multiply-accumulates at the input shape; fvcore counted with an added handle "
-                 "for scaled_dot_product_attention. Latency: onnxruntime CPU, medians of interleaved repeats.",
+                 "for scaled_dot_product_attention. Latency: onnxruntime CPU, one session at a time, models taking turns, medians of repeats.",
     }
 
 

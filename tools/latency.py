@@ -2,7 +2,7 @@
 
 For each model: trace at 224 px, a 50%-FLOPs decision (magnitude importance on the random-init
 weights: latency depends on the shapes, not on the values), for each ``round_to``: slice, export
-ONNX, then time the original and every compressed variant interleaved (medians of repeats) at
+ONNX, then time the original and every compressed variant taking turns, one session alive at a time (medians of repeats) at
 batch 1 and 8.  Prints a table of ratios compressed/original and writes CSV.
 
     python tools/latency.py                                    # resnet50, mobilenet_v2, deit_small
