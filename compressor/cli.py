@@ -10,6 +10,7 @@ import torch
 EXAMPLES = """examples:
   compress resnet50 --budget-flops 0.5      train on the embedded MNIST subset, prune to half the FLOPs
   compress mobilenet_v2 --budget-params 0.3 --method prune --out runs/mnv2
+  compress resnet50 --method prune --set method.blocks=4   also drop the 4 blocks whose loss cost is least
   compress resnet50 --recipe scs-resnet50-imagenet --data ~/imagenet --weights r50.pth
   compress resnet18 --set search.epochs=2 --set run.amp=bf16   any recipe key, dotted
   compress ... --resume                     continue an interrupted run in the same --out
