@@ -6,7 +6,8 @@ scs penalty for the gated model), backward and an SGD update.  Step times: the t
 stepped alternately in one process (plain, gated, plain, ...), after warm-up, and each figure is a
 median.  Peak memory: each model trains in a fresh child process; on CPU the figure is the peak
 resident set during the steps (Linux ``VmHWM``, reset just before them) minus the resident set
-before them, on CUDA the growth of ``torch.cuda.max_memory_allocated``.
+before them (after handing freed heap back to the system, so that memory left over from building
+and tracing the model cannot hide what the steps use), on CUDA the growth of ``torch.cuda.max_memory_allocated``.
 
     python tools/overhead.py                                   # resnet50, mobilenet_v2, deit_small
     python tools/overhead.py --models resnet18 --size 64 --batch 16 --steps 5 --csv overhead.csv
@@ -14,6 +15,8 @@ before them, on CUDA the growth of ``torch.cuda.max_memory_allocated``.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import csv
 import multiprocessing as mp
 import statistics
@@ -87,6 +90,8 @@ def _peak_child(name: str, size: int, batch: int, gated: bool, device: str, step
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, or steps would reuse it unseen
         before = _proc_status("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current resident set
