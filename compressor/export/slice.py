@@ -22,7 +22,7 @@ def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to:
 
     Every parameter and buffer that reads or writes a removed unit is cut, module attributes
     (``out_channels``, ``groups``, ``num_features``...) are refreshed from the new shapes, and each
-    removed residual block is replaced by its skip path plus whatever followed the add.
+    removed residual block is replaced by (a copy of) its skip path plus whatever followed the add.
     """
     if round_to:
         decision = decision.rounded(space, round_to)
@@ -65,7 +65,12 @@ def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to:
         for b in blocks:
             add = nodes[b.add_node]
             skip = next(a for a in add.args if a is not nodes[b.branch_node])
-            add.replace_all_uses_with(skip)
+            # A fresh tensor, as the add made: ops after it may work in place (``out += x;
+            # relu_(out)``), and must not overwrite the block's input, which autograd or the
+            # caller may still need.  onnxruntime drops the copy (an Identity node).
+            with gm.graph.inserting_before(add):
+                fresh = gm.graph.call_method("clone", (skip,))
+            add.replace_all_uses_with(fresh)
             gm.graph.erase_node(add)
         _drop_unused(gm.graph)
         gm.recompile()
