@@ -70,7 +70,8 @@ def _identity_chain(node: fx.Node, gm: fx.GraphModule) -> set[fx.Node]:
 
 
 def _branch_nodes(branch: fx.Node, skip: set[fx.Node]) -> set[fx.Node] | None:
-    """Nodes computing ``branch`` from ``skip``; None if the branch reads anything else."""
+    """Nodes computing ``branch`` from ``skip`` (and optional forward arguments); None if the
+    branch reads another required input or does not reach ``skip``."""
     seen: set[fx.Node] = set()
     stack = [branch]
     reached_skip = False
@@ -83,7 +84,9 @@ def _branch_nodes(branch: fx.Node, skip: set[fx.Node]) -> set[fx.Node] | None:
             continue
         seen.add(n)
         if n.op == "placeholder":
-            return None
+            if not n.args:  # a required input other than the skip: not a residual branch of it
+                return None
+            continue  # an optional argument (attention mask...): the branch may read it
         stack.extend(n.all_input_nodes)
     return seen if reached_skip else None
 
