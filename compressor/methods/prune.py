@@ -4,7 +4,6 @@ the best units that fit the budget; then fine-tune.  No training in search."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -22,6 +21,12 @@ class PruneMethod(Method):
     config: PruneConfig
     trains_in_search = False
 
+    def __init__(self, config: PruneConfig, space: Space) -> None:
+        super().__init__(config, space)
+        if config.blocks > len(space.blocks):
+            raise RecipeError(f"method.blocks: {config.blocks} blocks to remove, but the model has only "
+                              f"{len(space.blocks)} removable residual blocks")
+
     def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg=None, checkpoint=None,  # noqa: ARG002
                resume: bool = False) -> tuple[nn.Module, Decision, dict]:
         removed = self._least_important_blocks(model, ctx) if self.config.blocks else []
@@ -33,33 +38,25 @@ class PruneMethod(Method):
                                  round_to=ctx.round_to, normalize=True, removed_blocks=removed)
         return model, decision, {"importance": self.config.importance, "blocks_removed": removed}
 
-    def __init__(self, config: PruneConfig, space: Space) -> None:
-        super().__init__(config, space)
-        if config.blocks > len(space.blocks):
-            raise RecipeError(f"method.blocks: {config.blocks} blocks to remove, but the model has only "
-                              f"{len(space.blocks)} removable residual blocks")
-
     def _least_important_blocks(self, model: nn.Module, ctx: SearchContext) -> list[str]:
-        blocks = self.space.blocks
-        trainer = ctx.trainer
-        model.to(trainer.device).eval()
-        loader = trainer.loader(ctx.train_set, ctx.batch_size, shuffle=True)
-        batches = [(x.to(trainer.device), y.to(trainer.device))
-                   for _, (x, y) in zip(range(self.config.block_batches), loader)]
-        with trainer.autocast():
+        batches = list(_training_batches(model, ctx, self.config.block_batches))
+        with ctx.trainer.autocast():
             scores = block_drop_loss(model, self.space, batches)
-        return sorted(blocks[i].name for i in np.argsort(scores, kind="stable")[:self.config.blocks])
+        return sorted(self.space.blocks[i].name for i in np.argsort(scores, kind="stable")[:self.config.blocks])
 
     def _accumulate_gradients(self, model: nn.Module, ctx: SearchContext) -> None:
         """Sum the loss gradients of ``taylor_batches`` training batches into ``.grad``."""
-        trainer = ctx.trainer
-        model.to(trainer.device).eval()  # running statistics stay as trained
         model.zero_grad(set_to_none=True)
-        loader = trainer.loader(ctx.train_set, ctx.batch_size, shuffle=True)
-        for i, (x, y) in enumerate(loader):
-            if i == self.config.taylor_batches:
-                break
-            x, y = x.to(trainer.device), y.to(trainer.device)
-            with trainer.autocast():
+        for x, y in _training_batches(model, ctx, self.config.taylor_batches):
+            with ctx.trainer.autocast():
                 out = model(x)
             F.cross_entropy(first_output(out).float(), y).backward()
+
+
+def _training_batches(model: nn.Module, ctx: SearchContext, n: int):
+    """The first ``n`` shuffled training batches on the trainer's device, with ``model`` moved
+    there in eval mode (scoring leaves the running statistics as trained)."""
+    trainer = ctx.trainer
+    model.to(trainer.device).eval()
+    for _, (x, y) in zip(range(n), trainer.loader(ctx.train_set, ctx.batch_size, shuffle=True)):
+        yield x.to(trainer.device), y.to(trainer.device)

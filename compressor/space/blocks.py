@@ -152,10 +152,11 @@ def assign_stages(blocks: list[ResidualBlock], param_groups: dict[str, set[int]]
     parameter name to the channel groups its dimensions span.  Blocks whose stream has no channel
     group fall back to their owner's parent module."""
     def stream(b: ResidualBlock) -> frozenset[int]:
-        inside = [p for p in param_groups if b.contains(p)]
-        mine = set().union(*(param_groups[p] for p in inside)) if inside else set()
-        shared = set().union(*(g for p, g in param_groups.items() if not b.contains(p)))
-        return frozenset(mine & shared)
+        mine: set[int] = set()
+        others: set[int] = set()
+        for p, groups in param_groups.items():
+            (mine if b.contains(p) else others).update(groups)
+        return frozenset(mine & others)
 
     def parent(b: ResidualBlock) -> str:
         return b.owner.rsplit(".", 1)[0] if "." in b.owner else ""

@@ -226,9 +226,6 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
     if blocks:
         owners = list(dict.fromkeys(m for m, _ in tr.add_sites))
         space_blocks, skipped = find_blocks(model, owners)
-        group_of = np.concatenate([np.full(g.size, i) for i, g in enumerate(groups)]) if groups else np.zeros(0, int)
-        assign_stages(space_blocks, {name: {int(group_of[u]) for d in ps.dims.values() for u in d if u >= 0}
-                                     for name, ps in param_slices.items()})
     flops_terms = [_resolve(t, to_units) for t in tr.costs]
     param_terms = _param_terms(model, param_slices)
     splits = [SplitSite(sp.module, sp.sizes, to_units(sp.atoms)) for sp in tr.splits]
@@ -236,6 +233,9 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
     space = Space(groups, space_blocks, param_slices, gate_sites, flops_terms, param_terms,
                   unit_of_atom, [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
                   skipped, time.perf_counter() - t0, reshapes, splits)
+    group_of = space.unit_group()
+    assign_stages(space.blocks, {name: {int(group_of[u]) for d in ps.dims.values() for u in d if u >= 0}
+                                 for name, ps in param_slices.items()})
     if validate:
         from ..validate import validate_space
 
