@@ -10,6 +10,7 @@ written.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .methods import SearchContext, get_method
 from .recipe import Recipe, load_recipe
 from .space import trace
 from .train import Trainer, load_checkpoint
+from .train.distill import Distillation
 from .train.distributed import launched_as_main
 from .weights import load_weights
 
@@ -89,6 +91,7 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
         fit_to_budget(space, torch.zeros(space.num_units).numpy(), recipe.budget.target,
                       what=recipe.budget.what)  # fails now, not after training, if unreachable
         method = get_method(recipe.method.name)(recipe.method, space)  # so do its settings
+        teacher = _named_teacher(recipe, num_classes)  # and a teacher that cannot be built
     out = Path(out) if out else Path("runs") / f"{name}-{recipe.method.name}-{recipe.budget.what}{recipe.budget.target:g}"
     if launched_as_main():  # one process owns the output directory; the others only train
         _claim(out, resume)
@@ -106,13 +109,23 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
                                                             checkpoint=ckpt / "base.pt", resume=resume)]
     original_acc = trainer.evaluate(net, test_set, batch)[1]
 
-    ctx = SearchContext(trainer, train_set, val_set, batch, recipe.budget, recipe.export.round_to, recipe.run.seed)
+    distill = recipe.distill
+    mode = distill.teacher
+    if mode == "auto":
+        mode = "original" if method.distills_by_default else "none"
+    if mode == "original":
+        teacher = copy.deepcopy(net).eval()  # the trained original, before the search changes it
+    kd = {stage: Distillation(teacher, alpha=distill.alpha, temperature=distill.temperature)
+          for stage in distill.stages} if teacher is not None and mode != "none" else {}
+
+    ctx = SearchContext(trainer, train_set, val_set, batch, recipe.budget, recipe.export.round_to, recipe.run.seed,
+                        num_classes=num_classes, criterion=kd.get("search"))
     with clock("search"):
         net, decision, summary = method.search(net, ctx, epochs_cfg=recipe.search, checkpoint=ckpt / "search.pt",
                                                resume=resume)
     history["search"] = summary.pop("history", [])
     original = net  # trained weights of the full-size model (gates removed)
-    compressed = slice_model(original.cpu().eval(), space, decision)
+    compressed = method.finalize(slice_model(original.cpu().eval(), space, decision))
 
     finetune = recipe.finetune
     if not method.trains_in_search:  # equal total epochs for every method
@@ -121,7 +134,8 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
         with clock("finetune"):
             history["finetune"] = [h.row() for h in trainer.fit(compressed, train_set, finetune, stage="finetune",
                                                                 batch_size=batch, val_set=val_set,
-                                                                checkpoint=ckpt / "finetune.pt", resume=resume)]
+                                                                checkpoint=ckpt / "finetune.pt", resume=resume,
+                                                                criterion=kd.get("finetune"))]
     compressed_acc = trainer.evaluate(compressed, test_set, batch)[1]
     compressed = compressed.cpu().eval()
     if not trainer.dist.is_main:
@@ -134,12 +148,32 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
         if recipe.export.onnx:
             onnx_diff = export_onnx(compressed, out / "model.onnx", example, opset=recipe.export.opset,
                                     dynamic_batch=True)
+    if kd:
+        summary["distillation"] = {"teacher": mode,
+                                   **{stage: d.summary() for stage, d in kd.items()},
+                                   "stage_seconds": {s: round(clock.seconds.get(s, 0.0), 1) for s in kd}}
     report = build_report(name=name, recipe=recipe, space=space, decision=decision, original=original.cpu().eval(),
                           compressed=compressed, example=example, accuracy=(original_acc, compressed_acc),
                           onnx_diff=onnx_diff, out=out, history=history, method_summary=summary, clock=clock,
                           dist_world=trainer.dist.world_size)
     write_report(report, out)
     return CompressResult(compressed, decision, report, out)
+
+
+def _named_teacher(recipe: Recipe, num_classes: int) -> nn.Module | None:
+    """A teacher named in the recipe (a zoo model with its trained weights), built now so that a
+    bad name or weights file is an error before any training; None for auto/original/none."""
+    cfg = recipe.distill
+    if cfg.teacher in ("auto", "original", "none"):
+        return None
+    from .recipe import RecipeError
+    from .zoo import create_model_for_size
+
+    if not cfg.teacher_weights:
+        raise RecipeError(f"distill.teacher: {cfg.teacher!r} needs distill.teacher_weights (a teacher must be trained)")
+    teacher, _ = create_model_for_size(cfg.teacher, recipe.data.input_size, num_classes=num_classes)
+    load_weights(teacher, cfg.teacher_weights)
+    return teacher.eval()
 
 
 def _datasets(recipe: Recipe, data, model) -> tuple[Dataset, Dataset | None, Dataset, int]:

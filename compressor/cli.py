@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget-flops", type=float, metavar="F", help="keep at most this fraction of FLOPs")
     budget.add_argument("--budget-params", type=float, metavar="F", help="keep at most this fraction of params")
-    p.add_argument("--method", choices=["scs", "prune"], help="compression method (default: the recipe's, scs)")
+    p.add_argument("--method", choices=["scs", "prune", "tas"],
+                   help="compression method (default: the recipe's, scs)")
     p.add_argument("--recipe", default="default", help="built-in recipe name or YAML file (default: default)")
     p.add_argument("--data", metavar="PATH", help="ImageFolder tree or CIFAR folder (default: embedded MNIST subset)")
     p.add_argument("--weights", metavar="PATH", help="trained weights of the original (skips base training)")

@@ -143,10 +143,21 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
 
 
+def dataset_labels(ds: Dataset) -> np.ndarray:
+    """The integer label of every sample, read from ``labels``/``samples``/``tensors`` (through
+    nested ``Subset``s) without loading images; other datasets are iterated once."""
+    if isinstance(ds, Subset):
+        return dataset_labels(ds.dataset)[np.asarray(ds.indices, dtype=np.int64)]
+    if getattr(ds, "labels", None) is not None:
+        return np.asarray(ds.labels)
+    if getattr(ds, "samples", None) is not None:
+        return np.asarray([y for _, y in ds.samples])
+    if isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) > 1:
+        return ds.tensors[1].cpu().numpy()
+    return np.asarray([int(ds[i][1]) for i in range(len(ds))])  # type: ignore[arg-type]
+
+
 def split_dataset(ds: Dataset, fraction: float, seed: int = 0) -> tuple[Subset, Subset]:
-    """Stratified (train, held-out) split of a dataset that knows its labels."""
-    labels = getattr(ds, "labels", None)
-    if labels is None:
-        labels = np.asarray([y for _, y in getattr(ds, "samples")])
-    a, b = stratified_split(np.asarray(labels), fraction, seed)
+    """Stratified (train, held-out) split: ``fraction`` of every class goes to the second part."""
+    a, b = stratified_split(dataset_labels(ds), fraction, seed)
     return Subset(ds, a.tolist()), Subset(ds, b.tolist())

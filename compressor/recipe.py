@@ -124,7 +124,72 @@ class PruneConfig(_Strict):
     block_batches: int = Field(4, ge=1, description="Training batches the block scores are measured on.")
 
 
-MethodConfig = Annotated[Union[ScsConfig, PruneConfig], Field(discriminator="name")]
+class SelfDistillConfig(_Strict):
+    """Self-distillation with voting teachers (SD-DARTS; DESIGN 5.4): ``weight * KL(p || p_teacher)``
+    with ``p_teacher`` the mean of the model's own probabilities for the sample over the last
+    ``k`` epochs, added to the weight and architecture losses after the warm-up."""
+
+    enabled: bool = Field(False, description="Add the voting-teacher term.")
+    weight: float = Field(1.0, ge=0, description="lambda, the term's weight.")
+    k: int = Field(2, ge=1, description="Past epochs whose probabilities are averaged (K).")
+    warmup: float = Field(0.5, ge=0, lt=1, description="Fraction of the search epochs without the term (xi / E).")
+
+
+class TasConfig(_Strict):
+    """Transformable architecture search (Dong & Yang, NeurIPS 2019; DESIGN 5.2): width and depth
+    distributions searched on a held-out half of the training set, then the argmax shape is
+    sliced and trained (with distillation from the original: ``distill.teacher: auto``)."""
+
+    name: Literal["tas"] = "tas"
+    ratios: list[float] = Field([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1,
+                                description="Candidate widths as fractions of each channel group, in (0, 1].")
+    candidates: int = Field(2, ge=1, description="|I|: distinct widths sampled and mixed per group and step "
+                            "(1 gives the width logits no gradient: the paper's failed ablation).")
+    mixture: Literal["cwi", "pad"] = Field("cwi", description="Align sampled widths by channel-wise "
+                                           "interpolation where the consumer allows it, or by zero padding.")
+    depth: bool = Field(True, description="Search the number of leading blocks kept per stage.")
+    tau_max: float = Field(5.0, gt=0, description="Gumbel temperature at the start (cosine decay).")
+    tau_min: float = Field(0.1, gt=0, description="Gumbel temperature at the end.")
+    cost_weight: float = Field(2.0, ge=0, description="lambda_cost of the banded cost loss.")
+    tolerance: float = Field(0.05, ge=0, lt=1, description="Band below the budget, as a fraction of the full cost.")
+    arch_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the architecture logits.")
+    arch_betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of the architecture logits.")
+    arch_weight_decay: float = Field(1e-3, ge=0, description="Adam weight decay of the architecture logits.")
+    order: Literal[1, 2] = Field(1, description="Bilevel order: 1 (first order) or 2 (DARTS unrolled step).")
+    split: float = Field(0.5, gt=0, lt=1, description="Share of the training set (per class) used for "
+                         "architecture steps; the rest trains the weights.")
+    final_init: Literal["sliced", "scratch"] = Field("sliced", description="Train the found network from the "
+                                                     "sliced searched weights, or re-initialised (the paper).")
+    self_distill: SelfDistillConfig = Field(default_factory=SelfDistillConfig)
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        bad = [r for r in v if not 0 < r <= 1]
+        if bad:
+            raise ValueError(f"candidate ratios must be in (0, 1], got {bad}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _taus(self) -> "TasConfig":
+        if self.tau_min > self.tau_max:
+            raise ValueError(f"tau_min {self.tau_min} is above tau_max {self.tau_max}")
+        return self
+
+
+MethodConfig = Annotated[Union[ScsConfig, PruneConfig, TasConfig], Field(discriminator="name")]
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation (Hinton KD) in the training stages listed: ``(1 - alpha) * CE +
+    alpha * T^2 * KL(teacher || student)``.  ``auto`` follows the method (``tas``: the trained
+    original; others: none); a model name needs ``teacher_weights``."""
+
+    teacher: str = Field("auto", description="auto, original, none, or a model name (with teacher_weights).")
+    teacher_weights: str | None = Field(None, description="Trained weights of a named teacher.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term (TAS: 0.9 CIFAR, 0.5 ImageNet).")
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature T.")
+    stages: list[Literal["search", "finetune"]] = Field(["finetune"], description="Stages that distill.")
 
 
 class ExportConfig(_Strict):
@@ -162,6 +227,7 @@ class Recipe(_Strict):
     base: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3))
     search: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=6))
     finetune: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, lr=0.01))
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
@@ -253,13 +319,13 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("scs", "prune")
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("scs", "prune", "tas")
                                                            and err["loc"][0] == "method"))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "union_tag_invalid":
-            msg = "unknown method; expected one of scs, prune"
+            msg = "unknown method; expected one of scs, prune, tas"
         parts.append(f"{loc or '<recipe>'}: {msg}" + (f", got {err['input']!r}" if err["type"].endswith(
             ("_type", "_parsing", "literal_error", "greater_than", "less_than", "greater_than_equal",
              "less_than_equal")) else ""))

@@ -49,6 +49,16 @@ CASES = {
     "existing-output": (lambda tmp: ["resnet18"], "already holds a run"),
     "too-many-blocks": (lambda tmp: ["resnet18", "--method", "prune", "--set", "method.blocks=9"],
                         "method.blocks: 9 blocks to remove, but the model has only 5"),
+    "tas-ratio": (lambda tmp: ["resnet18", "--method", "tas", "--set", "method.ratios=[0.5,1.2]"],
+                  "method.ratios: candidate ratios must be in (0, 1], got [1.2]"),
+    "voting-k": (lambda tmp: ["resnet18", "--method", "tas", "--set", "method.self_distill.k=0"],
+                 "method.self_distill.k: Input should be greater than or equal to 1"),
+    "kd-alpha": (lambda tmp: ["resnet18", "--set", "distill.alpha=1.5"],
+                 "distill.alpha: Input should be less than or equal to 1"),
+    "teacher-unknown": (lambda tmp: ["resnet18", "--set", "distill.teacher=resnet51", "--set",
+                                     "distill.teacher_weights=w.pt"], "unknown model 'resnet51'"),
+    "teacher-untrained": (lambda tmp: ["resnet18", "--set", "distill.teacher=resnet34"],
+                          "distill.teacher: 'resnet34' needs distill.teacher_weights"),
 }
 
 

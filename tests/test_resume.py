@@ -1,11 +1,13 @@
 """Invariant 6: a run killed (SIGKILL) in the middle of an epoch and resumed ends with the same
-decision and the same weights as an uninterrupted run with the same seed."""
+decision and the same weights as an uninterrupted run with the same seed (scs, and tas with its
+architecture optimizer and voting-teacher buffers in the checkpoint)."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,26 +21,30 @@ def kill_mid_epoch(stage, epoch, step):
     if sys.argv[2] == "kill" and (stage, epoch, step) == ("search", 1, 3):
         os.kill(os.getpid(), signal.SIGKILL)
 
+recipe = dict(TINY_RECIPE)
+if sys.argv[3] == "tas":
+    recipe["method"] = {"name": "tas", "self_distill": {"enabled": True, "warmup": 0.3}}
 torch.manual_seed(0)  # the user's model: its initial weights are the caller's to seed
-compressor.compress(TinyNet(), TINY_RECIPE, out=sys.argv[1], resume=sys.argv[2] == "resume",
+compressor.compress(TinyNet(), recipe, out=sys.argv[1], resume=sys.argv[2] == "resume",
                     callbacks=(kill_mid_epoch,))
 """
 
 
-def _run(out, mode):
+def _run(out, mode, method):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(out), mode], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-c", SCRIPT, str(out), mode, method], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-    straight = _run(tmp_path / "a", "plain")
+@pytest.mark.parametrize("method", ["scs", "tas"])
+def test_killed_run_resumes_to_the_same_result(tmp_path, method):
+    straight = _run(tmp_path / "a", "plain", method)
     assert straight.returncode == 0, straight.stderr[-2000:]
-    killed = _run(tmp_path / "b", "kill")
+    killed = _run(tmp_path / "b", "kill", method)
     assert killed.returncode == -9
     assert not (tmp_path / "b" / "report.json").exists()
     assert (tmp_path / "b" / "checkpoints" / "search.pt").exists()
-    resumed = _run(tmp_path / "b", "resume")
+    resumed = _run(tmp_path / "b", "resume", method)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = (json.loads((tmp_path / d / "compressor.json").read_text())["decision"] for d in ("a", "b"))
     assert a == b

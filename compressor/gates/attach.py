@@ -10,7 +10,7 @@ from torch.nn.utils import parametrize
 
 from ..space import Space
 from ..space.blocks import trace_owner
-from .modules import ChannelMask, DepthGate, GateValues
+from .modules import ChannelMask, ChannelMix, DepthGate, GateValues
 
 
 class Gates:
@@ -22,6 +22,10 @@ class Gates:
         self.values = GateValues(space.num_units, len(space.blocks))
         self._replaced: dict[str, nn.Module] = {}
         self._parametrized: list[tuple[nn.Module, str]] = []
+        # units whose every consumer contracts over them one column each: ``values.mix`` may
+        # recombine them (set by attach_gates)
+        self.mixable = np.ones(space.num_units, dtype=bool)
+        self._hooks: list = []
 
     def set(self, units: torch.Tensor | None = None, blocks: torch.Tensor | None = None) -> None:
         if units is not None:
@@ -35,6 +39,9 @@ class Gates:
 
     def remove(self) -> nn.Module:
         """Detach every gate; the model computes exactly what it did before :func:`attach_gates`."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
         for module, name in reversed(self._parametrized):
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
         self._parametrized.clear()
@@ -83,7 +90,27 @@ def attach_gates(model: nn.Module, space: Space) -> Gates:
         ndim = getattr(module, attr).dim()
         parametrize.register_parametrization(module, attr, ChannelMask(gates.values, idx, ndim))
         gates._parametrized.append((module, attr))
+        for (d, u), (_, ix) in zip(dims, idx):
+            if attr == "weight" and is_contracting(module, d) and _one_position_per_unit(u):
+                dim = -1 if isinstance(module, nn.Linear) else 1
+                gates._hooks.append(module.register_forward_pre_hook(ChannelMix(gates.values, ix, dim)))
+            else:
+                gates.mixable[u[u >= 0]] = False
     return gates
+
+
+def is_contracting(module: nn.Module, dim: int) -> bool:
+    """True if ``module``'s weight sums over its inputs along ``dim`` (a dense conv or linear)."""
+    if isinstance(module, nn.Linear):
+        return dim == 1
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        return dim == 1 and module.groups == 1
+    return False
+
+
+def _one_position_per_unit(units: np.ndarray) -> bool:
+    u = units[units >= 0]
+    return len(u) == len(np.unique(u))
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> nn.Module:

@@ -14,9 +14,10 @@ from .attach import Gates
 
 
 class GateController(nn.Module):
-    """Computes ``(unit_values, block_values)``; either may be None (left unchanged)."""
+    """Computes ``(unit_values, block_values)``, either of which may be None (left unchanged),
+    optionally followed by a unit ``mix`` (see :class:`~compressor.gates.GateValues`)."""
 
-    def forward(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # pragma: no cover - interface
+    def forward(self) -> tuple:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -32,11 +33,13 @@ class ControlledModel(nn.Module):
         return self._gates[0]
 
     def forward(self, *args, **kwargs):
-        units, blocks = self.controller()
-        self.gates.set(units=units, blocks=blocks)
+        values = self.controller()
+        self.gates.set(units=values[0], blocks=values[1])
+        self.gates.values.mix = values[2] if len(values) > 2 else None
         return self.net(*args, **kwargs)
 
     def release(self) -> nn.Module:
         """Remove every gate and return the plain network with its trained weights."""
         self.gates.model = self.net
+        self.gates.values.mix = None
         return self.gates.remove()

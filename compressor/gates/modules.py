@@ -7,11 +7,18 @@ from torch import nn
 
 class GateValues:
     """One value per flat unit and one per block; whatever computes them (a method, a fixed 0/1
-    decision) assigns ``units``/``blocks``.  Plain tensors, so values may carry gradients."""
+    decision) assigns ``units``/``blocks``.  Plain tensors, so values may carry gradients.
+
+    ``mix`` (optional) is a linear map between units, applied to the inputs of *contracting*
+    consumers (dense conv/linear): ``(src, dst, value, mixed)`` says that the input channel of
+    every unit where ``mixed`` is True becomes the sum of ``value *`` the channels ``src`` of the
+    entries whose ``dst`` it is (other channels stay).  TAS's channel-wise interpolation is one.
+    """
 
     def __init__(self, num_units: int, num_blocks: int) -> None:
         self.units = torch.ones(num_units)
         self.blocks = torch.ones(num_blocks)
+        self.mix: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 class ChannelMask(nn.Module):
@@ -35,6 +42,49 @@ class ChannelMask(nn.Module):
             shape[d] = -1
             weight = weight * ext[idx].view(shape)
         return weight
+
+
+class ChannelMix:
+    """Forward pre-hook of a contracting consumer (dense conv or linear): when ``values.mix`` is
+    set, its input channels are recombined by it before the layer runs (``W (A x) = (W A) x``, so
+    this is the mix of the weight's input columns, at the cost of the activation, not the weight).
+    ``index`` gives the flat unit of every input channel (``num_units``: not a unit)."""
+
+    def __init__(self, values: GateValues, index: torch.Tensor, dim: int) -> None:
+        self._values = values
+        self.index = index.long()
+        self.dim = dim
+        n, size = len(values.units), len(index)
+        self.pos = torch.full((n + 1,), size, dtype=torch.long)  # channel of each unit; size = absent
+        self.pos[self.index] = torch.arange(size)
+        self.pos[n] = size
+
+    def __call__(self, module: nn.Module, args: tuple):  # noqa: ARG002
+        mix = self._values.mix
+        if mix is None or not args:
+            return None
+        if self.pos.device != args[0].device:
+            self.pos, self.index = self.pos.to(args[0].device), self.index.to(args[0].device)
+        return (mix_channels(args[0], self.dim, self.pos, self.index, mix), *args[1:])
+
+
+def mix_channels(x: torch.Tensor, dim: int, pos: torch.Tensor, index: torch.Tensor, mix) -> torch.Tensor:
+    """``x`` with the channels along ``dim`` of mixed units replaced by ``sum value * x[src]``
+    (see :class:`GateValues`); ``pos`` maps units to channels, ``index`` channels to units.  A
+    zero slot past the end absorbs units not present here."""
+    src, dst, value, mixed = (t.to(x.device) for t in mix)
+    dim = dim % x.dim()
+    size = x.shape[dim]
+    here = ((pos[src] < size) & (value != 0)).nonzero().flatten()
+    src, dst, value = src[here], dst[here], value[here]
+    pad_shape = list(x.shape)
+    pad_shape[dim] = 1
+    ext = torch.cat([x, x.new_zeros(pad_shape)], dim=dim)
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    stay = torch.cat([~mixed[index], mixed.new_zeros(1)]).to(x.dtype)
+    moved = ext.index_select(dim, pos[src]) * value.to(x.dtype).view(shape)
+    return (ext * stay.view(shape)).index_add(dim, pos[dst], moved).narrow(dim, 0, size)
 
 
 class DepthGate(nn.Module):

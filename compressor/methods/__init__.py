@@ -2,5 +2,6 @@
 from .base import Method, SearchContext, get_method, register_method
 from .prune import PruneMethod
 from .scs import ScsMethod
+from .tas import TasMethod
 
-__all__ = ["Method", "PruneMethod", "ScsMethod", "SearchContext", "get_method", "register_method"]
+__all__ = ["Method", "PruneMethod", "ScsMethod", "SearchContext", "TasMethod", "get_method", "register_method"]

@@ -11,6 +11,7 @@ from ..decision import Decision
 from ..recipe import BudgetConfig
 from ..space import Space
 from ..train import Trainer, TrainHooks
+from ..train.trainer import Criterion
 
 _METHODS: dict[str, type["Method"]] = {}
 
@@ -41,6 +42,8 @@ class SearchContext:
     budget: BudgetConfig
     round_to: int | None
     seed: int
+    num_classes: int | None = None
+    criterion: Criterion | None = None  # the search stage's task loss (distillation), None = CE
 
 
 class Method(TrainHooks):
@@ -49,10 +52,12 @@ class Method(TrainHooks):
 
     ``trains_in_search`` is False for one-shot methods: the pipeline then gives the search
     epochs to fine-tuning, so every method sees the same number of epochs.
+    ``distills_by_default``: what ``distill.teacher: auto`` means for this method.
     """
 
     name = "method"
     trains_in_search = True
+    distills_by_default = False
 
     def __init__(self, config, space: Space) -> None:
         self.config = config
@@ -62,3 +67,7 @@ class Method(TrainHooks):
                resume: bool = False) -> tuple[nn.Module, Decision, dict]:
         """Return (the model with its trained weights, the decision, a summary for the report)."""
         raise NotImplementedError
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """The sliced model before its final training (a method may re-initialise it)."""
+        return model

@@ -135,7 +135,7 @@ class ScsMethod(Method):
         self.lambda1, self.lambda2 = self.config.lambda1 * du, self.config.lambda2_base * du
         return kept
 
-    def extra_loss(self, model, outputs, targets) -> torch.Tensor:  # noqa: ARG002
+    def extra_loss(self, model, outputs, targets, indices) -> torch.Tensor:  # noqa: ARG002
         interval = self.config.lambda_interval
         if interval and self.steps and self.steps % interval == 0:
             self._set_lambda(*(v.detach() for v in self.logits.soft()))
@@ -167,7 +167,8 @@ class ScsMethod(Method):
         controlled = ControlledModel(gates, self.logits)
         self.net = controlled.net
         history = ctx.trainer.fit(controlled, ctx.train_set, epochs_cfg, stage="search", batch_size=ctx.batch_size,
-                                  val_set=ctx.val_set, hooks=self, checkpoint=checkpoint, resume=resume)
+                                  val_set=ctx.val_set, hooks=self, checkpoint=checkpoint, resume=resume,
+                                  criterion=ctx.criterion)
         decision, summary = self.decide(ctx)
         summary["history"] = [h.row() for h in history]
         return controlled.release(), decision, summary

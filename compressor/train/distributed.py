@@ -37,9 +37,18 @@ class DistEnv:
         """Element-wise sum of ``values`` over all processes."""
         if not self.enabled:
             return values
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t)
-        return t.tolist()
+        return self.all_reduce_(torch.tensor(values, dtype=torch.float64)).tolist()
+
+    def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """In-place sum of ``tensor`` over all processes (a no-op in a world of one).  gloo reduces
+        CPU tensors, NCCL CUDA ones: the tensor is moved for the collective and copied back."""
+        if self.enabled:
+            backend_cuda = dist.get_backend() == "nccl"
+            work = tensor.cuda() if backend_cuda and not tensor.is_cuda else tensor
+            dist.all_reduce(work)
+            if work is not tensor:
+                tensor.copy_(work)
+        return tensor
 
     def barrier(self) -> None:
         if self.enabled:

@@ -13,9 +13,10 @@ class TrainHooks:
     * ``param_groups()``: extra optimizer groups with their own settings (e.g. gate logits);
     * ``begin_epoch(epoch, epochs)``: per-epoch updates (sample masks, update penalties); returns
       metrics to log;
-    * ``extra_loss(model, outputs, targets)``: added to the task loss at every step;
-    * ``arch_step(batch)``: when ``has_arch_step``, called with a held-out batch before each weight
-      step (bilevel search);
+    * ``extra_loss(model, outputs, targets, indices)``: added to the task loss at every step
+      (``indices``: the samples' positions in the training set);
+    * ``arch_step(held_out, batch)``: when ``has_arch_step``, called before each weight step with a
+      held-out batch and the coming training batch, each ``(x, y, indices)`` (bilevel search);
     * ``end_epoch(epoch, epochs)``: returns metrics to log;
     * ``state_dict()``/``load_state_dict()``: everything a resumed run needs.
     """
@@ -28,10 +29,11 @@ class TrainHooks:
     def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:  # noqa: ARG002
         return {}
 
-    def extra_loss(self, model: nn.Module, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:  # noqa: ARG002
+    def extra_loss(self, model: nn.Module, outputs: torch.Tensor, targets: torch.Tensor,  # noqa: ARG002
+                   indices: torch.Tensor) -> torch.Tensor | None:  # noqa: ARG002
         return None
 
-    def arch_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:  # noqa: ARG002
+    def arch_step(self, held_out: tuple[torch.Tensor, ...], batch: tuple[torch.Tensor, ...]) -> None:  # noqa: ARG002
         return None
 
     def end_epoch(self, epoch: int, epochs: int) -> dict[str, float]:  # noqa: ARG002

@@ -31,6 +31,7 @@ from .schedule import lr_factor
 
 CHECKPOINT_FORMAT = 1
 StepCallback = Callable[[str, int, int], None]  # (stage, epoch, step within the epoch)
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, outputs, targets)
 
 
 @dataclass
@@ -50,6 +51,21 @@ class EpochResult:
         d = asdict(self)
         d.pop("extra")
         return {**d, **self.extra}
+
+
+class IndexedDataset(Dataset):
+    """``(x, y, i)``: a dataset's samples with their index (per-sample state such as voting
+    teachers is keyed by it)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i]
+        return x, y, i
 
 
 class EpochSampler(Sampler[int]):
@@ -99,16 +115,18 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int = 0) -> DataLoader:
+    def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int = 0,
+               indexed: bool = False) -> DataLoader:
+        """Batches ``(x, y)``, or ``(x, y, index)`` when ``indexed``."""
         sampler = EpochSampler(len(dataset), self.run.seed, self.dist, shuffle)  # type: ignore[arg-type]
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        return DataLoader(IndexedDataset(dataset) if indexed else dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                           drop_last=False, pin_memory=self.device.type == "cuda")
 
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _to_device(self, x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = x.to(self.device, non_blocking=True)
         if self.run.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
+        return (x, *(t.to(self.device, non_blocking=True) for t in rest))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int, workers: int = 0) -> tuple[float, float]:
@@ -143,9 +161,13 @@ class Trainer:
     def fit(self, model: nn.Module, train_set: Dataset, cfg: TrainConfig, *, stage: str, batch_size: int,
             val_set: Dataset | None = None, hooks: TrainHooks | None = None,
             checkpoint: str | os.PathLike | None = None, resume: bool = False,
-            workers: int = 0) -> list[EpochResult]:
+            workers: int = 0, criterion: Criterion | None = None,
+            arch_set: Dataset | None = None) -> list[EpochResult]:
         """Train ``model`` in place for ``cfg.epochs`` epochs; return the per-epoch history.
 
+        ``criterion(inputs, outputs, targets)`` replaces cross-entropy as the task loss (e.g. a
+        :class:`~compressor.train.distill.Distillation`).  ``arch_set`` feeds the hooks'
+        ``arch_step`` (default: ``val_set``), which ``val_set`` is evaluated on after every epoch.
         With ``checkpoint``, the full state is written there atomically after every epoch, and
         ``resume`` continues from it when it exists (a finished stage returns at once).
         """
@@ -153,9 +175,11 @@ class Trainer:
         model.to(self.device)
         if self.run.channels_last:
             model.to(memory_format=torch.channels_last)
-        loader = self.loader(train_set, batch_size, shuffle=True, workers=workers)
+        if hasattr(criterion, "prepare"):
+            criterion.prepare(self.device, self.run.channels_last)  # type: ignore[union-attr]
+        loader = self.loader(train_set, batch_size, shuffle=True, workers=workers, indexed=True)
         steps = len(loader)
-        opt = self._optimizer(model, cfg, hooks)
+        opt = self.optimizer = self._optimizer(model, cfg, hooks)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         history: list[EpochResult] = []
@@ -186,16 +210,17 @@ class Trainer:
             loss_sum = correct = count = 0.0
             bar = tqdm(loader, total=steps, desc=f"{stage} {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=not (self.run.progress and self.dist.is_main), mininterval=1.0, dynamic_ncols=True)
-            held_out = _cycle(self.loader(val_set, batch_size, shuffle=True)) \
-                if hooks.has_arch_step and val_set is not None else None
-            for step, (x, y) in enumerate(bar):
-                x, y = self._to_device(x, y)
+            arch_data = arch_set if arch_set is not None else val_set
+            held_out = _cycle(self.loader(arch_data, batch_size, shuffle=True, indexed=True)) \
+                if hooks.has_arch_step and arch_data is not None else None
+            for step, (x, y, idx) in enumerate(bar):
+                x, y, idx = self._to_device(x, y, idx)
                 if held_out is not None:
-                    hooks.arch_step(self._to_device(*next(held_out)))
+                    hooks.arch_step(self._to_device(*next(held_out)), (x, y, idx))
                 with self.autocast():
                     out = first_output(net(x))
-                    loss = F.cross_entropy(out.float(), y)
-                    penalty = hooks.extra_loss(model, out, y)
+                    loss = criterion(x, out, y) if criterion is not None else F.cross_entropy(out.float(), y)
+                    penalty = hooks.extra_loss(model, out, y, idx)
                 total = loss if penalty is None else loss + penalty
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()

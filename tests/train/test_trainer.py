@@ -101,8 +101,9 @@ def test_arch_step_gets_held_out_batches():
         def __init__(self):
             self.seen = []
 
-        def arch_step(self, batch):
-            self.seen.append(batch[0][:, 0, 0, 0].clone())
+        def arch_step(self, held_out, batch):
+            assert len(held_out) == len(batch) == 3  # (x, y, sample indices)
+            self.seen.append(held_out[0][:, 0, 0, 0].clone())
 
     hooks = Bilevel()
     held_out = _data(20, seed=7)
