@@ -88,9 +88,9 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
     clock = Stopwatch()
     with clock("trace"):
         space = trace(net.cpu().eval(), example)
-        fit_to_budget(space, torch.zeros(space.num_units).numpy(), recipe.budget.target,
-                      what=recipe.budget.what)  # fails now, not after training, if unreachable
-        method = get_method(recipe.method.name)(recipe.method, space)  # so do its settings
+        method = get_method(recipe.method.name)(recipe.method, space)  # bad settings fail now
+        fit_to_budget(space, torch.zeros(space.num_units).numpy(), recipe.budget.target, what=recipe.budget.what,
+                      removed_blocks=method.removable_blocks())  # and so does an unreachable budget
         teacher = _named_teacher(recipe, num_classes)  # and a teacher that cannot be built
     out = Path(out) if out else Path("runs") / f"{name}-{recipe.method.name}-{recipe.budget.what}{recipe.budget.target:g}"
     if launched_as_main():  # one process owns the output directory; the others only train

@@ -11,6 +11,10 @@ EXAMPLES = """examples:
   compress resnet50 --budget-flops 0.5      train on the embedded MNIST subset, prune to half the FLOPs
   compress mobilenet_v2 --budget-params 0.3 --method prune --out runs/mnv2
   compress resnet50 --method prune --set method.blocks=4   also drop the 4 blocks whose loss cost is least
+  compress resnet50 --method tas            search widths and depths, then train with KD from the original
+  compress resnet18 --method tas --set method.order=2 --set method.self_distill.enabled=true
+  compress mobilenet_v2 --method prune --set distill.teacher=original   fine-tune with KD
+  compress cifar_resnet56 --recipe tas-resnet56-cifar10 --data ~/cifar-10-batches-py
   compress resnet50 --recipe scs-resnet50-imagenet --data ~/imagenet --weights r50.pth
   compress resnet18 --set search.epochs=2 --set run.amp=bf16   any recipe key, dotted
   compress ... --resume                     continue an interrupted run in the same --out

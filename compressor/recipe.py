@@ -158,8 +158,9 @@ class TasConfig(_Strict):
     order: Literal[1, 2] = Field(1, description="Bilevel order: 1 (first order) or 2 (DARTS unrolled step).")
     split: float = Field(0.5, gt=0, lt=1, description="Share of the training set (per class) used for "
                          "architecture steps; the rest trains the weights.")
-    final_init: Literal["sliced", "scratch"] = Field("sliced", description="Train the found network from the "
-                                                     "sliced searched weights, or re-initialised (the paper).")
+    final_init: Literal["searched", "original", "scratch"] = Field(
+        "searched", description="Weights the found network starts from: the searched ones sliced, the trained "
+        "original's sliced, or a fresh initialisation (the paper).")
     self_distill: SelfDistillConfig = Field(default_factory=SelfDistillConfig)
 
     @field_validator("ratios")

@@ -1,6 +1,6 @@
 import pytest
 
-from compressor.recipe import PruneConfig, Recipe, RecipeError, ScsConfig, builtin_recipes, load_recipe
+from compressor.recipe import PruneConfig, Recipe, RecipeError, ScsConfig, TasConfig, builtin_recipes, load_recipe
 
 
 def test_defaults_and_builtins():
@@ -10,6 +10,18 @@ def test_defaults_and_builtins():
     assert {"default", "scs-resnet56-cifar10", "scs-resnet50-imagenet"} <= set(builtin_recipes())
     cifar = load_recipe("scs-resnet56-cifar10")
     assert cifar.method.lambda1 == 0.5 and cifar.search.epochs == 160 and cifar.search.schedule == "step"
+
+
+@pytest.mark.parametrize("name", ["tas-resnet56-cifar10", "tas-resnet50-imagenet"])
+def test_tas_builtins_carry_the_paper_constants(name):
+    r = load_recipe(name)
+    assert isinstance(r.method, TasConfig)
+    m = r.method
+    assert (m.candidates, m.tau_max, m.tau_min, m.cost_weight, m.tolerance) == (2, 5.0, 0.1, 2.0, 0.05)
+    assert (m.arch_lr, m.arch_betas, m.arch_weight_decay, m.split) == (1e-3, (0.5, 0.999), 1e-3, 0.5)
+    assert m.ratios == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0] and m.final_init == "scratch"
+    assert r.distill.teacher == "original" and r.distill.temperature == 4.0
+    assert r.distill.alpha == (0.9 if "cifar" in name else 0.5)
 
 
 def test_round_trip_and_overrides(tmp_path):
@@ -27,7 +39,7 @@ def test_round_trip_and_overrides(tmp_path):
     ({"budget": {"flops": 0.5, "params": 0.5}}, "set exactly one"),
     ({"search": {"epochz": 3}}, "search.epochz: unknown key"),
     ({"method": {"name": "scs", "lamda1_base": 1}}, "method.lamda1_base: unknown key"),
-    ({"method": {"name": "magic"}}, "method: unknown method; expected one of scs, prune"),
+    ({"method": {"name": "magic"}}, "method: unknown method; expected one of scs, prune, tas"),
     ({"data": {"batch_size": "big"}}, "data.batch_size: Input should be a valid integer"),
     ({"version": 2}, "version: this compressor reads recipe version 1"),
 ], ids=["zero", "one", "both", "unknown-key", "unknown-method-key", "unknown-method", "type", "version"])

@@ -1,6 +1,8 @@
 """The CI slice of the tools/ benchmarks: the same code paths on small models and few repeats."""
 import csv
 
+import pytest
+
 from tools import accuracy, latency, overhead
 
 
@@ -23,10 +25,11 @@ def test_accuracy_equal_epochs(tmp_path, capsys):
     assert "| cifar_resnet20 | 0.5 | scs |" in capsys.readouterr().out
 
 
-def test_overhead_rows(tmp_path):
+@pytest.mark.parametrize("method", ["scs", "tas"])
+def test_overhead_rows(tmp_path, method):
     out = tmp_path / "overhead.csv"
     overhead.main(["--models", "cifar_resnet20", "--size", "16", "--batch", "4", "--steps", "2", "--warmup", "1",
-                   "--device", "cpu", "--csv", str(out)])
+                   "--device", "cpu", "--csv", str(out), "--method", method])
     (row,) = list(csv.DictReader(out.open()))
     assert float(row["plain_ms"]) > 0 and float(row["gated_ms"]) > 0
     assert float(row["plain_peak_mib"]) > 0 and float(row["gated_peak_mib"]) > 0

@@ -7,7 +7,9 @@ table of test accuracy and fvcore FLOPs fraction, and writes every run to CSV.
 
     python tools/accuracy.py                                        # the docs/accuracy.md table
     python tools/accuracy.py --models resnet18 --budgets 0.5 --seeds 0 --methods scs,prune
-    python tools/accuracy.py --variants scs:temperature=global      # ablations: method=key=value
+    python tools/accuracy.py --variants scs:temperature=global      # ablations: method:key=value
+    python tools/accuracy.py --variants tas,tas:distill.teacher=none,prune,prune:distill.teacher=original
+    python tools/accuracy.py --variants prune --variant tas:mixture=pad,final_init=original
 """
 from __future__ import annotations
 
@@ -41,9 +43,11 @@ def base_weights(model: str, recipe, seed: int, directory: Path) -> tuple[Path, 
 
 
 def parse_variant(spec: str) -> tuple[str, str, dict]:
-    """``scs`` or ``scs:temperature=global,layers=false`` -> (label, method, overrides)."""
+    """``scs``, ``scs:temperature=global,layers=false`` or ``prune:distill.teacher=original`` ->
+    (label, method, overrides); a key without a dot is a key of the method's section."""
     method, _, rest = spec.partition(":")
-    overrides = {f"method.{k}": yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
+    overrides = {(k if "." in k else f"method.{k}"): yaml.safe_load(v)
+                 for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
     return spec, method, overrides
 
 
@@ -51,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="resnet18,mobilenet_v2")
     ap.add_argument("--budgets", default="0.5,0.25")
-    ap.add_argument("--variants", default="scs,prune", help="method[:key=value,...] per variant")
+    ap.add_argument("--variants", default="scs,prune", help="comma-separated methods, each with at most one "
+                    "key=value (method:key=value)")
+    ap.add_argument("--variant", action="append", default=[], help="one more variant, method:key=value,key=value")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides for all runs")
     ap.add_argument("--csv", default="accuracy.csv")
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         k, _, v = item.partition("=")
         common[k] = yaml.safe_load(v)
+    variants = [v for v in args.variants.split(",") if v] + args.variant
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 base = load_recipe("default", {**common, "model": model, "run.seed": seed})
                 weights, base_acc = base_weights(model, base, seed, tmp)
                 for budget in [float(b) for b in args.budgets.split(",")]:
-                    for label, method, extra in map(parse_variant, args.variants.split(",")):
+                    for label, method, extra in map(parse_variant, variants):
                         o = {**common, "run.seed": seed, "budget": {"flops": budget}, "weights": str(weights),
                              **method_override(base, method), **extra}
                         t0 = time.perf_counter()

@@ -1,8 +1,11 @@
-"""Training-step time and peak memory of the gated model (what ``scs`` trains) vs the plain one.
+"""Training-step time and peak memory of a method's search step vs a plain training step.
 
-The gated model is the original with every channel and depth gate attached and the scs
-controller computing the gate values at each forward; a step is forward, cross-entropy (plus the
-scs penalty for the gated model), backward and an SGD update.  Step times: the two models are
+``--method scs``: the original with every channel and depth gate attached and the scs controller
+computing the gate values at each forward; a step is forward, cross-entropy plus the scs penalty,
+backward and an SGD update.  ``--method tas``: a search step is TAS's architecture step on a
+held-out batch (the method's own ``arch_step``: Gumbel width/depth mixtures, CWI, cost loss, Adam)
+followed by the weight step on a training batch; the plain step is forward, cross-entropy,
+backward and an SGD update of the original.  Step times: the two models are
 stepped alternately in one process (plain, gated, plain, ...), after warm-up, and each figure is a
 median.  Peak memory: each model trains in a fresh child process; on CPU the figure is the peak
 resident set during the steps (Linux ``VmHWM``, reset just before them) minus the resident set
@@ -11,6 +14,7 @@ and tracing the model cannot hide what the steps use), on CUDA the growth of ``t
 
     python tools/overhead.py                                   # resnet50, mobilenet_v2, deit_small
     python tools/overhead.py --models resnet18 --size 64 --batch 16 --steps 5 --csv overhead.csv
+    python tools/overhead.py --method tas --models resnet50 --size 32 --batch 64   # the default recipe's step
 """
 from __future__ import annotations
 
@@ -27,31 +31,44 @@ import torch
 from torch import nn
 
 from compressor.gates import ControlledModel, attach_gates
+from compressor.methods.base import SearchContext
 from compressor.methods.scs import ScsLogits
-from compressor.recipe import ScsConfig
+from compressor.methods.tas import TasMethod
+from compressor.recipe import BudgetConfig, RunConfig, ScsConfig, TasConfig
 from compressor.space import trace
+from compressor.train import Trainer
 from compressor.zoo import create_model_for_size
 
 
-def build(name: str, size: int, gated: bool, device: str) -> tuple[nn.Module, nn.Module | None]:
-    """The model to train and, when gated, the controller holding the logits."""
+def build(name: str, size: int, method: str, device: str) -> tuple[nn.Module, object | None]:
+    """The model to train and what the method adds to a step (``method``: plain, scs or tas)."""
     torch.manual_seed(0)
     model, _ = create_model_for_size(name, size)
-    if not gated:
+    if method == "plain":
         return model.to(device), None
     space = trace(model.eval(), torch.randn(1, 3, size, size))
-    logits = ScsLogits(space, ScsConfig(), epochs=10)
-    return ControlledModel(attach_gates(model.train(), space), logits).to(device), logits
+    if method == "scs":
+        logits = ScsLogits(space, ScsConfig(), epochs=10)
+        return ControlledModel(attach_gates(model.train(), space), logits).to(device), logits
+    tas = TasMethod(TasConfig(), space)
+    ctx = SearchContext(Trainer(RunConfig(device=device, progress=False)), None, None, 0, BudgetConfig(flops=0.5),
+                        16, 0, num_classes=10)
+    return tas.attach(model.train(), ctx).to(device), tas
 
 
-def make_step(model: nn.Module, logits: nn.Module | None, x: torch.Tensor, y: torch.Tensor):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+def make_step(model: nn.Module, extra: object | None, x: torch.Tensor, y: torch.Tensor):
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     model.train()
+    batch = (x, y, torch.arange(len(y), device=x.device))
+    if isinstance(extra, TasMethod):
+        extra.ctx.trainer.optimizer = opt
 
     def step() -> None:
+        if isinstance(extra, TasMethod):  # the architecture step on a held-out batch comes first
+            extra.arch_step(batch, batch)
         loss = nn.functional.cross_entropy(model(x), y)
-        if logits is not None:  # the scs penalty, with a fixed lambda
-            soft_c, soft_l = logits.soft()
+        if isinstance(extra, ScsLogits):  # the scs penalty, with a fixed lambda
+            soft_c, soft_l = extra.soft()
             loss = loss + 1e-3 * (soft_c.sum() + soft_l.sum())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -64,12 +81,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def step_times(name: str, size: int, batch: int, steps: int, warmup: int, device: str) -> dict[str, float]:
+def step_times(name: str, size: int, batch: int, steps: int, warmup: int, device: str,
+               method: str = "scs") -> dict[str, float]:
     """Median milliseconds per training step, plain and gated stepped alternately."""
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    fns = {"plain": make_step(*build(name, size, False, device), x, y),
-           "gated": make_step(*build(name, size, True, device), x, y)}
+    fns = {"plain": make_step(*build(name, size, "plain", device), x, y),
+           "gated": make_step(*build(name, size, method, device), x, y)}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(warmup + steps):
         for k, fn in fns.items():
@@ -82,10 +100,10 @@ def step_times(name: str, size: int, batch: int, steps: int, warmup: int, device
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _peak_child(name: str, size: int, batch: int, gated: bool, device: str, steps: int, out) -> None:
+def _peak_child(name: str, size: int, batch: int, method: str, device: str, steps: int, out) -> None:
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    step = make_step(*build(name, size, gated, device), x, y)
+    step = make_step(*build(name, size, method, device), x, y)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -110,11 +128,12 @@ def _proc_status(key: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {key}: peak CPU memory needs Linux")
 
 
-def peak_memory(name: str, size: int, batch: int, gated: bool, device: str, steps: int = 2) -> int:
-    """Bytes of peak memory added by training steps, measured in a fresh process."""
+def peak_memory(name: str, size: int, batch: int, method: str, device: str, steps: int = 2) -> int:
+    """Bytes of peak memory added by training steps (``method``: plain, scs or tas), measured in
+    a fresh process."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(name, size, batch, gated, device, steps, q))
+    p = ctx.Process(target=_peak_child, args=(name, size, batch, method, device, steps, q))
     p.start()
     value = q.get()
     p.join()
@@ -129,14 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per model (after warm-up)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--method", choices=["scs", "tas"], default="scs", help="whose search step is measured")
     ap.add_argument("--csv")
     args = ap.parse_args(argv)
     rows = []
     print(f"{'model':<26} {'plain ms':>9} {'gated ms':>9} {'time x':>7} {'plain MiB':>10} {'gated MiB':>10} {'mem x':>6}")
     for name in args.models.split(","):
-        ms = step_times(name, args.size, args.batch, args.steps, args.warmup, args.device)
-        mem = {k: peak_memory(name, args.size, args.batch, k == "gated", args.device) for k in ("plain", "gated")}
-        row = {"model": name, "size": args.size, "batch": args.batch, "device": args.device,
+        ms = step_times(name, args.size, args.batch, args.steps, args.warmup, args.device, args.method)
+        mem = {k: peak_memory(name, args.size, args.batch, args.method if k == "gated" else "plain", args.device)
+               for k in ("plain", "gated")}
+        row = {"model": name, "method": args.method, "size": args.size, "batch": args.batch, "device": args.device,
                "plain_ms": round(ms["plain"], 2), "gated_ms": round(ms["gated"], 2),
                "time_ratio": round(ms["gated"] / ms["plain"], 3),
                "plain_peak_mib": round(mem["plain"] / 2**20, 1), "gated_peak_mib": round(mem["gated"] / 2**20, 1),

@@ -32,6 +32,7 @@ class Gates:
             if units.shape != (self.space.num_units,):
                 raise ValueError(f"expected {self.space.num_units} unit values, got {tuple(units.shape)}")
             self.values.units = units
+            self.values.units_are_ones = not units.requires_grad and bool((units == 1).all())
         if blocks is not None:
             if blocks.shape != (len(self.space.blocks),):
                 raise ValueError(f"expected {len(self.space.blocks)} block values, got {tuple(blocks.shape)}")

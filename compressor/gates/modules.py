@@ -19,6 +19,7 @@ class GateValues:
         self.units = torch.ones(num_units)
         self.blocks = torch.ones(num_blocks)
         self.mix: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.units_are_ones = True  # constant ones: masks are the identity and may be skipped
 
 
 class ChannelMask(nn.Module):
@@ -34,6 +35,8 @@ class ChannelMask(nn.Module):
         self.ndim = ndim
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self._values[0].units_are_ones:
+            return weight
         units = self._values[0].units.to(device=weight.device, dtype=weight.dtype)
         ext = torch.cat([units, units.new_ones(1)])
         for i, d in enumerate(self.dims):

@@ -68,6 +68,10 @@ class Method(TrainHooks):
         """Return (the model with its trained weights, the decision, a summary for the report)."""
         raise NotImplementedError
 
+    def removable_blocks(self) -> list[str]:
+        """The residual blocks this method's decision may remove (for the early budget check)."""
+        return []
+
     def finalize(self, model: nn.Module) -> nn.Module:
         """The sliced model before its final training (a method may re-initialise it)."""
         return model

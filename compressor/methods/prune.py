@@ -27,6 +27,9 @@ class PruneMethod(Method):
             raise RecipeError(f"method.blocks: {config.blocks} blocks to remove, but the model has only "
                               f"{len(space.blocks)} removable residual blocks")
 
+    def removable_blocks(self) -> list[str]:
+        return [b.name for b in self.space.blocks] if self.config.blocks else []
+
     def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg=None, checkpoint=None,  # noqa: ARG002
                resume: bool = False) -> tuple[nn.Module, Decision, dict]:
         removed = self._least_important_blocks(model, ctx) if self.config.blocks else []

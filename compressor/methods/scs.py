@@ -158,6 +158,9 @@ class ScsMethod(Method):
         return {"cost": self.kept, "lam": self.lambda1}
 
     # -- plumbing --------------------------------------------------------------------------------
+    def removable_blocks(self) -> list[str]:
+        return [b.name for b in self.space.blocks] if self.config.layers else []
+
     def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg, checkpoint=None,
                resume: bool = False) -> tuple[nn.Module, Decision, dict]:
         self.seed, self.budget = ctx.seed, ctx.budget

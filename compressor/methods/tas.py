@@ -128,12 +128,12 @@ class TasMethod(Method):
         return {k: v for k, v in self.live.items() if k == "cost"}
 
     # -- plumbing --------------------------------------------------------------------------------
-    def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg, checkpoint=None,
-               resume: bool = False) -> tuple[nn.Module, Decision, dict]:
+    def attach(self, model: nn.Module, ctx: SearchContext, sizes: tuple[int, int] = (0, 0)) -> ControlledModel:
+        """The searchable network: ``model`` gated, with the architecture as its controller, the
+        architecture optimizer, and voting-teacher buffers for ``sizes`` (weight, arch) samples."""
         cfg = self.config
         self.ctx = ctx
         scores = get_importance("magnitude")(model, self.space)
-        weight_set, arch_set = split_dataset(ctx.train_set, cfg.split, seed=ctx.seed)
         gates = attach_gates(model, self.space)
         self.arch = TasArchitecture(self.space, cfg, scores, round_to=ctx.round_to, mixable=gates.mixable)
         self.controlled = ControlledModel(gates, self.arch)
@@ -144,14 +144,25 @@ class TasMethod(Method):
                                          dist=ctx.trainer.dist)
         if cfg.self_distill.enabled:
             classes = ctx.num_classes or _num_outputs(model, ctx)
-            self.voting = {"weights": VotingTeachers(len(weight_set), classes, cfg.self_distill.k),
-                           "arch": VotingTeachers(len(arch_set), classes, cfg.self_distill.k)}
+            self.voting = {"weights": VotingTeachers(sizes[0], classes, cfg.self_distill.k),
+                           "arch": VotingTeachers(sizes[1], classes, cfg.self_distill.k)}
+        return self.controlled
+
+    def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg, checkpoint=None,
+               resume: bool = False) -> tuple[nn.Module, Decision, dict]:
+        weight_set, arch_set = split_dataset(ctx.train_set, self.config.split, seed=ctx.seed)
+        original = {k: v.detach().clone() for k, v in model.state_dict().items()} \
+            if self.config.final_init == "original" else None
+        self.attach(model, ctx, (len(weight_set), len(arch_set)))
         history = ctx.trainer.fit(self.controlled, weight_set, epochs_cfg, stage="search", batch_size=ctx.batch_size,
                                   val_set=ctx.val_set, hooks=self, checkpoint=checkpoint, resume=resume,
                                   arch_set=arch_set, criterion=ctx.criterion)
         decision, summary = self.decide(ctx)
         summary["history"] = [h.row() for h in history]
-        return self.controlled.release(), decision, summary
+        net = self.controlled.release()
+        if original is not None:  # the found shape starts from the trained original's weights
+            net.load_state_dict(original)
+        return net, decision, summary
 
     def decide(self, ctx: SearchContext) -> tuple[Decision, dict]:
         """The argmax architecture; fitted to the budget when it lies outside [R - t, R]."""
@@ -188,8 +199,12 @@ class TasMethod(Method):
             summary["voting_teachers_mb"] = sum(v.memory_bytes for v in self.voting.values()) / 2**20
         return decision, summary
 
+    def removable_blocks(self) -> list[str]:
+        return [b.name for b in self.space.blocks] if self.config.depth else []
+
     def finalize(self, model: nn.Module) -> nn.Module:
-        """The found network's starting weights: as sliced, or re-initialised (the paper)."""
+        """The found network's starting weights: as sliced (searched or original), or
+        re-initialised (the paper)."""
         if self.config.final_init == "scratch":
             torch.manual_seed(self.ctx.seed if self.ctx else 0)
             for m in model.modules():

@@ -203,16 +203,21 @@ class TasArchitecture(GateController):
             sel = self._draw("sel", lambda: torch.multinomial(F.softmax(z.detach(), 1), k, replacement=False))
             w = F.softmax(z.gather(1, sel), dim=1)                                         # (G, k)
             weights = torch.zeros_like(z).scatter(1, sel, w)                               # (G, C)
-            values = self._unit_values(weights)
-            values = torch.where(self.cwi_group[self.unit_group], torch.ones_like(values), values)
             if bool(self.cwi_group.any()):
                 mix = self._cwi_mix(sel, w)
+            if not bool(self.cwi_group.all()):  # CWI groups keep unit values of 1 (no graph)
+                values = self._unit_values(weights)
+                values = torch.where(self.cwi_group[self.unit_group], torch.ones_like(values), values)
         depth = None
         if len(self.depths):
             zd = (self.depth_log_probs() + self._draw("gd", lambda: _gumbel(self.beta.shape, self.beta))) / tau
             depth = self._block_values(F.softmax(zd, dim=1))
-        units, blocks = self._full(values if values is not None else torch.zeros(0), depth if depth is not None
-                                   else torch.zeros(0))
+        units = torch.ones(self.num_units, device=self.alpha.device)
+        if values is not None:
+            units = units.index_put((self.units,), values.float())
+        blocks = torch.ones(self.num_blocks, device=self.alpha.device)
+        if depth is not None:
+            blocks = blocks.index_put((self.blocks,), depth.float())
         return units, blocks, mix
 
     def _cwi_mix(self, sel: torch.Tensor, w: torch.Tensor):
