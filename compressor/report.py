@@ -169,9 +169,12 @@ def _plots(r: dict[str, Any], out: Path) -> list[str]:
         ax.plot(xs, [h["train_acc"] for _, h in rows], label="train accuracy")
         if any(h.get("val_acc") not in (None, "") for _, h in rows):
             ax.plot(xs, [h.get("val_acc") for _, h in rows], label="val accuracy")
-        cost = [h.get("sign_cost", h.get("sampled_cost")) for _, h in rows]
-        if any(c is not None for c in cost):
-            ax.plot(xs, [c if c is not None else float("nan") for c in cost], label="cost fraction (search)")
+        curves = {"cost fraction (search)": [h.get("sign_cost", h.get("sampled_cost", h.get("argmax_cost")))
+                                             for _, h in rows],
+                  "expected cost (tas)": [h.get("expected_cost") for _, h in rows]}
+        for label, cost in curves.items():
+            if any(c not in (None, "") for c in cost):
+                ax.plot(xs, [c if c not in (None, "") else float("nan") for c in cost], label=label)
         ax.set_xlabel("epoch (base, search, fine-tune)")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=8)

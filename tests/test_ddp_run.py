@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from compressor.decision import Decision
@@ -20,17 +21,20 @@ from tests.tiny import TINY_RECIPE, TinyNet
 
 recipe = {**TINY_RECIPE, "base": {"epochs": 0}, "search": {"epochs": 1}, "finetune": {"epochs": 0},
           "budget": {"flops": 0.6}}
+if sys.argv[2] == "tas":  # architecture gradients and voting teachers are all-reduced
+    recipe["method"] = {"name": "tas", "self_distill": {"enabled": True, "warmup": 0.0}}
 compressor.compress(TinyNet(), recipe, out=sys.argv[1])
 dist.destroy_process_group()
 """
 
 
-def test_torchrun_two_processes(tmp_path):
+@pytest.mark.parametrize("method,port", [("scs", 29533), ("tas", 29534)])
+def test_torchrun_two_processes(tmp_path, method, port):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29533", str(script), str(tmp_path / "out")],
+                           "--master_port", str(port), str(script), str(tmp_path / "out"), method],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())

@@ -93,6 +93,9 @@ class EpochSampler(Sampler[int]):
 class Trainer:
     """Trains a module on a dataset for one :class:`~compressor.recipe.TrainConfig` stage.
 
+    During :meth:`fit`, ``trainer.optimizer`` is the weight optimizer (a second-order architecture
+    step reads its learning rates and momentum buffers).
+
     Example:
         >>> trainer = Trainer(RunConfig(seed=0, progress=False))
         >>> history = trainer.fit(model, train_set, TrainConfig(epochs=2), stage="base", batch_size=64)
@@ -117,10 +120,12 @@ class Trainer:
 
     def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int = 0,
                indexed: bool = False) -> DataLoader:
-        """Batches ``(x, y)``, or ``(x, y, index)`` when ``indexed``."""
+        """Batches ``(x, y)``, or ``(x, y, index)`` when ``indexed``.  A shuffled (training) loader
+        drops a last batch of one sample: batch norm cannot train on it."""
         sampler = EpochSampler(len(dataset), self.run.seed, self.dist, shuffle)  # type: ignore[arg-type]
-        return DataLoader(IndexedDataset(dataset) if indexed else dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          drop_last=False, pin_memory=self.device.type == "cuda")
+        return DataLoader(IndexedDataset(dataset) if indexed else dataset, batch_size=batch_size, sampler=sampler,
+                          num_workers=workers, drop_last=shuffle and len(sampler) % batch_size == 1,
+                          pin_memory=self.device.type == "cuda")
 
     def _to_device(self, x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = x.to(self.device, non_blocking=True)

@@ -112,3 +112,11 @@ def test_arch_step_gets_held_out_batches():
     assert len(hooks.seen) == 6  # one per weight step; the 20 held-out images cycle
     values = set(torch.cat(hooks.seen).tolist())
     assert values <= set(held_out.tensors[0][:, 0, 0, 0].tolist())
+
+
+def test_a_last_batch_of_one_is_dropped_in_training():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    trainer = Trainer(RunConfig(progress=False))
+    history = trainer.fit(model, _data(17), TrainConfig(epochs=1), stage="bn", batch_size=16)  # 16 + 1
+    assert len(history) == 1 and len(trainer.loader(_data(17), 16, shuffle=True)) == 1
+    assert len(trainer.loader(_data(17), 16, shuffle=False)) == 2  # evaluation sees every sample
