@@ -116,7 +116,7 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
     if mode == "original":
         teacher = copy.deepcopy(net).eval()  # the trained original, before the search changes it
     kd = {stage: Distillation(teacher, alpha=distill.alpha, temperature=distill.temperature)
-          for stage in distill.stages} if teacher is not None and mode != "none" else {}
+          for stage in distill.stages} if teacher is not None else {}
 
     ctx = SearchContext(trainer, train_set, val_set, batch, recipe.budget, recipe.export.round_to, recipe.run.seed,
                         num_classes=num_classes, criterion=kd.get("search"))

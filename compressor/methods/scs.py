@@ -197,8 +197,7 @@ class ScsMethod(Method):
                           "blocks_removed": removed}
 
     def _cost_fraction(self, units: torch.Tensor, blocks: torch.Tensor) -> float:
-        cost = self.space.cost.flops if self.budget.what == "flops" else self.space.cost.params
-        return float(cost(units, blocks) / cost())
+        return float(self.space.cost.fraction(self.budget.what, units, blocks))
 
     @torch.no_grad()
     def _fresh_init(self, newly_on: torch.Tensor, g: torch.Generator) -> None:

@@ -125,7 +125,7 @@ class TasMethod(Method):
                     "argmax_cost": float(self._fraction(*self.arch.argmax_keep()))}
 
     def step_metrics(self) -> dict[str, float]:
-        return {k: v for k, v in self.live.items() if k == "cost"}
+        return dict(self.live)  # the argmax cost and the last architecture loss
 
     # -- plumbing --------------------------------------------------------------------------------
     def attach(self, model: nn.Module, ctx: SearchContext, sizes: tuple[int, int] = (0, 0)) -> ControlledModel:
@@ -213,8 +213,7 @@ class TasMethod(Method):
         return model
 
     def _fraction(self, units: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-        cost = self.space.cost.flops if self.ctx.budget.what == "flops" else self.space.cost.params
-        return cost(units, blocks) / float(cost())
+        return self.space.cost.fraction(self.ctx.budget.what, units, blocks)
 
     def state_dict(self) -> dict:
         return {"arch_optimizer": self.arch_opt.state_dict(),

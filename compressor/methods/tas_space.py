@@ -151,11 +151,14 @@ class TasArchitecture(GateController):
         reach = self.depths[self.block_stage] > self.block_pos[:, None]    # (B, D)
         return (depth_weights[self.block_stage] * reach).sum(1)
 
-    def _full(self, unit_values: torch.Tensor, block_values: torch.Tensor, dtype=torch.float32):
-        units = torch.ones(self.num_units, dtype=dtype, device=unit_values.device)
-        units = units.index_put((self.units,), unit_values.to(dtype))
-        blocks = torch.ones(self.num_blocks, dtype=dtype, device=unit_values.device)
-        if len(self.blocks):
+    def _full(self, unit_values: torch.Tensor | None, block_values: torch.Tensor | None, dtype=torch.float32):
+        """Values over the whole space: searched units/blocks as given, every other one 1 (None:
+        all 1, with no autograd graph)."""
+        units = torch.ones(self.num_units, dtype=dtype, device=self.alpha.device)
+        if unit_values is not None and len(self.units):
+            units = units.index_put((self.units,), unit_values.to(dtype))
+        blocks = torch.ones(self.num_blocks, dtype=dtype, device=self.alpha.device)
+        if block_values is not None and len(self.blocks):
             blocks = blocks.index_put((self.blocks,), block_values.to(dtype))
         return units, blocks
 
@@ -212,13 +215,7 @@ class TasArchitecture(GateController):
         if len(self.depths):
             zd = (self.depth_log_probs() + self._draw("gd", lambda: _gumbel(self.beta.shape, self.beta))) / tau
             depth = self._block_values(F.softmax(zd, dim=1))
-        units = torch.ones(self.num_units, device=self.alpha.device)
-        if values is not None:
-            units = units.index_put((self.units,), values.float())
-        blocks = torch.ones(self.num_blocks, device=self.alpha.device)
-        if depth is not None:
-            blocks = blocks.index_put((self.blocks,), depth.float())
-        return units, blocks, mix
+        return (*self._full(values, depth), mix)
 
     def _cwi_mix(self, sel: torch.Tensor, w: torch.Tensor):
         """``(src, dst, value, mixed)`` for :class:`~compressor.gates.GateValues.mix`: in each CWI

@@ -75,6 +75,7 @@ class CostModel:
         self.space = space
         self._flops = _Terms(space.flops_terms, space.blocks, space.num_units)
         self._params = _Terms(space.param_terms, space.blocks, space.num_units)
+        self._full_cost: dict[str, float] = {}
 
     def _defaults(self, keep, block_keep):
         if keep is None:
@@ -88,6 +89,15 @@ class CostModel:
 
     def params(self, keep: torch.Tensor | None = None, block_keep: torch.Tensor | None = None) -> torch.Tensor:
         return self._params(*self._defaults(keep, block_keep))
+
+    def fraction(self, what: str, keep: torch.Tensor | None = None,
+                 block_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``what`` ("flops" or "params") of a (soft) decision as a fraction of the full model's;
+        differentiable like :meth:`flops`."""
+        cost = self.flops if what == "flops" else self.params
+        if what not in self._full_cost:
+            self._full_cost[what] = float(cost())
+        return cost(keep, block_keep) / self._full_cost[what]
 
     def breakdown(self, what: str = "flops") -> dict[int, float]:
         """Share of the full cost that each group's units carry (terms split evenly between groups)."""

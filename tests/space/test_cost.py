@@ -38,3 +38,20 @@ def test_gradient_matches_finite_differences():
     bstep[0] += 1.0
     assert float(space.cost.flops(keep.detach(), bstep) - flops) == pytest.approx(float(blocks.grad[0]), rel=1e-9)
     assert float(blocks.grad[0]) > 0
+
+
+def test_fraction_is_cost_over_full_cost():
+    import torch
+    from torch import nn
+
+    from compressor.space import trace
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    space = trace(model, torch.randn(1, 3, 10, 10))
+    keep = torch.rand(space.num_units, dtype=torch.double, requires_grad=True)
+    for what, cost in (("flops", space.cost.flops), ("params", space.cost.params)):
+        frac = space.cost.fraction(what, keep)
+        assert torch.allclose(frac, cost(keep) / cost())
+        assert float(space.cost.fraction(what)) == 1.0
+    frac.backward()
+    assert keep.grad is not None and keep.grad.abs().sum() > 0
