@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
-import time
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,16 +27,23 @@ from .decision import Decision
 from .export import export_onnx, save_compressed, slice_model
 from .export.save import ARCH_FILE
 from .methods import SearchContext, get_method
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, RecipeError, load_recipe
 from .space import trace
 from .train import Trainer, load_checkpoint
 from .train.distill import Distillation
-from .train.distributed import launched_as_main
+from .train.distributed import launched_as_main, resolve_device
 from .weights import load_weights
 
 
-class OutputExistsError(ValueError):
+class OutputError(ValueError):
+    """The output directory cannot take this run."""
+
+
+class OutputExistsError(OutputError):
     """The output directory already holds a run and ``resume`` was not asked for."""
+
+
+SPACE_PER_PARAM_BYTE = 12  # checkpoints (weights + momentum, three stages), ONNX, safetensors, with room
 
 
 @dataclass
@@ -79,22 +86,26 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
         recipe = load_recipe(recipe, {"model": model})
     name = recipe.model if isinstance(model, str) else type(model).__name__
     torch.manual_seed(recipe.run.seed)
+    resolve_device(recipe.run.device)  # a device that is not here fails now
     train_set, val_set, test_set, num_classes = _datasets(recipe, data, model)
-    net, source, source_kwargs = _build(model, recipe, num_classes)
-    size = recipe.data.input_size or _native_size(net, recipe)
+    net, source, source_kwargs, start = _build(model, recipe, num_classes)
+    size = image_spec(recipe, None if isinstance(data, tuple) else (data or recipe.data.path), model).size
     example = torch.randn(1, 3, size, size)
     if recipe.weights:
-        load_weights(net, recipe.weights)
+        load_weights(net, recipe.weights, num_classes=num_classes)
     clock = Stopwatch()
     with clock("trace"):
         space = trace(net.cpu().eval(), example)
         method = get_method(recipe.method.name)(recipe.method, space)  # bad settings fail now
+        if method.trains_in_search and recipe.search.epochs < 1:
+            raise RecipeError(f"search.epochs: {recipe.method.name} learns its decision while training in the "
+                              "search stage and needs at least 1 epoch (or use --method prune)")
         fit_to_budget(space, torch.zeros(space.num_units).numpy(), recipe.budget.target, what=recipe.budget.what,
                       removed_blocks=method.removable_blocks())  # and so does an unreachable budget
         teacher = _named_teacher(recipe, num_classes)  # and a teacher that cannot be built
-    out = Path(out) if out else Path("runs") / f"{name}-{recipe.method.name}-{recipe.budget.what}{recipe.budget.target:g}"
+    out = Path(out) if out else default_out(name, recipe)
     if launched_as_main():  # one process owns the output directory; the others only train
-        _claim(out, resume)
+        _claim(out, resume, need=SPACE_PER_PARAM_BYTE * sum(p.numel() * p.element_size() for p in net.parameters()))
         if not (out / "recipe.yaml").exists():
             (out / "recipe.yaml").write_text(recipe.to_yaml())
 
@@ -102,12 +113,12 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
     ckpt = out / "checkpoints"
     batch = recipe.data.batch_size
     history: dict[str, list] = {}
-    if not recipe.weights and recipe.base.epochs:
+    if not recipe.weights and not recipe.pretrained and recipe.base.epochs:
         with clock("base"):
             history["base"] = [h.row() for h in trainer.fit(net, train_set, recipe.base, stage="base",
                                                             batch_size=batch, val_set=val_set,
                                                             checkpoint=ckpt / "base.pt", resume=resume)]
-    original_acc = trainer.evaluate(net, test_set, batch)[1]
+    original_eval = trainer.evaluate(net, test_set, batch)
 
     distill = recipe.distill
     mode = distill.teacher
@@ -136,7 +147,7 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
                                                                 batch_size=batch, val_set=val_set,
                                                                 checkpoint=ckpt / "finetune.pt", resume=resume,
                                                                 criterion=kd.get("finetune"))]
-    compressed_acc = trainer.evaluate(compressed, test_set, batch)[1]
+    compressed_eval = trainer.evaluate(compressed, test_set, batch)
     compressed = compressed.cpu().eval()
     if not trainer.dist.is_main:
         return CompressResult(compressed, decision, {}, out)
@@ -153,11 +164,17 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
                                    **{stage: d.summary() for stage, d in kd.items()},
                                    "stage_seconds": {s: round(clock.seconds.get(s, 0.0), 1) for s in kd}}
     report = build_report(name=name, recipe=recipe, space=space, decision=decision, original=original.cpu().eval(),
-                          compressed=compressed, example=example, accuracy=(original_acc, compressed_acc),
+                          compressed=compressed, example=example, accuracy=(original_eval, compressed_eval),
                           onnx_diff=onnx_diff, out=out, history=history, method_summary=summary, clock=clock,
+                          data=_data_facts(recipe, data, (train_set, val_set, test_set), num_classes, start),
                           dist_world=trainer.dist.world_size)
     write_report(report, out)
     return CompressResult(compressed, decision, report, out)
+
+
+def default_out(name: str, recipe: Recipe) -> Path:
+    """``runs/<model>-<method>-<budget>``, where a run goes without ``out``."""
+    return Path("runs") / f"{name}-{recipe.method.name}-{recipe.budget.what}{recipe.budget.target:g}"
 
 
 def _named_teacher(recipe: Recipe, num_classes: int) -> nn.Module | None:
@@ -182,8 +199,7 @@ def _datasets(recipe: Recipe, data, model) -> tuple[Dataset, Dataset | None, Dat
         train, test = data
     else:
         path = str(data) if data is not None else cfg.path
-        mean, std = _normalisation(recipe, path, model)
-        spec = ImageSpec(size=cfg.input_size or 224, mean=mean, std=std)
+        spec = image_spec(recipe, path, model)
         train = load_dataset(path, "train", spec, augment=cfg.augment)
         test = load_dataset(path, "test", spec, augment=False)
     num_classes = _num_classes(train)
@@ -200,19 +216,32 @@ def _datasets(recipe: Recipe, data, model) -> tuple[Dataset, Dataset | None, Dat
     return train, val, test, num_classes
 
 
-def _normalisation(recipe: Recipe, path, model) -> tuple[tuple, tuple]:
-    """Recipe override, else MNIST's for the embedded set, else the model's own data config."""
-    if recipe.data.mean and recipe.data.std:
-        return recipe.data.mean, recipe.data.std
-    if path is None:
-        return (MNIST_MEAN,) * 3, (MNIST_STD,) * 3
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if isinstance(model, str) and not model.startswith(("tv:", "torchvision:")):
-        import timm
+def image_spec(recipe: Recipe, path, model) -> ImageSpec:
+    """How images reach the model: every key the recipe sets, the rest from the model's pretrained
+    data config (timm's, or torchvision's default weights'); MNIST's mean/std for the embedded set."""
+    from .zoo import UnknownModelError, data_config
 
-        found = timm.models.get_pretrained_cfg(model.removeprefix("timm:"))
-        cfg = found.to_dict() if found is not None else {}
-    return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+    cfg = recipe.data
+    found: dict = {}
+    if isinstance(model, str):
+        try:
+            found = data_config(model)
+        except UnknownModelError:  # "package.module:factory": no pretrained data config
+            found = {}
+    elif getattr(model, "pretrained_cfg", None):
+        from timm.data import resolve_data_config
+
+        d = resolve_data_config(model=model)
+        found = {"size": d["input_size"][-1], "crop_pct": d["crop_pct"], "interpolation": d["interpolation"],
+                 "mean": tuple(d["mean"]), "std": tuple(d["std"])}
+    if path is None:
+        found.update(mean=(MNIST_MEAN,) * 3, std=(MNIST_STD,) * 3)
+    interpolation = cfg.interpolation or found.get("interpolation", "bilinear")
+    return ImageSpec(size=cfg.input_size or found.get("size", 224),
+                     mean=tuple(cfg.mean or found.get("mean", IMAGENET_MEAN)),
+                     std=tuple(cfg.std or found.get("std", IMAGENET_STD)),
+                     crop_pct=cfg.crop_pct or found.get("crop_pct", 0.875),
+                     interpolation=interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear")
 
 
 def _num_classes(ds: Dataset) -> int:
@@ -224,44 +253,73 @@ def _num_classes(ds: Dataset) -> int:
     return int(n)
 
 
-def _build(model: nn.Module | str, recipe: Recipe, num_classes: int) -> tuple[nn.Module, str, dict]:
-    """The original model and how to rebuild it (zoo name or ``module:Class`` plus kwargs)."""
+def _build(model: nn.Module | str, recipe: Recipe, num_classes: int) -> tuple[nn.Module, str, dict, str]:
+    """The original model, how to rebuild it (zoo name or ``module:Class`` plus kwargs) and where
+    its starting weights come from (in words, for the report)."""
+    start = f"weights file {recipe.weights}" if recipe.weights else "random init, trained here (base)"
+    if recipe.pretrained and not isinstance(model, str):
+        raise RecipeError("pretrained: needs a model name (timm or torchvision); load the weights into your "
+                          "nn.Module yourself")
     if isinstance(model, str) and ":" in model and not model.startswith(("timm:", "tv:", "torchvision:")):
         from .export.save import build_source
 
+        if recipe.pretrained:
+            raise RecipeError(f"pretrained: {model!r} is not a timm or torchvision model name")
         try:  # "package.module:factory", as saved models record their source
-            return build_source(model, {"num_classes": num_classes}), model, {"num_classes": num_classes}
+            return build_source(model, {"num_classes": num_classes}), model, {"num_classes": num_classes}, start
         except (ImportError, AttributeError) as exc:
             from .zoo import UnknownModelError
 
             raise UnknownModelError(f"cannot build {model!r}: {exc}") from None
         except TypeError:
-            return build_source(model, {}), model, {}
+            return build_source(model, {}), model, {}, start
     if isinstance(model, str):
         from .zoo import create_model_for_size
 
-        net, kwargs = create_model_for_size(model, recipe.data.input_size, num_classes=num_classes)
-        return net, model, kwargs
+        if not recipe.pretrained:
+            net, kwargs = create_model_for_size(model, recipe.data.input_size, num_classes=num_classes)
+            return net, model, kwargs, start
+        from .pretrained import load_pretrained
+
+        with torch.device("meta"):  # only to learn the constructor kwargs (img_size or not)
+            _, kwargs = create_model_for_size(model, recipe.data.input_size, num_classes=num_classes)
+        net, info = load_pretrained(model, num_classes, recipe.pretrained_file,
+                                    **{k: v for k, v in kwargs.items() if k != "num_classes"})
+        if info.head_replaced:
+            print(f"compress: {model}: the pretrained {info.pretrained_classes}-class head is replaced by a new "
+                  f"{num_classes}-class one (the data has {num_classes} classes)")
+        return net, model, kwargs, f"pretrained: {info.describe()}"
     if recipe.data.input_size is None:
         raise ValueError("data.input_size must be set for a model given as an nn.Module")
     cls = type(model)
-    return model, f"{cls.__module__}:{cls.__qualname__}", {}
+    return model, f"{cls.__module__}:{cls.__qualname__}", {}, "the nn.Module as given"
 
 
-def _native_size(net: nn.Module, recipe: Recipe) -> int:
-    from .zoo import input_size
+def _data_facts(recipe: Recipe, data, sets: tuple, num_classes: int, start: str) -> dict[str, Any]:
+    from .data import describe_transform
 
-    return input_size(recipe.model or "", net)[-1]
+    train, val, test = sets
+    path = "datasets given by the caller" if isinstance(data, tuple) else \
+        str(data or recipe.data.path or "embedded MNIST subset")
+    return {"path": path, "train_images": len(train), "val_images": len(val) if val is not None else 0,
+            "test_images": len(test), "classes": num_classes, "original_weights": start,
+            "transforms": {"train": describe_transform(train), "test": describe_transform(test)}}
 
 
-def _claim(out: Path, resume: bool) -> None:
-    """Refuse to overwrite a previous run unless it is being resumed."""
+def _claim(out: Path, resume: bool, need: int = 0) -> None:
+    """Refuse to overwrite a previous run unless it is being resumed, and refuse a disk with less
+    than ``need`` bytes free."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output path {out} exists and is not a directory")
     taken = [p for p in (out / ARCH_FILE, out / "report.json", out / "checkpoints") if p.exists()]
     if taken and not resume:
         raise OutputExistsError(f"output directory {out} already holds a run ({taken[0].name}); "
                                 "pass --resume to continue it or choose another --out")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise OutputError(f"{existing} has {free / 2**20:.0f} MiB free, and this run needs about "
+                          f"{need / 2**20:.0f} MiB (checkpoints, model, ONNX); free space or choose another --out")
     if resume:  # a damaged checkpoint is reported now, before any work
         for ckpt in sorted((out / "checkpoints").glob("*.pt")):
             load_checkpoint(ckpt)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import sys
 import time
+import warnings
 
 import torch
 
@@ -16,6 +19,8 @@ EXAMPLES = """examples:
   compress mobilenet_v2 --method prune --set distill.teacher=original   fine-tune with KD
   compress cifar_resnet56 --recipe tas-resnet56-cifar10 --data ~/cifar-10-batches-py
   compress resnet50 --recipe scs-resnet50-imagenet --data ~/imagenet --weights r50.pth
+  compress resnet50 --pretrained --recipe imagenet-finetune --data ~/imagenet   start from torchvision's weights
+  compress convnext_tiny --pretrained convnext_tiny.safetensors --data ~/flowers  a local file, a new head
   compress resnet18 --set search.epochs=2 --set run.amp=bf16   any recipe key, dotted
   compress ... --resume                     continue an interrupted run in the same --out
   compress eval runs/resnet50-scs-flops0.5  accuracy of a compressed model, ONNX re-checked
@@ -113,6 +118,10 @@ def _overrides(args: argparse.Namespace) -> dict:
         o["data.path"] = args.data
     if args.weights:
         o["weights"] = args.weights
+    if args.pretrained is not None:
+        o["pretrained"] = True
+        if isinstance(args.pretrained, str):
+            o["pretrained_file"] = args.pretrained
     if args.epochs is not None:
         o["search.epochs"] = args.epochs
     if args.device:
@@ -123,23 +132,50 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .api import compress
+    from .api import compress, default_out
     from .recipe import load_recipe, method_override
 
     recipe = load_recipe(args.recipe)
     switch = method_override(recipe, args.method) if args.method else {}
     recipe = load_recipe(recipe, {"model": args.model, **switch, **_overrides(args)})
-    result = compress(args.model, recipe, out=args.out, resume=args.resume)
+    out = args.out or default_out(args.model, recipe)
+    with _warnings_to_log(out):
+        result = compress(args.model, recipe, out=out, resume=args.resume)
     r = result.report
     if r:
         o, c = r["original"], r["compressed"]
         print(f"{args.model}: FLOPs {c['flops_fraction_fvcore']:.3f} of the original (fvcore), params "
               f"{c['params_fraction']:.3f}, test accuracy {100 * o['test_accuracy']:.2f}% -> "
-              f"{100 * c['test_accuracy']:.2f}%")
+              f"{100 * c['test_accuracy']:.2f}% (top-5 {100 * o['test_top5']:.2f}% -> {100 * c['test_top5']:.2f}%)")
         for b, v in r["latency_ms"].items():
             print(f"  onnxruntime CPU batch {b}: {v['original']:.2f} ms -> {v['compressed']:.2f} ms ({v['ratio']:.2f}x)")
         print(f"written to {result.out}/ (report.md, model.onnx, model.safetensors)")
     return 0
+
+
+@contextlib.contextmanager
+def _warnings_to_log(out):
+    """Python warnings raised by our dependencies during the run (deprecations...) go to
+    ``OUT/logs/warnings.log`` instead of the terminal; a run refused as bad input writes nothing
+    (an earlier run's directory is never touched)."""
+    from pathlib import Path
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        refused = False
+        try:
+            yield
+        except _bad_input_errors():
+            refused = True
+            raise
+        finally:
+            logs = Path(out) / "logs"
+            if caught and not refused and logs.parent.is_dir():
+                with contextlib.suppress(OSError):
+                    logs.mkdir(exist_ok=True)
+                    with open(logs / "warnings.log", "a") as f:
+                        f.writelines(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line)
+                                     for w in caught)
 
 
 def _run_dir(path: str):
@@ -167,10 +203,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = json.loads((d / "report.json").read_text()) if (d / "report.json").exists() else {}
     recipe = load_recipe(report.get("recipe"), {"data.path": args.data} if args.data else None)
     model = load_compressed(d)
-    _, _, test, _ = _datasets(recipe, None, model)
+    _, _, test, _ = _datasets(recipe, None, recipe.model or model)
     trainer = Trainer(recipe.run.model_copy(update={"device": args.device or recipe.run.device}))
-    loss, acc = trainer.evaluate(model, test, recipe.data.batch_size)
-    print(f"{d}: test accuracy {100 * acc:.2f}% (loss {loss:.4f}) on {len(test)} images")
+    loss, top1, top5 = trainer.evaluate(model, test, recipe.data.batch_size)
+    print(f"{d}: test accuracy top-1 {100 * top1:.2f}%, top-5 {100 * top5:.2f}% (loss {loss:.4f}) on {len(test)} images")
     if (d / "model.onnx").exists():
         x = torch.randn(*report.get("input_shape", [1, 3, recipe.data.input_size, recipe.data.input_size]))
         print(f"model.onnx: onnxruntime vs PyTorch max relative difference {check_onnx(model.cpu().eval(), d / 'model.onnx', (x,)):.1e}")
@@ -212,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="default", help="built-in recipe name or YAML file (default: default)")
     p.add_argument("--data", metavar="PATH", help="ImageFolder tree or CIFAR folder (default: embedded MNIST subset)")
     p.add_argument("--weights", metavar="PATH", help="trained weights of the original (skips base training)")
+    p.add_argument("--pretrained", nargs="?", const=True, metavar="FILE",
+                   help="start from timm's/torchvision's pretrained weights (their cache, or FILE); "
+                   "skips base training; a new head when the data has other classes")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs of the method's search stage")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/MODEL-METHOD-BUDGET)")
     p.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:1 ...")
@@ -240,15 +279,23 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .api import OutputExistsError
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    """What `compress` rejects as bad input (exit 2, nothing written)."""
+    from .api import OutputError
     from .budget import BudgetError
     from .data import DataError
     from .recipe import RecipeError
-    from .space import TraceError
     from .train import CheckpointError
+    from .train.distributed import DeviceError
     from .weights import WeightsError
     from .zoo import UnknownModelError
+
+    return (UnknownModelError, RecipeError, DataError, WeightsError, CheckpointError, BudgetError,
+            OutputError, DeviceError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .space import TraceError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
@@ -256,9 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UnknownModelError, RecipeError, DataError, WeightsError, CheckpointError, BudgetError,
-            OutputExistsError) as exc:
+    except _bad_input_errors() as exc:
         print(f"compress: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"compress: error: {exc.strerror or exc}{where}; free space or choose another --out, then "
+              "rerun with --resume", file=sys.stderr)
         return 2
     except TraceError as exc:
         print(f"compress: error: {exc}", file=sys.stderr)

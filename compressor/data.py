@@ -31,11 +31,26 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """How images reach the model: square ``size`` pixels, 3 channels, per-channel mean/std."""
+    """How images reach the model: square ``size`` pixels, 3 channels, per-channel mean/std.
+    Image files are resized to ``size / crop_pct`` with ``interpolation`` and centre-cropped
+    (evaluation) or random-resized-cropped and flipped (training); arrays are only resized."""
 
     size: int = 32
     mean: tuple[float, float, float] = (MNIST_MEAN,) * 3
     std: tuple[float, float, float] = (MNIST_STD,) * 3
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+
+    def folder_transform(self, augment: bool):
+        """The torchvision transform of image files under this spec."""
+        from torchvision import transforms
+        from torchvision.transforms import InterpolationMode
+
+        mode = InterpolationMode(self.interpolation)
+        steps = [transforms.RandomResizedCrop(self.size, interpolation=mode), transforms.RandomHorizontalFlip()] \
+            if augment else [transforms.Resize(int(round(self.size / self.crop_pct)), interpolation=mode),
+                             transforms.CenterCrop(self.size)]
+        return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
 
 
 class ArrayImages(Dataset):
@@ -105,16 +120,52 @@ def cifar_folder(path: str | os.PathLike, split: str, spec: ImageSpec, augment: 
     return ArrayImages(np.concatenate(images), np.concatenate(labels), spec, augment)
 
 
-def image_folder(path: str | os.PathLike, spec: ImageSpec, augment: bool = False) -> Dataset:
-    """A torchvision ImageFolder tree (one sub-folder per class)."""
-    from torchvision import datasets, transforms
+def _read_rgb(path: str):
+    """An image file as RGB (grey, palette, alpha, CMYK and 16-bit images converted); a file that
+    cannot be decoded is a :class:`DataError` naming it."""
+    from PIL import Image, UnidentifiedImageError
 
-    steps = [transforms.RandomResizedCrop(spec.size), transforms.RandomHorizontalFlip()] if augment else \
-        [transforms.Resize(int(spec.size * 256 / 224)), transforms.CenterCrop(spec.size)]
-    tf = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)])
-    ds = datasets.ImageFolder(str(path), transform=tf)
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: scale into 8 bits
+                arr = np.asarray(img, dtype=np.float64)
+                arr = arr * (255.0 / 65535.0) if img.mode.startswith("I;16") or arr.max() > 255 else arr
+                img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}") from None
+
+
+def image_folder(path: str | os.PathLike, spec: ImageSpec, augment: bool = False) -> Dataset:
+    """A torchvision ImageFolder tree (one sub-folder per class).  The first image of every class
+    is decoded now, so a tree with an empty or unreadable class fails before any training."""
+    from torchvision import datasets
+
+    root = Path(path)
+    try:
+        ds = datasets.ImageFolder(str(root), transform=spec.folder_transform(augment), loader=_read_rgb)
+    except FileNotFoundError as exc:  # no class folders, or a class folder without image files
+        raise DataError(f"image folder {root}: {str(exc).splitlines()[0]}") from None
+    first: dict[int, str] = {}
+    for file, label in ds.samples:
+        first.setdefault(label, file)
+    for file in first.values():
+        _read_rgb(file)
     ds.num_classes = len(ds.classes)  # type: ignore[attr-defined]
     return ds
+
+
+def describe_transform(ds: Dataset) -> str:
+    """The transform images of ``ds`` go through, in words (for the report)."""
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    if isinstance(ds, ArrayImages):
+        s = ds.spec
+        return (f"uint8 arrays{' + random shift of 1/8 side' if ds.augment else ''}, bilinear resize to "
+                f"{s.size}x{s.size}, normalise mean {tuple(round(m, 4) for m in s.mean)} "
+                f"std {tuple(round(v, 4) for v in s.std)}")
+    tf = getattr(ds, "transform", None)
+    return " ".join(repr(tf).split()) if tf is not None else type(ds).__name__
 
 
 def load_dataset(path: str | os.PathLike | None, split: str, spec: ImageSpec, augment: bool = False) -> Dataset:

@@ -66,8 +66,13 @@ class DataConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="Images per step (per process under DDP).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the training set held out per class.")
     augment: bool = Field(True, description="Random shifts (arrays) or random-resized crops + flips (folders).")
-    mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; None = dataset default.")
-    std: tuple[float, float, float] | None = Field(None, description="Normalisation std; None = dataset default.")
+    mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; None = the model's "
+                                                    "pretrained data config (MNIST's for the embedded set).")
+    std: tuple[float, float, float] | None = Field(None, description="Normalisation std; None as for mean.")
+    crop_pct: float | None = Field(None, gt=0, le=1, description="Image files: centre crop / resize side at "
+                                   "evaluation; None = the model's pretrained data config (else 0.875).")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
+        None, description="Image files: resize interpolation; None = the model's pretrained data config.")
     workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     limit_train: int | None = Field(None, ge=1, description="Use only the first N training images (smoke runs).")
 
@@ -222,6 +227,11 @@ class Recipe(_Strict):
     version: int = Field(RECIPE_VERSION, description="Recipe format version.")
     model: str | None = Field(None, description="Model name; the CLI's MODEL argument overrides it.")
     weights: str | None = Field(None, description="Trained weights of the original; None = train them (base).")
+    pretrained: bool = Field(False, description="Start from the weights timm/torchvision provide for the model "
+                             "(their cache, or pretrained_file); no base training; a new head if the data's "
+                             "classes differ.")
+    pretrained_file: str | None = Field(None, description="Local file of those pretrained weights (implies "
+                                        "pretrained).")
     budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig(flops=0.5))
     method: MethodConfig = Field(default_factory=ScsConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -238,6 +248,14 @@ class Recipe(_Strict):
         if v != RECIPE_VERSION:
             raise ValueError(f"this compressor reads recipe version {RECIPE_VERSION}, not {v}")
         return v
+
+    @model_validator(mode="after")
+    def _one_start(self) -> "Recipe":
+        if self.pretrained_file and not self.pretrained:
+            self.__dict__["pretrained"] = True  # a file of pretrained weights means: start from it
+        if self.weights and self.pretrained:
+            raise ValueError("weights and pretrained both say where the original's weights come from; set one")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

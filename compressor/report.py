@@ -24,6 +24,7 @@ from .export.flops import fvcore_flops
 from .export.latency import ort_latency
 from .recipe import Recipe
 from .space import Space
+from .train import Evaluation
 
 
 class Stopwatch:
@@ -46,10 +47,11 @@ def _params(model: nn.Module) -> int:
 
 
 def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision, original: nn.Module,
-                 compressed: nn.Module, example: torch.Tensor, accuracy: tuple[float, float],
+                 compressed: nn.Module, example: torch.Tensor, accuracy: tuple[Evaluation, Evaluation],
                  onnx_diff: float | None, out: Path, history: dict[str, list], method_summary: dict,
-                 clock: Stopwatch, dist_world: int = 1) -> dict[str, Any]:
-    """Measure the original and the compressed model and gather the run's facts in one dict."""
+                 clock: Stopwatch, data: dict[str, Any], dist_world: int = 1) -> dict[str, Any]:
+    """Measure the original and the compressed model and gather the run's facts in one dict
+    (``data``: where the images and the original's weights came from, and the transforms)."""
     full_cost, kept_cost = float(space.cost.flops()), decision.flops(space)
     fv_orig, fv_comp = fvcore_flops(original, example), fvcore_flops(compressed, example)
     p_orig, p_comp = _params(original), _params(compressed)
@@ -81,10 +83,12 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
         "budget": {"what": recipe.budget.what, "target": recipe.budget.target},
         "input_shape": list(example.shape),
         "original": {"flops_cost_model": full_cost, "flops_fvcore": fv_orig, "params": p_orig,
-                     "test_accuracy": accuracy[0]},
+                     "test_accuracy": accuracy[0].top1, "test_top5": accuracy[0].top5},
         "compressed": {"flops_cost_model": kept_cost, "flops_fvcore": fv_comp, "params": p_comp,
-                       "test_accuracy": accuracy[1], "flops_fraction_cost_model": kept_cost / full_cost,
+                       "test_accuracy": accuracy[1].top1, "test_top5": accuracy[1].top5,
+                       "flops_fraction_cost_model": kept_cost / full_cost,
                        "flops_fraction_fvcore": fv_comp / fv_orig, "params_fraction": p_comp / p_orig},
+        "data": data,
         "onnx": {"file": "model.onnx", "max_rel_diff": onnx_diff} if onnx_diff is not None else None,
         "latency_ms": latency,
         "widths": widths,
@@ -122,13 +126,19 @@ def _markdown(r: dict[str, Any], plots: list[str]) -> str:
              f"| {c['flops_fraction_fvcore']:.3f} |",
              f"| params | {o['params'] / 1e6:.3f} M | {c['params'] / 1e6:.3f} M | {c['params_fraction']:.3f} |",
              f"| test accuracy | {100 * o['test_accuracy']:.2f}% | {100 * c['test_accuracy']:.2f}% "
-             f"| {100 * (c['test_accuracy'] - o['test_accuracy']):+.2f} pt |"]
+             f"| {100 * (c['test_accuracy'] - o['test_accuracy']):+.2f} pt |",
+             f"| test top-5 accuracy | {100 * o['test_top5']:.2f}% | {100 * c['test_top5']:.2f}% "
+             f"| {100 * (c['test_top5'] - o['test_top5']):+.2f} pt |"]
     for b, v in r["latency_ms"].items():
         lines.append(f"| onnxruntime CPU latency, batch {b} | {v['original']:.2f} ms | {v['compressed']:.2f} ms "
                      f"| {v['ratio']:.3f} |")
     if r["onnx"]:
         lines += ["", f"ONNX: `{r['onnx']['file']}`, onnxruntime vs PyTorch max relative difference "
                       f"{r['onnx']['max_rel_diff']:.1e}."]
+    d = r["data"]
+    lines += ["", "## Data", "", f"- images: {d['path']} ({d['train_images']} training, {d['val_images']} held out, "
+              f"{d['test_images']} test, {d['classes']} classes)", f"- original weights: {d['original_weights']}",
+              f"- training transform: `{d['transforms']['train']}`", f"- test transform: `{d['transforms']['test']}`"]
     lines += ["", "## Residual blocks per stage", "", "| stage | blocks | removed |", "|---|---:|---|"]
     for name, s in r["stages"].items():
         lines.append(f"| {name} | {s['blocks']} | {', '.join(s['removed']) or '-'} |")

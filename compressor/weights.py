@@ -17,8 +17,9 @@ class WeightsError(ValueError):
     """The weights file is missing, unreadable or does not fit the model; the message says which."""
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load ``path`` into ``model`` strictly (in place)."""
+def load_weights(model: nn.Module, path: str | os.PathLike, num_classes: int | None = None) -> None:
+    """Load ``path`` into ``model`` strictly (in place).  With ``num_classes`` (the data's), a file
+    whose head was trained for another number of classes gets an error that says so."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found")
@@ -38,6 +39,15 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"weights file {path} does not hold a state_dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    if num_classes is not None:
+        own = model.state_dict()
+        for k, v in state.items():
+            mine = own.get(k)
+            if mine is not None and v.dim() and mine.shape[0] == num_classes and v.shape[0] != num_classes \
+                    and v.shape[1:] == mine.shape[1:]:
+                raise WeightsError(f"weights file {path} has a {v.shape[0]}-class head ({k}) but the data has "
+                                   f"{num_classes} classes; use data with the same classes, or start from "
+                                   "pretrained weights with a new head: --pretrained FILE")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -53,6 +53,58 @@ def _is_torchvision_classifier(name: str) -> bool:
     return builder.__module__.count(".") == 2
 
 
+def model_source(name: str) -> tuple[str, str]:
+    """(source, bare name) that :func:`create_model` builds ``name`` from: ``compressor`` (our
+    own models), ``torchvision`` or ``timm``; raises :class:`UnknownModelError` with close matches."""
+    from .models import MODELS
+
+    source, bare = _split(name)
+    if source is None and bare in MODELS:
+        return "compressor", bare
+    if source in (None, "torchvision") and _is_torchvision_classifier(bare):
+        return "torchvision", bare
+    if source in (None, "timm") and bare.partition(".")[0] in set(_timm_names()):  # "resnet18.a1_in1k": a tag
+        return "timm", bare
+    close = difflib.get_close_matches(bare, list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(f"unknown model {name!r}{hint}")
+
+
+def data_config(name: str) -> dict:
+    """How the model's pretrained weights expect images: ``size``, ``crop_pct``, ``interpolation``,
+    ``mean``, ``std`` (timm's pretrained config, or torchvision's default weights' transforms);
+    empty for a model without pretrained weights."""
+    source, bare = model_source(name)
+    if source == "timm":
+        import timm
+        from timm.data import resolve_data_config
+
+        cfg = timm.models.get_pretrained_cfg(bare)
+        if cfg is None:
+            return {}
+        d = resolve_data_config(pretrained_cfg=cfg.to_dict())
+        return {"size": int(d["input_size"][-1]), "crop_pct": float(d["crop_pct"]),
+                "interpolation": str(d["interpolation"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])}
+    if source == "torchvision":
+        import torchvision
+
+        try:
+            weights = torchvision.models.get_model_weights(bare).DEFAULT
+        except (ValueError, KeyError, AttributeError):
+            return {}
+        t = weights.transforms()
+        crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+        return {"size": crop, "crop_pct": crop / resize, "interpolation": t.interpolation.value,
+                "mean": tuple(t.mean), "std": tuple(t.std)}
+    return {}
+
+
+def torchvision_kwargs(name: str) -> dict:
+    """Constructor defaults for torchvision models whose own defaults do not suit us: auxiliary
+    heads off (one output), and googlenet/inception's explicit weight init."""
+    return {"aux_logits": False, "init_weights": True} if name.startswith(("googlenet", "inception")) else {}
+
+
 def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
     """Build ``name`` with random weights (``torchvision:``/``timm:`` prefixes pick the source).
 
@@ -60,26 +112,19 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     """
     from .models import MODELS
 
-    source, bare = _split(name)
+    source, bare = model_source(name)
     extra = dict(kwargs)
     if num_classes is not None:
         extra["num_classes"] = num_classes
-    if source is None and bare in MODELS:
+    if source == "compressor":
         return MODELS[bare](**extra)
-    if source in (None, "torchvision") and _is_torchvision_classifier(bare):
+    if source == "torchvision":
         import torchvision
 
-        if bare.startswith(("googlenet", "inception")):
-            extra.setdefault("aux_logits", False)
-            extra.setdefault("init_weights", True)
-        return torchvision.models.get_model(bare, weights=None, **extra)
-    if source in (None, "timm") and bare in set(_timm_names()):
-        import timm
+        return torchvision.models.get_model(bare, weights=None, **(torchvision_kwargs(bare) | extra))
+    import timm
 
-        return timm.create_model(bare, pretrained=False, **extra)
-    close = difflib.get_close_matches(bare, list_models(), n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise UnknownModelError(f"unknown model {name!r}{hint}")
+    return timm.create_model(bare, pretrained=False, **extra)
 
 
 def create_model_for_size(name: str, size: int | None, **kwargs) -> tuple[nn.Module, dict]:

@@ -47,7 +47,8 @@ def test_eval_and_export_subcommands(result, capsys, tmp_path):
     assert main(["eval", str(result.out)]) == 0
     printed = capsys.readouterr().out
     acc = 100 * result.report["compressed"]["test_accuracy"]
-    assert f"test accuracy {acc:.2f}%" in printed and "model.onnx: onnxruntime vs PyTorch" in printed
+    top5 = 100 * result.report["compressed"]["test_top5"]
+    assert f"test accuracy top-1 {acc:.2f}%, top-5 {top5:.2f}%" in printed and "model.onnx: onnxruntime vs PyTorch" in printed
     assert main(["export", str(result.out), "--opset", "18", "--output", str(tmp_path / "m18.onnx")]) == 0
     assert (tmp_path / "m18.onnx").stat().st_size > 0
     assert main(["eval", str(tmp_path)]) == 2  # not a run directory

@@ -33,3 +33,25 @@ def test_coverage_tool_on_a_representative_slice(tmp_path):
     assert len(lines) == 3
     assert all("status=pass" in line for line in lines), "\n".join(lines)
     assert "| torchvision | 2 | 2 |" in md.read_text()
+
+
+def test_dependency_warnings_go_to_the_log_not_the_terminal(tmp_path, capsys, monkeypatch):
+    """A FutureWarning raised during the run (as fvcore's torch.jit.script one is) is written to
+    OUT/logs/warnings.log; the terminal shows none."""
+    import warnings
+
+    import compressor.api
+
+    real_trace = compressor.api.trace
+
+    def trace(*args, **kwargs):
+        warnings.warn("`old_api` is deprecated", FutureWarning, stacklevel=1)
+        return real_trace(*args, **kwargs)
+
+    monkeypatch.setattr(compressor.api, "trace", trace)
+    out = tmp_path / "run"
+    assert main(["tests.tiny:TinyNet", "--out", str(out), "--quiet", "--method", "prune", "--budget-flops", "0.8",
+                 "--set", "data.input_size=16", "--set", "data.limit_train=64", "--set", "base.epochs=0",
+                 "--set", "search.epochs=1", "--set", "finetune.epochs=0", "--set", "export.latency_repeats=0"]) == 0
+    assert "Warning" not in capsys.readouterr().err
+    assert "FutureWarning: `old_api` is deprecated" in (out / "logs" / "warnings.log").read_text()

@@ -1,10 +1,12 @@
 """Bad input: one line on stderr, exit 2, and nothing already on disk is touched."""
+import errno
 import hashlib
 
 import pytest
 import torch
 
 from compressor.cli import main
+from tests.images import write_image_folder
 
 
 def _snapshot(d):
@@ -38,6 +40,26 @@ def _corrupt_weights(tmp):
     return ["resnet18", "--weights", str(p)]
 
 
+def _empty_class(tmp):
+    root = write_image_folder(tmp / "images", classes=2, per_class=2, size=8)
+    (root / "train" / "class_9").mkdir()
+    return ["resnet18", "--data", str(root)]
+
+
+def _unreadable_image(tmp):
+    root = write_image_folder(tmp / "images", classes=2, per_class=2, size=8)
+    for f in (root / "train" / "class_1").iterdir():
+        f.write_bytes(b"this is not a png")
+    return ["resnet18", "--data", str(root)]
+
+
+def _head_mismatch(tmp):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp / "imagenet.pth")
+    return ["resnet18", "--weights", str(tmp / "imagenet.pth")]
+
+
 CASES = {
     "malformed-yaml": (_bad_yaml, "not valid YAML at line 2"),
     "unknown-key": (_unknown_key, "search.epoch: unknown key"),
@@ -59,19 +81,86 @@ CASES = {
                                      "distill.teacher_weights=w.pt"], "unknown model 'resnet51'"),
     "teacher-untrained": (lambda tmp: ["resnet18", "--set", "distill.teacher=resnet34"],
                           "distill.teacher: 'resnet34' needs distill.teacher_weights"),
+    "empty-class-folder": (_empty_class, "Found no valid file for the classes class_9"),
+    "unreadable-image": (_unreadable_image, "cannot read image"),
+    "weights-head-mismatch": (_head_mismatch, "has a 1000-class head (fc.weight) but the data has 10 classes"),
+    "device-name": (lambda tmp: ["resnet18", "--device", "gpu"], "device 'gpu' is not a device name"),
+    "scs-without-search": (lambda tmp: ["resnet18", "--set", "search.epochs=0"],
+                           "search.epochs: scs learns its decision while training"),
+    "tas-without-search": (lambda tmp: ["resnet18", "--method", "tas", "--epochs", "0"],
+                           "search.epochs: tas learns its decision while training"),
+    "pretrained-and-weights": (lambda tmp: ["resnet18", "--pretrained", "--weights", "w.pt"],
+                               "weights and pretrained both say where"),
+    "pretrained-missing-file": (lambda tmp: ["resnet18", "--pretrained", str(tmp / "none.pth")],
+                                "pretrained weights file"),
+    "pretrained-none-exist": (lambda tmp: ["cifar_resnet56", "--pretrained"], "has no pretrained weights"),
 }
 
 
-@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_bad_input_exits_2_without_writing(case, tmp_path, previous_run, capsys):
-    make_args, message = CASES[case]
+def _no_cuda(tmp, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    return ["resnet18", "--device", "cuda"]
+
+
+def _full_disk(tmp, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))
+    return ["resnet18", "--set", "data.limit_train=64", "--resume"]
+
+
+def _offline_no_cache(tmp, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp / "empty-hub"))
+    return ["resnet18", "--pretrained"]
+
+
+ENV_CASES = {  # bad input that needs the machine changed: no CUDA, a full disk, no network or cache
+    "no-cuda": (_no_cuda, "CUDA is not available on this machine"),
+    "full-disk": (_full_disk, "MiB free, and this run needs about"),
+    "pretrained-offline": (_offline_no_cache, "are not in the cache"),
+}
+
+
+def _assert_refused(args, message, previous_run, capsys):
     before = _snapshot(previous_run)
-    code = main([*make_args(tmp_path), "--out", str(previous_run), "--quiet"])
+    code = main([*args, "--out", str(previous_run), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("compress: error:"), err
     assert message in err
     assert _snapshot(previous_run) == before
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_bad_input_exits_2_without_writing(case, tmp_path, previous_run, capsys):
+    make_args, message = CASES[case]
+    _assert_refused(make_args(tmp_path), message, previous_run, capsys)
+
+
+@pytest.mark.parametrize("case", list(ENV_CASES), ids=list(ENV_CASES))
+def test_bad_environment_exits_2_without_writing(case, tmp_path, previous_run, capsys, monkeypatch):
+    make_args, message = ENV_CASES[case]
+    _assert_refused(make_args(tmp_path, monkeypatch), message, previous_run, capsys)
+
+
+def test_disk_full_while_writing_is_one_line(tmp_path, capsys, monkeypatch):
+    """ENOSPC in the middle of a run: one line, exit 2, and the checkpoints stay for --resume."""
+    import compressor.api
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "model.safetensors"))
+
+    monkeypatch.setattr(compressor.api, "save_compressed", full)
+    code = main(["tests.tiny:TinyNet", "--out", str(tmp_path / "run"), "--quiet", "--method", "prune", "--budget-flops", "0.8",
+                 "--set", "data.input_size=16", "--set", "data.limit_train=64", "--set", "base.epochs=0",
+                 "--set", "search.epochs=1", "--set", "finetune.epochs=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "No space left on device writing" in err and "--resume" in err
+    assert (tmp_path / "run" / "checkpoints" / "finetune.pt").exists()
 
 
 def test_corrupt_checkpoint_on_resume(tmp_path, previous_run, capsys):

@@ -34,7 +34,7 @@ def base_weights(model: str, recipe, seed: int, directory: Path) -> tuple[Path, 
     """Train the original once per (model, seed); return its weights file and test accuracy."""
     torch.manual_seed(seed)
     train, val, test, n = _datasets(recipe, None, model)
-    net, _, _ = _build(model, recipe, n)
+    net, _, _, _ = _build(model, recipe, n)
     trainer = Trainer(recipe.run)
     trainer.fit(net, train, recipe.base, stage="base", batch_size=recipe.data.batch_size, val_set=val)
     path = directory / f"{model}-seed{seed}.pt"

@@ -60,14 +60,27 @@ def launched_as_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+class DeviceError(ValueError):
+    """The device asked for does not exist or is not present on this machine."""
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is the local CUDA device when there is one (per ``LOCAL_RANK``), else CPU."""
+    """``auto`` is the local CUDA device when there is one (per ``LOCAL_RANK``), else CPU.
+    Raises :class:`DeviceError` for a device that is not here."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device {name!r}: compressor trains on cpu or cuda")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+            raise DeviceError(f"device {name!r} asked for, but CUDA is not available on this machine "
+                              "(use --device cpu or auto)")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,14 @@ from .schedule import lr_factor
 CHECKPOINT_FORMAT = 1
 StepCallback = Callable[[str, int, int], None]  # (stage, epoch, step within the epoch)
 Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, outputs, targets)
+
+
+class Evaluation(NamedTuple):
+    """What :meth:`Trainer.evaluate` measured: mean cross-entropy, top-1 and top-5 accuracy."""
+
+    loss: float
+    top1: float
+    top5: float
 
 
 @dataclass
@@ -134,21 +142,25 @@ class Trainer:
         return (x, *(t.to(self.device, non_blocking=True) for t in rest))
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int, workers: int = 0) -> tuple[float, float]:
-        """(mean cross-entropy, top-1 accuracy) over ``dataset`` (sharded under DDP)."""
+    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int, workers: int = 0) -> Evaluation:
+        """Mean cross-entropy, top-1 and top-5 accuracy over ``dataset`` (sharded under DDP).
+        With fewer than 5 classes top-5 counts every sample as correct."""
         was_training = model.training
         model.eval()
-        loss_sum = correct = count = 0.0
+        loss_sum = correct = correct5 = count = 0.0
         for x, y in self.loader(dataset, batch_size, shuffle=False, workers=workers):
             x, y = self._to_device(x, y)
             with self.autocast():
                 out = first_output(model(x)).float()
             loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            correct += float((out.argmax(1) == y).sum())
+            top = out.topk(min(5, out.shape[1]), dim=1).indices
+            correct += float((top[:, 0] == y).sum())
+            correct5 += float((top == y[:, None]).any(1).sum())
             count += len(y)
         model.train(was_training)
-        loss_sum, correct, count = self.dist.sum([loss_sum, correct, count])
-        return loss_sum / max(count, 1), correct / max(count, 1)
+        loss_sum, correct, correct5, count = self.dist.sum([loss_sum, correct, correct5, count])
+        n = max(count, 1)
+        return Evaluation(loss_sum / n, correct / n, correct5 / n)
 
     def _optimizer(self, model: nn.Module, cfg: TrainConfig, hooks: TrainHooks) -> torch.optim.Optimizer:
         extra = hooks.param_groups()
@@ -249,7 +261,7 @@ class Trainer:
             loss_sum, correct, count = self.dist.sum([loss_sum, correct, count])
             val_loss = val_acc = None
             if val_set is not None and len(val_set):
-                val_loss, val_acc = self.evaluate(net, val_set, batch_size, workers)
+                val_loss, val_acc, _ = self.evaluate(net, val_set, batch_size, workers)
             extra.update(hooks.end_epoch(epoch, cfg.epochs))
             result = EpochResult(epoch + 1, opt.param_groups[0]["lr"], loss_sum / max(count, 1),
                                  correct / max(count, 1), val_loss, val_acc, time.perf_counter() - t0, extra)
