@@ -194,6 +194,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from .api import _datasets
+    from .checks import first_output
+    from .data import DataError
     from .export import load_compressed
     from .export.onnx import check_onnx
     from .recipe import load_recipe
@@ -203,7 +205,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = json.loads((d / "report.json").read_text()) if (d / "report.json").exists() else {}
     recipe = load_recipe(report.get("recipe"), {"data.path": args.data} if args.data else None)
     model = load_compressed(d)
-    _, _, test, _ = _datasets(recipe, None, recipe.model or model)
+    _, _, test, num_classes = _datasets(recipe, None, recipe.model or model)
+    shape = report.get("input_shape", [1, 3, recipe.data.input_size or 224, recipe.data.input_size or 224])
+    with torch.no_grad():
+        predicts = first_output(model.eval()(torch.zeros(*shape))).shape[-1]
+    if predicts != num_classes:
+        raise DataError(f"the data has {num_classes} classes but the model in {d} predicts {predicts}")
     trainer = Trainer(recipe.run.model_copy(update={"device": args.device or recipe.run.device}))
     loss, top1, top5 = trainer.evaluate(model, test, recipe.data.batch_size)
     print(f"{d}: test accuracy top-1 {100 * top1:.2f}%, top-5 {100 * top5:.2f}% (loss {loss:.4f}) on {len(test)} images")
@@ -218,7 +225,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from .export import export_onnx, load_compressed
 
+    from .recipe import ONNX_OPSETS, RecipeError
+
     d = _run_dir(args.dir)
+    low, high = ONNX_OPSETS
+    if not low <= args.opset <= high:
+        raise RecipeError(f"--opset {args.opset}: the ONNX exporter writes opsets {low} to {high}")
     arch = json.loads((d / "compressor.json").read_text())
     model = load_compressed(d)
     x = torch.randn(*arch["input_shape"])

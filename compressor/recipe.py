@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 RECIPE_VERSION = 1
+ONNX_OPSETS = (13, 20)  # lowest we support, highest torch.onnx's TorchScript exporter writes
 
 
 class RecipeError(ValueError):
@@ -203,7 +204,8 @@ class ExportConfig(_Strict):
 
     round_to: int = Field(16, ge=1, description="Kept widths are multiples of this many channels.")
     onnx: bool = Field(True, description="Write and check model.onnx.")
-    opset: int = Field(17, ge=13, description="ONNX opset.")
+    opset: int = Field(17, ge=ONNX_OPSETS[0], le=ONNX_OPSETS[1], description="ONNX opset (what the "
+                       "TorchScript exporter writes).")
     latency_repeats: int = Field(20, ge=0, description="onnxruntime timing repeats per batch size (0 = skip).")
 
 

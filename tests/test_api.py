@@ -52,3 +52,17 @@ def test_eval_and_export_subcommands(result, capsys, tmp_path):
     assert main(["export", str(result.out), "--opset", "18", "--output", str(tmp_path / "m18.onnx")]) == 0
     assert (tmp_path / "m18.onnx").stat().st_size > 0
     assert main(["eval", str(tmp_path)]) == 2  # not a run directory
+    capsys.readouterr()
+
+
+def test_eval_and_export_refuse_bad_input(result, capsys, tmp_path):
+    from compressor.cli import main
+    from tests.images import write_image_folder
+
+    folder = write_image_folder(tmp_path / "three", classes=3, per_class=2, size=16)
+    assert main(["eval", str(result.out), "--data", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"compress: error: the data has 3 classes but the model in {result.out} predicts 10"
+    assert main(["export", str(result.out), "--opset", "23", "--output", str(tmp_path / "m.onnx")]) == 2
+    assert "--opset 23: the ONNX exporter writes opsets 13 to 20" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

@@ -81,6 +81,8 @@ CASES = {
                                      "distill.teacher_weights=w.pt"], "unknown model 'resnet51'"),
     "teacher-untrained": (lambda tmp: ["resnet18", "--set", "distill.teacher=resnet34"],
                           "distill.teacher: 'resnet34' needs distill.teacher_weights"),
+    "opset-too-new": (lambda tmp: ["resnet18", "--set", "export.opset=23"],
+                      "export.opset: Input should be less than or equal to 20"),
     "empty-class-folder": (_empty_class, "Found no valid file for the classes class_9"),
     "unreadable-image": (_unreadable_image, "cannot read image"),
     "weights-head-mismatch": (_head_mismatch, "has a 1000-class head (fc.weight) but the data has 10 classes"),

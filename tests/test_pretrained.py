@@ -41,6 +41,22 @@ def test_torchvision_from_its_cache_with_a_new_head(offline):
     assert all(torch.equal(net.state_dict()[k], v) for k, v in own.items())
 
 
+def test_timm_from_its_hugging_face_cache(offline, tmp_path):
+    """The cache layout huggingface_hub reads offline: refs/main names a snapshot folder."""
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("test_vit")
+    repo = tmp_path / "hf" / "models--timm--test_vit.r160_in1k"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    save_file(ref.state_dict(), snapshot / "model.safetensors")
+    net, info = load_pretrained("test_vit", 10)
+    assert info.location == "hf-hub:timm/test_vit.r160_in1k" and info.head_replaced
+    assert net.head.out_features == 10 and torch.equal(net.pos_embed, ref.pos_embed)
+
+
 def test_timm_from_a_file_keeps_its_head_when_classes_match(offline, tmp_path):
     ref = timm.create_model("test_vit")
     torch.save(ref.state_dict(), tmp_path / "w.pth")
