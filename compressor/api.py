@@ -285,7 +285,7 @@ def _build(model: nn.Module | str, recipe: Recipe, num_classes: int) -> tuple[nn
             _, kwargs = create_model_for_size(model, recipe.data.input_size, num_classes=num_classes)
         net, info = load_pretrained(model, num_classes, recipe.pretrained_file,
                                     **{k: v for k, v in kwargs.items() if k != "num_classes"})
-        if info.head_replaced:
+        if info.head_replaced and launched_as_main():
             print(f"compress: {model}: the pretrained {info.pretrained_classes}-class head is replaced by a new "
                   f"{num_classes}-class one (the data has {num_classes} classes)")
         return net, model, kwargs, f"pretrained: {info.describe()}"

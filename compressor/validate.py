@@ -1,10 +1,16 @@
-"""Check a traced space against the model itself: slice == hard gate, or freeze what breaks it.
+"""Check a traced space against the model itself, and freeze what breaks it (DESIGN §4, 1-2).
 
-The tracer's rules are exact for the ops they know, but a model's own code can hold sizes the
-tracer cannot see (a head count read from an attribute that slicing did not refresh, a size
-computed from another tensor).  ``validate_space`` slices a random decision and compares it
-with the hard-gated model; on a mismatch it bisects to the groups and blocks responsible and
-freezes them with the reason, so no decision over the returned space can break the model.
+Invariant 1: the gated model with every gate at 1 computes what the model computes.  A model's
+own code can notice the gates (it inspects ``module._parameters``, re-assigns a weight in a hook,
+or its forward cannot be re-traced by fx the way it runs); the weights and block owners whose
+gates change the output are found by bisection, their groups frozen and their blocks dropped.
+
+Invariant 2: slicing reproduces the hard-gated model.  The tracer's rules are exact for the ops
+they know, but a model's code can hold sizes the tracer cannot see (a head count read from an
+attribute that slicing did not refresh, a size computed from another tensor).  A random decision
+is sliced and compared with the hard-gated model; on a mismatch the groups and blocks responsible
+are found by bisection and frozen with the reason.  No decision over the returned space can then
+break the model.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ def _mismatch(model: nn.Module, space, x: tuple, groups, blocks, seed: int) -> s
         sliced = slice_model(model, space, decision).eval()
         with torch.no_grad():
             ys = first_output(sliced(*x))
-        yg = gated_output(model, space, decision, x[0] if len(x) == 1 else x)
+        yg = gated_output(model, space, decision, x)
     except Exception as exc:  # noqa: BLE001 - any failure marks the subset as unsafe
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     if ys.shape != yg.shape:
@@ -93,11 +99,54 @@ def _check_bucket(bucket: list, check) -> list[tuple[object, str]]:
     return ([(bucket[0], first)] if first else []) + (_bisect(bucket[1:], check) if rest else [])
 
 
+def _drop_blocks(space, names: dict[str, str]) -> None:
+    for name, why in names.items():
+        space.dropped_blocks[name] = why
+    if names:
+        space.blocks = [b for b in space.blocks if b.name not in names]
+        space._cost = None
+
+
+def check_gates_at_one(model: nn.Module, space, example_inputs: tuple) -> None:
+    """Invariant 1: freeze the groups gated on every weight, and drop the blocks of every owner,
+    whose gates at 1 change the model's output (in place)."""
+    from .checks import first_output, gated_output
+
+    with torch.no_grad():
+        y0 = first_output(model(*example_inputs))
+    tol = TOLERANCE * max(1.0, float(y0.abs().max()))
+
+    def changed(params: list, owners: list) -> str | None:
+        try:
+            y1 = gated_output(model, space, None, example_inputs, params=set(params), owners=set(owners))
+        except Exception as exc:  # noqa: BLE001 - a gate that breaks the forward is a change too
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        diff = float((y1 - y0).abs().max()) if y1.shape == y0.shape else float("inf")
+        return None if diff <= tol else f"output changes by {diff:.1e} with every gate at 1"
+
+    params = sorted({name for name, _, _ in space.gate_sites})
+    owners = sorted({b.owner for b in space.blocks})
+    if changed(params, owners) is None:
+        return
+    for owner, err in _bisect(owners, lambda s: changed([], s)):
+        _drop_blocks(space, {b.name: f"its gated owner {owner or '<root>'} changes the model ({err})"
+                             for b in space.blocks if b.owner == owner})
+    group_of = space.unit_group()
+    for param, err in _bisect(params, lambda s: changed(s, [])):
+        units = np.concatenate([u[u >= 0] for n, _, u in space.gate_sites if n == param])
+        for gi in np.unique(group_of[units]).tolist():
+            g = space.groups[gi]
+            if g.prunable:
+                g.frozen = f"gating {param} changes the model ({err})"
+
+
 def validate_space(model: nn.Module, space, example_inputs: tuple, *, seed: int = 0) -> None:
-    """Freeze every group, and drop every block, that slicing cannot reproduce (in place)."""
+    """Check invariants 1 and 2 on ``example_inputs``; freeze every group, and drop every block,
+    that breaks them (in place)."""
     was_training = model.training
     model.eval()
     try:
+        check_gates_at_one(model, space, example_inputs)
         groups = [g for g in space.groups if g.prunable and (~g.pinned).sum() >= 2]
         blocks = list(space.blocks)
         # Groups and blocks are checked apart: a removed block would hide its groups' faults.
@@ -116,11 +165,7 @@ def validate_space(model: nn.Module, space, example_inputs: tuple, *, seed: int 
         bad_blocks = _bisect(blocks, lambda s: _mismatch(model, space, example_inputs, [], s, seed))
         # (Each group and each block is checked; combining them removes only more of the same
         # parameters, so the two checks cover every decision.)
-        for b, err in bad_blocks:
-            space.dropped_blocks[b.name] = f"removing it does not reproduce the gated model ({err})"
-        if bad_blocks:
-            names = {b.name for b, _ in bad_blocks}
-            space.blocks = [b for b in space.blocks if b.name not in names]
-            space._cost = None
+        _drop_blocks(space, {b.name: f"removing it does not reproduce the gated model ({err})"
+                             for b, err in bad_blocks})
     finally:
         model.train(was_training)

@@ -52,9 +52,12 @@ class Gates:
         return self.model
 
 
-def attach_gates(model: nn.Module, space: Space) -> Gates:
+def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = None,
+                 owners: set[str] | None = None) -> Gates:
     """Gate ``model`` in place (owners of residual blocks become fx GraphModules with a
-    :class:`DepthGate` on each branch; consumer weights get a :class:`ChannelMask`).
+    :class:`DepthGate` on each branch; consumer weights get a :class:`ChannelMask`).  A weight
+    whose gated units are all frozen or pinned gets no mask (its gates could only ever be 1).
+    ``params``/``owners`` restrict the gates to those weights / block owners (for checks).
 
     Returns the :class:`Gates` handle; use ``gates.model`` (the root itself may be replaced when
     the model's own forward holds a residual add).
@@ -62,7 +65,8 @@ def attach_gates(model: nn.Module, space: Space) -> Gates:
     gates = Gates(model, space)
     by_owner: dict[str, list[int]] = defaultdict(list)
     for i, b in enumerate(space.blocks):
-        by_owner[b.owner].append(i)
+        if owners is None or b.owner in owners:
+            by_owner[b.owner].append(i)
     for owner, idxs in by_owner.items():
         original = gates.model.get_submodule(owner) if owner else gates.model
         gm = trace_owner(original)
@@ -81,8 +85,11 @@ def attach_gates(model: nn.Module, space: Space) -> Gates:
 
     per_param: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     for name, dim, units in space.gate_sites:
-        if (units >= 0).any():
+        if (units >= 0).any() and (params is None or name in params):
             per_param[name].append((dim, units))
+    free = space.prunable_mask()
+    per_param = {name: dims for name, dims in per_param.items()
+                 if any(free[u[u >= 0]].any() for _, u in dims)}
     n = space.num_units
     for name, dims in per_param.items():
         mod_name, _, attr = name.rpartition(".")

@@ -1,0 +1,117 @@
+"""Invariants 1 and 2 are checked by `trace` itself: what breaks them is frozen or dropped, with the reason."""
+import torch
+from torch import nn
+
+from compressor.checks import gated_output
+from compressor.decision import random_decision
+from compressor.export import slice_model
+from compressor.gates import attach_gates
+from compressor.space import trace
+from tests.conftest import rel_diff
+
+
+class PeeksAtParameters(nn.Module):
+    """Model code that notices a parametrized weight (it looks into ``_parameters``): gating
+    ``c2.weight`` changes the output even with every gate at 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), \
+            nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        if "weight" not in self.c2._parameters:
+            h = h * 2
+        return self.fc(torch.relu(self.c3(h)).mean((2, 3)))
+
+
+class Branch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class TracesDifferently(nn.Module):
+    """A residual owner whose fx graph is not what it runs eagerly (its forward asks whether it is
+    being fx-traced): its depth gates cannot be inserted faithfully."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1, self.b2 = Branch(), Branch()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.b1(x)
+        if torch.fx._symbolic_trace.is_fx_tracing():
+            y = y * 0.5
+        x = x + y
+        x = x + self.b2(x)
+        return self.fc(x.mean((2, 3)))
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 3, padding=1)
+        self.mid = nn.Conv2d(16, 24, 3, padding=1)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x, y):
+        h = torch.relu(self.mid(torch.relu(self.a(x) + self.b(y))))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_a_weight_whose_gate_changes_the_model_is_frozen_by_trace():
+    model = PeeksAtParameters().eval()
+    x = torch.randn(2, 3, 12, 12)
+    space = trace(model, x[:1])
+    c1 = space.group("c1")  # the units gated on c2.weight (its input channels)
+    assert not c1.prunable and "gating c2.weight changes the model" in c1.frozen
+    assert space.group("c2").prunable and space.group("c3").prunable
+    with torch.no_grad():
+        y = model(x)
+    assert torch.equal(gated_output(model, space, None, x), y)  # invariant 1 now holds
+    decision = random_decision(space, 0.5, seed=0)
+    sliced = slice_model(model, space, decision).eval()
+    with torch.no_grad():
+        assert rel_diff(sliced(x), gated_output(model, space, decision, x)) < 1e-5
+
+
+def test_an_owner_fx_cannot_reproduce_loses_its_blocks():
+    model = TracesDifferently().eval()
+    space = trace(model, torch.randn(1, 3, 8, 8))
+    assert space.blocks == [] and len(space.dropped_blocks) == 2
+    assert all("changes the model" in why for why in space.dropped_blocks.values())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(gated_output(model, space, None, x), model(x))
+
+
+def test_several_inputs_are_passed_as_several_arguments():
+    model = TwoInputs().eval()
+    x = (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8))
+    space = trace(model, tuple(t[:1] for t in x))
+    assert space.group("a").prunable and space.group("mid").prunable
+    decision = random_decision(space, 0.5, seed=1)
+    sliced = slice_model(model, space, decision).eval()
+    with torch.no_grad():
+        assert rel_diff(sliced(*x), gated_output(model, space, decision, x)) < 1e-5
+
+
+def test_weights_gated_only_on_frozen_units_get_no_mask():
+    model = PeeksAtParameters().eval()
+    space = trace(model, torch.randn(1, 3, 12, 12))
+    gates = attach_gates(model, space)
+    try:
+        masked = {n.replace(".parametrizations", "").rsplit(".original", 1)[0]
+                  for n, _ in model.named_parameters() if ".parametrizations." in n}
+    finally:
+        gates.remove()
+    assert masked == {"c3.weight", "fc.weight"}  # c2.weight reads only c1's frozen channels
