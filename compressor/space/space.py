@@ -219,7 +219,13 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
         ps.dims[pd.dim] = u
     for name, dp in tr.dense_params.items():
         param_slices.setdefault(name, ParamSlice(name)).dense = to_units(dp.atoms)
-    gate_sites = [(gs.name, gs.dim, to_units(gs.atoms)) for gs in tr.gate_sites]
+    gate_sites, seen_sites = [], set()
+    for gs in tr.gate_sites:  # a module applied twice registers its (tied) gates twice: keep one
+        units = to_units(gs.atoms)
+        key = (gs.name, gs.dim, units.tobytes())
+        if key not in seen_sites:
+            seen_sites.add(key)
+            gate_sites.append((gs.name, gs.dim, units))
 
     space_blocks: list[ResidualBlock] = []
     skipped: dict[str, str] = {}

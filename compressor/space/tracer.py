@@ -43,6 +43,7 @@ class Trace:
         self.module_inputs: dict[str, tuple] = {}
         self.add_sites: list[tuple[str, int]] = []  # (innermost module, op index) of tensor adds
         self.param_dims: list[ParamDim] = []
+        self._layouts: dict[tuple[str, int], np.ndarray] = {}  # first layout of each parameter dim
         self.dense_params: dict[str, DenseParam] = {}
         self.gate_sites: list[GateSite] = []
         self.costs: list[CostTerm] = []
@@ -182,9 +183,20 @@ class Trace:
 
     # -- records ------------------------------------------------------------------------------
     def param_dim(self, t: Any, dim: int, atoms: np.ndarray) -> None:
+        """Record that ``dim`` of parameter ``t`` is laid out as ``atoms``.  A parameter used
+        again (one module applied to two tensors) ties the new layout to the first one entry by
+        entry: row i of the weight serves channel i of both tensors, so they go together."""
         name = self.param_name(t)
-        if name is not None:
-            self.param_dims.append(ParamDim(name, dim, np.asarray(atoms, dtype=np.int64)))
+        if name is None:
+            return
+        atoms = np.asarray(atoms, dtype=np.int64)
+        first = self._layouts.setdefault((name, dim), atoms)
+        if first is not atoms:
+            if first.shape != atoms.shape:
+                raise TraceError(f"parameter '{name}' is used with {len(first)} and {len(atoms)} channels "
+                                 f"along dim {dim}")
+            self.ds.union(first, atoms)
+        self.param_dims.append(ParamDim(name, dim, atoms))
 
     def gate_site(self, t: Any, dim: int, atoms: np.ndarray) -> None:
         name = self.param_name(t)

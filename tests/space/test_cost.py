@@ -55,3 +55,40 @@ def test_fraction_is_cost_over_full_cost():
         assert float(space.cost.fraction(what)) == 1.0
     frac.backward()
     assert keep.grad is not None and keep.grad.abs().sum() > 0
+
+
+class UpSampler(torch.nn.Module):
+    """A stride-2 transposed conv (and a grouped one): each input pixel is multiplied into a k x k
+    patch of the output, so MACs count input pixels, not output pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.up = torch.nn.ConvTranspose2d(16, 12, 4, stride=2, padding=1)
+        self.up_grouped = torch.nn.ConvTranspose2d(12, 8, 2, stride=2, groups=4)
+        self.head = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.up_grouped(torch.relu(self.up(torch.relu(self.down(x))))))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 1.0])
+def test_transposed_convolutions_cost_what_fvcore_counts(ratio):
+    model = UpSampler().eval()
+    x = torch.randn(1, 3, 16, 16)
+    space = trace(model, x)
+    assert space.group("up").prunable and space.group("down").prunable
+    d = random_decision(space, ratio, seed=0)
+    sliced = slice_model(model, space, d)
+    assert d.flops(space) == pytest.approx(fvcore_flops(sliced, x), rel=1e-3)
+
+
+def test_same_padding_convolutions_are_counted_by_the_reference():
+    """``padding="same"`` traces to aten::_convolution_mode, which fvcore skips unless we add a
+    handle (ConvMixer's depthwise convs): the reference must count it like any convolution."""
+    same = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 5, padding="same", groups=8), torch.nn.Conv2d(8, 4, 1))
+    explicit = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 5, padding=2, groups=8), torch.nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 8, 12, 12)
+    assert fvcore_flops(same, x) == fvcore_flops(explicit, x) == 8 * 25 * 144 + 8 * 4 * 144
+    space = trace(same.eval(), x)
+    assert float(space.cost.flops()) == fvcore_flops(same, x)

@@ -248,3 +248,33 @@ def test_untraceable_model_names_module_and_op():
 
     with pytest.raises(TraceError, match=r"module 'conv'.*input \(1, 3, 8, 8\)"):
         trace(Broken(), torch.randn(1, 3, 8, 8))
+
+
+def test_one_module_on_both_halves_of_a_split_ties_the_halves():
+    """A block applied to both halves of a chunk (a pattern from torch-pruning's tests): channel i
+    of each half goes through row i of the same weights, so the halves are pruned alike."""
+
+    class SharedOnHalves(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.shared = nn.Conv2d(8, 6, 3, padding=1)
+            self.head = nn.Conv2d(12, 10, 1)
+
+        def forward(self, x):
+            a, b = torch.relu(self.stem(x)).chunk(2, dim=1)
+            y = torch.cat([self.shared(a), self.shared(b)], dim=1)
+            return self.head(torch.relu(y)).mean((2, 3))
+
+    model = SharedOnHalves().eval()
+    x = torch.randn(2, 3, 8, 8)
+    space, decision, sliced, ys, yg = round_trip(model, x, ratio=0.5, seed=2)
+    stem, shared = space.group("stem"), space.group("shared")
+    assert stem.prunable and stem.size == 8 and int(stem.channels[0]) == 2  # channel i of each half
+    assert shared.prunable and shared.size == 6
+    kept = decision.groups["stem"]
+    assert sliced.shared.in_channels == len(kept) and sliced.stem.out_channels == 2 * len(kept)
+    assert rel_diff(ys, yg) < 1e-5
+    from compressor.export.flops import fvcore_flops
+
+    assert decision.flops(space) == pytest.approx(fvcore_flops(sliced, x[:1]), rel=1e-6)

@@ -26,12 +26,15 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
     o_atoms = tr.fresh(cout, f"{wname}")
     in_dim, out_dim = (0, 1) if transposed else (1, 0)
     ksize = math.prod(w.shape[2:])
+    # MACs: every output pixel reads a k x k patch; a transposed conv instead scatters every
+    # *input* pixel into a k x k patch, so its positions are the input's (as fvcore counts them).
+    positions = (out.shape[0], cout, *(x.shape[2:] if transposed else out.shape[2:]))
     if groups == 1:
         tr.param_dim(w, out_dim, o_atoms)
         tr.param_dim(w, in_dim, lin)
         tr.gate_site(w, in_dim, lin)
         out_lab = _channel_labels(o_atoms, out.shape)
-        tr.cost("conv", ksize, out_lab, lin)
+        tr.cost("conv", ksize, _channel_labels(o_atoms, positions), lin)
     elif not transposed and groups < cin // groups:
         # Few wide groups (ResNeSt's radix): position i of every group is one unit, on each side,
         # so every group keeps the same positions and ``groups`` stays.
@@ -57,7 +60,7 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
             tr.param_dim(w, 0, o_atoms)
             tr.gate_site(w, 0, o_atoms)
         out_lab = _channel_labels(tr.ds.find(o_atoms), out.shape)
-        tr.cost("conv", ksize * (kin if not transposed else kout), out_lab)
+        tr.cost("conv", ksize * kin, _channel_labels(tr.ds.find(o_atoms), positions))
     if b is not None:
         tr.param_dim(b, 0, o_atoms)
     tr.set_label(out, out_lab)
