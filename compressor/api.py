@@ -155,9 +155,9 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
     with clock("export"):
         save_compressed(compressed, out, source=source, source_kwargs=source_kwargs,
                         input_shape=tuple(example.shape), decision=decision)
-        onnx_diff = None
+        onnx = None
         if recipe.export.onnx:
-            onnx_diff = export_onnx(compressed, out / "model.onnx", example, opset=recipe.export.opset,
+            onnx = export_onnx(compressed, out / "model.onnx", example, opset=recipe.export.opset,
                                     dynamic_batch=True)
     if kd:
         summary["distillation"] = {"teacher": mode,
@@ -165,7 +165,7 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
                                    "stage_seconds": {s: round(clock.seconds.get(s, 0.0), 1) for s in kd}}
     report = build_report(name=name, recipe=recipe, space=space, decision=decision, original=original.cpu().eval(),
                           compressed=compressed, example=example, accuracy=(original_eval, compressed_eval),
-                          onnx_diff=onnx_diff, out=out, history=history, method_summary=summary, clock=clock,
+                          onnx=onnx, out=out, history=history, method_summary=summary, clock=clock,
                           data=_data_facts(recipe, data, (train_set, val_set, test_set), num_classes, start),
                           dist_world=trainer.dist.world_size)
     write_report(report, out)

@@ -98,7 +98,8 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
     res["flops_vs_fvcore"] = round(decision.flops(space) / fv, 5) if fv else None
     res["params_exact"] = int(round(decision.params(space))) == sum(p.numel() for p in sliced.parameters())
     with tempfile.TemporaryDirectory() as tmp:
-        res["inv4"] = export_onnx(sliced, Path(tmp) / "model.onnx", x, check=True, atol=float("inf"))
+        onnx = export_onnx(sliced, Path(tmp) / "model.onnx", x, check=True, atol=float("inf"))
+        res["inv4"], res["onnx_exporter"] = onnx.max_rel_diff, onnx.exporter
         if isinstance(model, str):
             save_compressed(sliced, Path(tmp) / "saved", source=model, input_shape=tuple(x[:1].shape),
                             decision=decision, source_kwargs=kwargs)

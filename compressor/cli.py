@@ -235,8 +235,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = load_compressed(d)
     x = torch.randn(*arch["input_shape"])
     path = args.output or d / "model.onnx"
-    diff = export_onnx(model, path, x, opset=args.opset, dynamic_batch=True)
-    print(f"wrote {path} (opset {args.opset}); onnxruntime vs PyTorch max relative difference {diff:.1e}")
+    done = export_onnx(model, path, x, opset=args.opset, dynamic_batch=True)
+    print(f"wrote {path} ({done.exporter} exporter, opset {done.opset}); onnxruntime vs PyTorch max relative "
+          f"difference {done.max_rel_diff:.1e}")
     return 0
 
 

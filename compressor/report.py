@@ -20,6 +20,7 @@ from torch import nn
 
 from .decision import Decision
 from .export import export_onnx
+from .export.onnx import OnnxExport
 from .export.flops import fvcore_flops
 from .export.latency import ort_latency
 from .recipe import Recipe
@@ -48,7 +49,7 @@ def _params(model: nn.Module) -> int:
 
 def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision, original: nn.Module,
                  compressed: nn.Module, example: torch.Tensor, accuracy: tuple[Evaluation, Evaluation],
-                 onnx_diff: float | None, out: Path, history: dict[str, list], method_summary: dict,
+                 onnx: OnnxExport | None, out: Path, history: dict[str, list], method_summary: dict,
                  clock: Stopwatch, data: dict[str, Any], dist_world: int = 1) -> dict[str, Any]:
     """Measure the original and the compressed model and gather the run's facts in one dict
     (``data``: where the images and the original's weights came from, and the transforms)."""
@@ -89,7 +90,7 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
                        "flops_fraction_cost_model": kept_cost / full_cost,
                        "flops_fraction_fvcore": fv_comp / fv_orig, "params_fraction": p_comp / p_orig},
         "data": data,
-        "onnx": {"file": "model.onnx", "max_rel_diff": onnx_diff} if onnx_diff is not None else None,
+        "onnx": {"file": "model.onnx", **onnx._asdict()} if onnx is not None else None,
         "latency_ms": latency,
         "widths": widths,
         "stages": stages,
@@ -133,8 +134,8 @@ def _markdown(r: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"| onnxruntime CPU latency, batch {b} | {v['original']:.2f} ms | {v['compressed']:.2f} ms "
                      f"| {v['ratio']:.3f} |")
     if r["onnx"]:
-        lines += ["", f"ONNX: `{r['onnx']['file']}`, onnxruntime vs PyTorch max relative difference "
-                      f"{r['onnx']['max_rel_diff']:.1e}."]
+        lines += ["", f"ONNX: `{r['onnx']['file']}` ({r['onnx']['exporter']} exporter, opset {r['onnx']['opset']}), "
+                      f"onnxruntime vs PyTorch max relative difference {r['onnx']['max_rel_diff']:.1e}."]
     d = r["data"]
     lines += ["", "## Data", "", f"- images: {d['path']} ({d['train_images']} training, {d['val_images']} held out, "
               f"{d['test_images']} test, {d['classes']} classes)", f"- original weights: {d['original_weights']}",

@@ -1,9 +1,19 @@
-"""``export_onnx``: write an ONNX file and check it in onnxruntime against PyTorch."""
+"""``export_onnx``: write an ONNX file and check it in onnxruntime against PyTorch.
+
+The TorchScript exporter is tried first (fast, and what most deployments were validated with);
+where it cannot export an op (``aten::rms_norm``, ``col2im``, a Python bool traced into a tensor
+argument...), the dynamo exporter (``torch.export`` + onnxscript) is tried at opset >= 18.  The
+result says which one wrote the file.
+"""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,17 +22,39 @@ from torch import nn
 _TWO_GB = 2 * 1024**3
 
 
+DYNAMO_MIN_OPSET = 18
+
+
 class OnnxCheckError(RuntimeError):
     """onnxruntime's output differs from PyTorch's beyond the tolerance."""
 
 
+class OnnxExportError(RuntimeError):
+    """Neither exporter could write the model; the message gives both reasons."""
+
+
+class OnnxExport(NamedTuple):
+    """What :func:`export_onnx` did: onnxruntime vs PyTorch (max abs difference over the output
+    scale; 0.0 when not checked), the exporter that wrote the file and its opset."""
+
+    max_rel_diff: float
+    exporter: str  # "torchscript" or "dynamo"
+    opset: int
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple | torch.Tensor, *,
                 opset: int = 17, check: bool = True, atol: float = 1e-4,
-                external_data_above: int = _TWO_GB, dynamic_batch: bool = False) -> float:
-    """Export ``model`` (eval mode, on CPU) to ``path`` and return the max abs difference between
-    onnxruntime and PyTorch, relative to the output scale.  Models over 2 GB write their weights
-    to ``<path>.data`` (ONNX external data; ``external_data_above`` sets the size in bytes).  With
-    ``dynamic_batch`` the batch dimension is symbolic.  Raises :class:`OnnxCheckError` above ``atol``."""
+                external_data_above: int = _TWO_GB, dynamic_batch: bool = False) -> OnnxExport:
+    """Export ``model`` (eval mode, on CPU) to ``path``, check it in onnxruntime, and say how
+    (:class:`OnnxExport`).  Models over 2 GB write their weights to ``<path>.data`` (ONNX external
+    data; ``external_data_above`` sets the size in bytes).  With ``dynamic_batch`` the batch
+    dimension is symbolic.  Raises :class:`OnnxCheckError` above ``atol`` and
+    :class:`OnnxExportError` when neither exporter can write the model."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     path = Path(path)
@@ -30,12 +62,21 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple
     model = model.eval()
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     names = [f"input{i}" for i in range(len(example_inputs))]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, example_inputs, str(path), opset_version=opset, dynamo=False,
-                          input_names=names,
-                          output_names=["output"], do_constant_folding=True,
-                          dynamic_axes={n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None)
+    axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
+    exporter, used_opset = "torchscript", opset
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, example_inputs, str(path), opset_version=opset, dynamo=False,
+                              input_names=names, output_names=["output"], do_constant_folding=True,
+                              dynamic_axes=axes)
+    except Exception as first:  # noqa: BLE001 - any TorchScript failure: try the other exporter
+        exporter, used_opset = "dynamo", max(opset, DYNAMO_MIN_OPSET)
+        try:
+            _export_dynamo(model, example_inputs, path, used_opset, names, axes)
+        except Exception as second:  # noqa: BLE001
+            raise OnnxExportError(f"ONNX export failed with the TorchScript exporter ({_first_line(first)}) "
+                                  f"and with the dynamo exporter ({_first_line(second)})") from None
     if size > external_data_above:
         import onnx
 
@@ -43,8 +84,25 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
     if not check:
-        return 0.0
-    return check_onnx(model, path, example_inputs, atol=atol)
+        return OnnxExport(0.0, exporter, used_opset)
+    return OnnxExport(check_onnx(model, path, example_inputs, atol=atol), exporter, used_opset)
+
+
+def _export_dynamo(model: nn.Module, example_inputs: tuple, path: Path, opset: int, names: list[str],
+                   axes: dict | None) -> None:
+    """``torch.onnx.export(dynamo=True)``, its progress lines and optimiser chatter kept quiet."""
+    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, example_inputs, str(path), dynamo=True, opset_version=opset,
+                              input_names=names, output_names=["output"], dynamic_axes=axes, verbose=False)
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
 
 
 def check_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple, *, atol: float = 1e-4) -> float:
