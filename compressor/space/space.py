@@ -171,6 +171,7 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
             if first:
                 channels[u] += 1
     pinned_roots = set(np.unique(roots[tr.pinned]).tolist()) if len(tr.pinned) else set()
+    output_roots = set(np.unique(roots[tr.output_pinned]).tolist()) if len(tr.output_pinned) else set()
     merge_reasons: dict[int, list[str]] = defaultdict(list)
     for m in tr.merges:
         r = roots[m.atoms[:1]]
@@ -196,7 +197,8 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
         used_names.add(name)
         frozen = None
         if pinned.all():
-            frozen = "reaches the model output"
+            frozen = "reaches the model output" if any(u in output_roots for u in units) else \
+                "every channel is the first of a split or reshape part (one must stay in each)"
         elif len(units) < 2:
             why = "; ".join(merge_reasons[gid][:3]) or "a single channel"
             frozen = f"channels are tied together by {why}"

@@ -49,7 +49,8 @@ class Trace:
         self.costs: list[CostTerm] = []
         self.producers: list[Producer] = []
         self.merges: list[Merge] = []
-        self.pinned: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.pinned: np.ndarray = np.zeros(0, dtype=np.int64)  # output + box-pinned atoms
+        self.output_pinned: np.ndarray = np.zeros(0, dtype=np.int64)  # atoms of the model's outputs
         self.reshapes: list[ReshapeSite] = []
         self.splits: list[SplitSite] = []
         self.box_pinned: list[np.ndarray] = []
@@ -143,7 +144,13 @@ class Trace:
                                          self.module_types.get(self.module, "")))
 
     def record_split(self, x: torch.Tensor, dim: int, sizes: list[int]) -> None:
-        vec = self.vector(self.label(x), dim, "split")
+        """A split with explicit sizes along ``dim``: if channels vary along it, pruning changes the
+        sizes (refreshed at slicing) and each part must keep one channel.  A split along a dim
+        that carries no channels (spatial, tokens) is left alone: pruning cannot change it."""
+        lab = self.label(x)
+        if lab.dim() == 0 or bool((lab == lab.narrow(dim, 0, 1)).all()):
+            return
+        vec = self.vector(lab, dim, "split")
         if (vec < 0).all():
             return
         starts = np.cumsum([0] + sizes[:-1])
@@ -293,6 +300,7 @@ def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Ru
     if leaves:
         tr.pinned = np.unique(np.concatenate([tr.label(t).reshape(-1).numpy() for t in leaves]))
         tr.pinned = tr.pinned[tr.pinned >= 0]
+    tr.output_pinned = tr.pinned
     if tr.box_pinned:
         tr.pinned = np.unique(np.concatenate([tr.pinned, *tr.box_pinned]))
     return tr, out

@@ -278,3 +278,48 @@ def test_one_module_on_both_halves_of_a_split_ties_the_halves():
     from compressor.export.flops import fvcore_flops
 
     assert decision.flops(space) == pytest.approx(fvcore_flops(sliced, x[:1]), rel=1e-6)
+
+
+def test_a_split_along_height_leaves_the_channels_prunable():
+    """cat along H, a conv, split back along H with sizes read from the inputs (a pattern from
+    torch-pruning's tests): the split cuts rows, not channels, so it ties and pins nothing."""
+
+    class CatSplitOnHeight(nn.Module):
+        def __init__(self, c=16):
+            super().__init__()
+            self.left = nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.GELU(), nn.Conv2d(c, c, 1))
+            self.right = nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.GELU(), nn.Conv2d(c, c, 1))
+            self.mix, self.out = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1)
+
+        def forward(self, x):
+            a, b = self.left(x), self.right(x)
+            h = self.mix(torch.cat([a, b], dim=2))
+            top, _ = torch.split(h, [a.shape[2], b.shape[2]], dim=2)
+            return self.out(top)
+
+    model = CatSplitOnHeight().eval()
+    x = torch.randn(2, 16, 5, 5)
+    space, decision, sliced, ys, yg = round_trip(model, x, ratio=0.5, seed=0)
+    mix = space.group("mix")
+    assert mix.prunable and mix.size == 16 and not mix.pinned.any()
+    assert space.group("left.3").prunable  # both branches' last convs: tied by the cat along H
+    assert rel_diff(ys, yg) < 1e-5
+
+
+def test_a_group_pinned_by_split_sizes_says_so():
+    """Two channels split into parts of one: each part must keep its channel, so the group is
+    frozen, and the reason is the split, not the model output."""
+
+    class OnePerPart(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 2, 3, padding=1)
+            self.a, self.b = nn.Conv2d(1, 4, 1), nn.Conv2d(1, 4, 1)
+
+        def forward(self, x):
+            p, q = torch.split(self.stem(x), [1, 1], dim=1)
+            return (self.a(p) + self.b(q)).mean((2, 3))
+
+    space = trace(OnePerPart().eval(), torch.randn(1, 3, 6, 6))
+    stem = space.group("stem")
+    assert not stem.prunable and "first of a split" in stem.frozen
