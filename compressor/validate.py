@@ -23,24 +23,28 @@ from torch import nn
 TOLERANCE = 1e-4
 
 
-def _decision(space, groups, blocks, seed: int):
+def _decision(space, groups, blocks, seed: int, uneven: bool = False):
+    """Random units of every group in ``groups`` removed: half of each, or (``uneven``) a
+    different share of each (between a fifth and four fifths), so that code assuming two groups
+    keep equal widths is caught too."""
     from .decision import Decision
 
     rng = np.random.default_rng(seed)
     kept = {}
-    for g in groups:
+    for i, g in enumerate(groups):
         free = np.flatnonzero(~g.pinned)
-        n = max(1, len(free) // 2)
+        share = 0.2 + 0.6 * ((i * 0.618034 + 0.25) % 1.0) if uneven else 0.5  # golden-ratio spacing
+        n = min(len(free), max(1, int(round(len(free) * share))))
         kept[g.name] = sorted(set(rng.choice(free, size=n, replace=False).tolist())
                               | set(np.flatnonzero(g.pinned).tolist()))
     return Decision(kept, [b.name for b in blocks])
 
 
-def _mismatch(model: nn.Module, space, x: tuple, groups, blocks, seed: int) -> str | None:
+def _mismatch(model: nn.Module, space, x: tuple, groups, blocks, seed: int, uneven: bool = False) -> str | None:
     from .checks import first_output, gated_output
     from .export.slice import slice_model
 
-    decision = _decision(space, groups, blocks, seed)
+    decision = _decision(space, groups, blocks, seed, uneven)
     try:
         sliced = slice_model(model, space, decision).eval()
         with torch.no_grad():
@@ -147,13 +151,16 @@ def validate_space(model: nn.Module, space, example_inputs: tuple, *, seed: int 
     model.eval()
     try:
         check_gates_at_one(model, space, example_inputs)
-        groups = [g for g in space.groups if g.prunable and (~g.pinned).sum() >= 2]
         blocks = list(space.blocks)
         # Groups and blocks are checked apart: a removed block would hide its groups' faults.
         # Groups whose channels pass through a reshape (heads) are the usual suspects: they are
-        # tried one by one, the rest by bisection.
-        check = lambda s: _mismatch(model, space, example_inputs, s, [], seed)  # noqa: E731
-        if check(groups) is not None:
+        # tried one by one, the rest by bisection.  Two decisions: half of every group, then a
+        # different share per group (hidden equal-width assumptions pass the first).
+        for uneven in (False, True):
+            groups = [g for g in space.groups if g.prunable and (~g.pinned).sum() >= 2]
+            check = lambda s, u=uneven: _mismatch(model, space, example_inputs, s, [], seed, u)  # noqa: E731
+            if check(groups) is None:
+                continue
             buckets = _reshape_buckets(space, groups)
             bad = []
             for bucket in buckets.values():

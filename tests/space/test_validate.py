@@ -115,3 +115,33 @@ def test_weights_gated_only_on_frozen_units_get_no_mask():
     finally:
         gates.remove()
     assert masked == {"c3.weight", "fc.weight"}  # c2.weight reads only c1's frozen channels
+
+
+class SizesFromAnotherModule(nn.Module):
+    """Split sizes read from one branch's attribute, assuming the other branch is as wide (a
+    pattern from a peer's tests): half of every group passes, a budget decision would not."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 3, padding=1)
+        self.p, self.q = nn.Conv2d(16, 8, 1), nn.Conv2d(16, 8, 1)
+        self.fc = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = torch.cat([self.a(x), self.b(x)], dim=1)
+        left, right = torch.split(h, [self.a.out_channels, self.a.out_channels], dim=1)
+        return self.fc(torch.relu(self.p(left) + self.q(right))).mean((2, 3))
+
+
+def test_validation_catches_a_hidden_equal_width_constraint():
+    model = SizesFromAnotherModule().eval()
+    space = trace(model, torch.randn(1, 3, 8, 8))
+    for name in ("a", "b"):
+        assert not space.group(name).prunable and "split_with_sizes" in space.group(name).frozen
+    assert space.group("p").prunable  # the rest stays prunable
+    for ratio, seed in ((0.3, 0), (0.7, 1)):  # any decision now slices into a working model
+        decision = random_decision(space, ratio, seed=seed)
+        sliced = slice_model(model, space, decision).eval()
+        x = torch.randn(2, 3, 8, 8)
+        with torch.no_grad():
+            assert rel_diff(sliced(x), gated_output(model, space, decision, x)) < 1e-5
