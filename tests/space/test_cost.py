@@ -92,3 +92,16 @@ def test_same_padding_convolutions_are_counted_by_the_reference():
     assert fvcore_flops(same, x) == fvcore_flops(explicit, x) == 8 * 25 * 144 + 8 * 4 * 144
     space = trace(same.eval(), x)
     assert float(space.cost.flops()) == fvcore_flops(same, x)
+
+
+def test_weight_standardised_convolutions_are_costed():
+    """A weight normalised in the forward (timm's StdConv2d / ScaledStdConv2d, NF nets, BiT) is not
+    a parameter at the conv: the conv and the weight's batch-statistics still cost what fvcore
+    counts (they were missing, so NF-net budgets meant nothing)."""
+    from timm.layers import ScaledStdConv2d, StdConv2d
+
+    model = torch.nn.Sequential(StdConv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                ScaledStdConv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    space = trace(model, x)
+    assert float(space.cost.flops()) == pytest.approx(fvcore_flops(model, x), rel=1e-9)

@@ -18,17 +18,20 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
     x, w, b = args[0], args[1], args[2]
     transposed, groups = bool(args[6]), int(args[8])
     wname = tr.param_name(w)
-    if wname is None:
-        return merge_rule(tr, func, args, kwargs, out)
     cin = x.shape[1]
     cout = out.shape[1]
+    # MACs: every output pixel reads a k x k patch; a transposed conv instead scatters every
+    # *input* pixel into a k x k patch, so its positions are the input's (as fvcore counts them).
+    positions = (out.shape[0], cout, *(x.shape[2:] if transposed else out.shape[2:]))
+    if wname is None:  # a weight computed in forward (weight standardisation): tied, but costed
+        merge_rule(tr, func, args, kwargs, out)
+        root = int(tr.label(out).reshape(-1)[0]) if out.numel() else -1
+        tr.cost("conv", math.prod(w.shape[2:]) * (cin // groups), torch.full(positions, root, dtype=torch.long))
+        return
     lin = tr.vector(tr.label(x), 1, str(func))
     o_atoms = tr.fresh(cout, f"{wname}")
     in_dim, out_dim = (0, 1) if transposed else (1, 0)
     ksize = math.prod(w.shape[2:])
-    # MACs: every output pixel reads a k x k patch; a transposed conv instead scatters every
-    # *input* pixel into a k x k patch, so its positions are the input's (as fvcore counts them).
-    positions = (out.shape[0], cout, *(x.shape[2:] if transposed else out.shape[2:]))
     if groups == 1:
         tr.param_dim(w, out_dim, o_atoms)
         tr.param_dim(w, in_dim, lin)
@@ -145,7 +148,10 @@ def batch_norm_rule(tr: Trace, func, args, kwargs, out) -> None:
     first = _outputs(out)[0]
     tr.set_label(first, out_lab)
     affine = isinstance(args[1], torch.Tensor)
-    tr.cost("batch_norm", 2.0 if affine else 1.0, out_lab)
+    # Batch statistics computed in the forward (training=True even in eval mode: weight
+    # standardisation normalises the weight this way) cost what fvcore counts for them.
+    training = "no_training" not in func.__name__ and next((a for a in args[3:] if isinstance(a, bool)), False)
+    tr.cost("batch_norm", (5.0 if affine else 4.0) if training else (2.0 if affine else 1.0), out_lab)
 
 
 def _norm_over(tr: Trace, func, x: torch.Tensor, dims: list[int], params: tuple, out, coef: float) -> None:
