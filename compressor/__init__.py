@@ -3,7 +3,8 @@ from .api import CompressResult, compress
 from .decision import Decision
 from .export import export_onnx, load_compressed, save_compressed, slice_model
 from .recipe import Recipe, load_recipe
-from .space import Space, trace
+from .frontend import trace
+from .space import Space
 from .zoo import create_model, list_models
 
 __all__ = ["CompressResult", "Decision", "Recipe", "Space", "compress", "create_model", "export_onnx",

@@ -28,7 +28,7 @@ from .export import export_onnx, save_compressed, slice_model
 from .export.save import ARCH_FILE
 from .methods import SearchContext, get_method
 from .recipe import Recipe, RecipeError, load_recipe
-from .space import trace
+from .frontend import trace
 from .train import Trainer, load_checkpoint
 from .train.distill import Distillation
 from .train.distributed import launched_as_main, resolve_device

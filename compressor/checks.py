@@ -1,4 +1,5 @@
-"""The round-trip checks of DESIGN §4 (invariants 1-5) on one model, as plain numbers."""
+"""The round-trip checks of DESIGN §4 (invariants 1-5) on one model, as plain numbers.
+(``first_output``/``gated_output`` live in :mod:`compressor.gates.outputs` and are re-exported.)"""
 from __future__ import annotations
 
 import resource
@@ -9,11 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .decision import Decision, decision_for_budget
+from .decision import decision_for_budget
 from .export import export_onnx, load_compressed, save_compressed, slice_model
 from .export.flops import fvcore_flops
-from .gates import attach_gates
-from .space import Space, trace
+from .frontend import trace
+from .gates.outputs import first_output, gated_output
 from .zoo import create_model_for_size, example_input
 
 TOL_GATES_AT_ONE = 1e-5
@@ -25,25 +26,6 @@ TOL_ONNX = 1e-4
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     scale = max(float(b.abs().max()), 1e-12)
     return float((a - b).abs().max()) / scale
-
-
-def first_output(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def gated_output(model: nn.Module, space: Space, decision: Decision | None, x: torch.Tensor | tuple,
-                 **only) -> torch.Tensor:
-    """Output of ``model`` on ``x`` (a tensor, or a tuple of positional inputs) with hard gates set
-    from ``decision`` (all ones when None); ``only`` restricts the gates (see :func:`attach_gates`).
-    The model is returned to its original state afterwards."""
-    gates = attach_gates(model, space, **only)
-    try:
-        if decision is not None:
-            gates.set(units=decision.keep_vector(space).float(), blocks=decision.block_vector(space).float())
-        with torch.no_grad():
-            return first_output(gates.model(*x) if isinstance(x, tuple) else gates.model(x))
-    finally:
-        gates.remove()
 
 
 def randomise_zero_weights(model: nn.Module, seed: int) -> None:

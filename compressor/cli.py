@@ -39,7 +39,7 @@ def _fmt(n: float) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .space import trace
+    from .frontend import trace
     from .zoo import create_model, example_input
 
     model = create_model(args.model).eval()
@@ -194,7 +194,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from .api import _datasets
-    from .checks import first_output
+    from .gates.outputs import first_output
     from .data import DataError
     from .export import load_compressed
     from .export.onnx import check_onnx

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .budget import fit_to_budget
-from .checks import first_output
+from .gates.outputs import first_output
 from .decision import Decision
 from .gates import attach_gates
 from .space import Space

@@ -20,6 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .decision import Decision
+from .export.slice import slice_model
+from .gates.outputs import first_output, gated_output
+
 TOLERANCE = 1e-4
 
 
@@ -27,8 +31,6 @@ def _decision(space, groups, blocks, seed: int, uneven: bool = False):
     """Random units of every group in ``groups`` removed: half of each, or (``uneven``) a
     different share of each (between a fifth and four fifths), so that code assuming two groups
     keep equal widths is caught too."""
-    from .decision import Decision
-
     rng = np.random.default_rng(seed)
     kept = {}
     for i, g in enumerate(groups):
@@ -41,9 +43,6 @@ def _decision(space, groups, blocks, seed: int, uneven: bool = False):
 
 
 def _mismatch(model: nn.Module, space, x: tuple, groups, blocks, seed: int, uneven: bool = False) -> str | None:
-    from .checks import first_output, gated_output
-    from .export.slice import slice_model
-
     decision = _decision(space, groups, blocks, seed, uneven)
     try:
         sliced = slice_model(model, space, decision).eval()
@@ -114,8 +113,6 @@ def _drop_blocks(space, names: dict[str, str]) -> None:
 def check_gates_at_one(model: nn.Module, space, example_inputs: tuple) -> None:
     """Invariant 1: freeze the groups gated on every weight, and drop the blocks of every owner,
     whose gates at 1 change the model's output (in place)."""
-    from .checks import first_output, gated_output
-
     with torch.no_grad():
         y0 = first_output(model(*example_inputs))
     tol = TOLERANCE * max(1.0, float(y0.abs().max()))

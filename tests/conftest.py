@@ -4,7 +4,7 @@ import torch
 from compressor.checks import gated_output
 from compressor.decision import Decision, random_decision
 from compressor.export import slice_model
-from compressor.space import trace
+from compressor.frontend import trace
 
 
 @pytest.fixture(autouse=True)

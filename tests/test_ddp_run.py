@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compressor.decision import Decision
-from compressor.space import trace
+from compressor.frontend import trace
 from tests.tiny import TinyNet
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import torch
 from compressor.export import slice_model
 from compressor.export.flops import fvcore_flops
 from compressor.importance import decision_from_scores, get_importance
-from compressor.space import trace
+from compressor.frontend import trace
 from compressor.zoo import create_model
 
 

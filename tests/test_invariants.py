@@ -9,7 +9,7 @@ from compressor.checks import gated_output, randomise_zero_weights
 from compressor.decision import decision_for_budget
 from compressor.export import export_onnx, load_compressed, save_compressed, slice_model
 from compressor.export.flops import fvcore_flops
-from compressor.space import trace
+from compressor.frontend import trace
 from compressor.zoo import create_model
 from tests.conftest import rel_diff
 

@@ -26,7 +26,7 @@ from compressor.export import export_onnx, slice_model
 from compressor.export.flops import fvcore_flops
 from compressor.export.latency import ort_latency
 from compressor.importance import get_importance
-from compressor.space import trace
+from compressor.frontend import trace
 from compressor.zoo import create_model_for_size
 
 

@@ -35,7 +35,7 @@ from compressor.methods.base import SearchContext
 from compressor.methods.scs import ScsLogits
 from compressor.methods.tas import TasMethod
 from compressor.recipe import BudgetConfig, RunConfig, ScsConfig, TasConfig
-from compressor.space import trace
+from compressor.frontend import trace
 from compressor.train import Trainer
 from compressor.zoo import create_model_for_size
 

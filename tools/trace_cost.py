@@ -11,7 +11,7 @@ import timm
 import torch
 import torchvision
 
-from compressor.space import trace
+from compressor.frontend import trace
 from compressor.validate import check_gates_at_one
 
 MODELS = {"resnet50": lambda: torchvision.models.resnet50(),

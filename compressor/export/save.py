@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..decision import Decision
-from ..space import trace
+from ..space import build_space
 from .slice import slice_model
 
 ARCH_FILE = "compressor.json"
@@ -69,7 +69,7 @@ def load_compressed(directory: str | os.PathLike, original: nn.Module | None = N
                              f"({type(exc).__name__}: {exc}); build it yourself and pass it: "
                              f"load_compressed(directory, original=model)") from exc
     original = original.eval()
-    space = trace(original, torch.randn(*arch["input_shape"]))
+    space = build_space(original, torch.randn(*arch["input_shape"]))  # replaying a decision needs no checks
     model = slice_model(original, space, Decision.from_dict(arch["decision"]), round_to=arch.get("round_to"))
     state = OrderedDict(load_file(str(directory / WEIGHTS_FILE)))
     # Per-module state-dict versions belong to the code, not the weights: reuse the model's own.

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..budget import fit_to_budget
-from ..checks import first_output
+from ..gates.outputs import first_output
 from ..decision import Decision
 from ..importance import block_drop_loss, get_importance
 from ..recipe import PruneConfig, RecipeError

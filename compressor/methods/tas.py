@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..budget import fit_to_budget
-from ..checks import first_output
+from ..gates.outputs import first_output
 from ..data import split_dataset
 from ..decision import Decision
 from ..gates import ControlledModel, attach_gates

@@ -15,7 +15,7 @@ from .records import CostTerm, ReshapeSite, SplitSite
 from .rules import rule_for
 from .tracer import TraceError, run_trace
 
-__all__ = ["ChannelGroup", "ResidualBlock", "Space", "trace", "TraceError"]
+__all__ = ["ChannelGroup", "ResidualBlock", "Space", "build_space", "TraceError"]
 
 
 @dataclass
@@ -56,10 +56,10 @@ class ParamSlice:
 
 
 class Space:
-    """What can change in a model.  Build it with :func:`trace`.
+    """What can change in a model.  Build it with :func:`compressor.trace`.
 
     Example:
-        >>> space = trace(torchvision.models.resnet18(), (torch.randn(1, 3, 64, 64),))
+        >>> space = compressor.trace(torchvision.models.resnet18(), (torch.randn(1, 3, 64, 64),))
         >>> [g.name for g in space.groups if g.prunable][:2]
         ['conv1', 'layer1.0.conv1']
     """
@@ -117,14 +117,12 @@ class Space:
         return mask
 
 
-def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: bool = True,
-          validate: bool = True) -> Space:
-    """Trace ``model`` once on ``example_inputs`` and return its :class:`Space`.
+def build_space(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: bool = True) -> Space:
+    """Trace ``model`` once on ``example_inputs`` and return its :class:`Space`, unchecked
+    (:func:`compressor.trace` also checks it against the model).
 
     The model runs in eval mode (its mode is restored).  Raises :class:`TraceError` naming the
-    module and op when a forward pass cannot be followed.  With ``validate`` (the default), one
-    random decision is sliced and compared with the hard-gated model, and whatever breaks that
-    is frozen with the reason (see :mod:`compressor.validate`).
+    module and op when a forward pass cannot be followed.
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -244,11 +242,6 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, blocks: boo
     group_of = space.unit_group()
     assign_stages(space.blocks, {name: {int(group_of[u]) for d in ps.dims.values() for u in d if u >= 0}
                                  for name, ps in param_slices.items()})
-    if validate:
-        from ..validate import validate_space
-
-        validate_space(model, space, example_inputs)
-        space.trace_seconds = time.perf_counter() - t0
     return space
 
 

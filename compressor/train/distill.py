@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import first_output
+from ..gates.outputs import first_output
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, *, alpha: float,

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from ..checks import first_output
+from ..gates.outputs import first_output
 from ..recipe import RunConfig, TrainConfig
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistEnv, resolve_device

@@ -5,7 +5,7 @@ import torchvision
 from compressor.checks import gated_output
 from compressor.decision import Decision
 from compressor.export import slice_model
-from compressor.space import trace
+from compressor.frontend import trace
 
 
 def test_removed_block_with_in_place_ops_after_its_add_trains_and_leaves_its_input_alone():

@@ -4,7 +4,7 @@ import torch
 
 from compressor.decision import random_decision
 from compressor.gates import attach_gates
-from compressor.space import trace
+from compressor.frontend import trace
 from compressor.zoo import create_model
 
 

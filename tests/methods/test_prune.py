@@ -5,7 +5,7 @@ from compressor.importance import block_drop_loss
 from compressor.methods.base import SearchContext
 from compressor.methods.prune import PruneMethod
 from compressor.recipe import BudgetConfig, PruneConfig, RecipeError, RunConfig
-from compressor.space import trace
+from compressor.frontend import trace
 from compressor.train import Trainer
 from tests.tiny import TinyNet
 

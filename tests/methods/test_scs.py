@@ -5,7 +5,7 @@ from compressor.budget import fit_to_budget
 from compressor.methods.base import SearchContext
 from compressor.methods.scs import ScsLogits, ScsMethod
 from compressor.recipe import BudgetConfig, RunConfig, ScsConfig, TrainConfig
-from compressor.space import trace
+from compressor.frontend import trace
 from compressor.train import Trainer
 from tests.tiny import TinyNet
 

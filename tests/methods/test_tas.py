@@ -10,7 +10,7 @@ from compressor.methods.base import SearchContext
 from compressor.methods.tas import TasMethod
 from compressor.methods.tas_space import TasArchitecture, depth_candidates, width_candidates
 from compressor.recipe import BudgetConfig, RunConfig, TasConfig, TrainConfig
-from compressor.space import trace
+from compressor.frontend import trace
 from compressor.train import Trainer
 from tests.tiny import TinyNet
 

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from compressor.space import trace
+from compressor.frontend import trace
 
 
 class Res(nn.Module):

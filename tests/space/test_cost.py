@@ -5,7 +5,7 @@ import torch
 from compressor.decision import random_decision
 from compressor.export import slice_model
 from compressor.export.flops import fvcore_flops
-from compressor.space import trace
+from compressor.frontend import trace
 from compressor.zoo import create_model
 
 
@@ -44,7 +44,7 @@ def test_fraction_is_cost_over_full_cost():
     import torch
     from torch import nn
 
-    from compressor.space import trace
+    from compressor.frontend import trace
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
     space = trace(model, torch.randn(1, 3, 10, 10))

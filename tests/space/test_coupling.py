@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.space import TraceError, trace
+from compressor.frontend import trace
+from compressor.space import TraceError
 from tests.conftest import rel_diff, round_trip
 
 

@@ -6,7 +6,7 @@ from compressor.checks import gated_output
 from compressor.decision import random_decision
 from compressor.export import slice_model
 from compressor.gates import attach_gates
-from compressor.space import trace
+from compressor.frontend import trace
 from tests.conftest import rel_diff
 
 

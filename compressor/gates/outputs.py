@@ -1,0 +1,28 @@
+"""A model's main output, as is and with hard gates (what the checks compare)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..decision import Decision
+from ..space import Space
+from .attach import attach_gates
+
+
+def first_output(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def gated_output(model: nn.Module, space: Space, decision: Decision | None, x: torch.Tensor | tuple,
+                 **only) -> torch.Tensor:
+    """Output of ``model`` on ``x`` (a tensor, or a tuple of positional inputs) with hard gates set
+    from ``decision`` (all ones when None); ``only`` restricts the gates (see :func:`attach_gates`).
+    The model is returned to its original state afterwards."""
+    gates = attach_gates(model, space, **only)
+    try:
+        if decision is not None:
+            gates.set(units=decision.keep_vector(space).float(), blocks=decision.block_vector(space).float())
+        with torch.no_grad():
+            return first_output(gates.model(*x) if isinstance(x, tuple) else gates.model(x))
+    finally:
+        gates.remove()
