@@ -222,18 +222,10 @@ def image_spec(recipe: Recipe, path, model) -> ImageSpec:
     from .zoo import UnknownModelError, data_config
 
     cfg = recipe.data
-    found: dict = {}
-    if isinstance(model, str):
-        try:
-            found = data_config(model)
-        except UnknownModelError:  # "package.module:factory": no pretrained data config
-            found = {}
-    elif getattr(model, "pretrained_cfg", None):
-        from timm.data import resolve_data_config
-
-        d = resolve_data_config(model=model)
-        found = {"size": d["input_size"][-1], "crop_pct": d["crop_pct"], "interpolation": d["interpolation"],
-                 "mean": tuple(d["mean"]), "std": tuple(d["std"])}
+    try:
+        found = data_config(model)
+    except UnknownModelError:  # "package.module:factory": no pretrained data config
+        found = {}
     if path is None:
         found.update(mean=(MNIST_MEAN,) * 3, std=(MNIST_STD,) * 3)
     interpolation = cfg.interpolation or found.get("interpolation", "bilinear")

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from .errors import one_line
+
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -133,7 +135,7 @@ def _read_rgb(path: str):
                 img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}") from None
+        raise DataError(f"cannot read image {path}: {one_line(exc, 160)}") from None
 
 
 def image_folder(path: str | os.PathLike, spec: ImageSpec, augment: bool = False) -> Dataset:
@@ -145,7 +147,7 @@ def image_folder(path: str | os.PathLike, spec: ImageSpec, augment: bool = False
     try:
         ds = datasets.ImageFolder(str(root), transform=spec.folder_transform(augment), loader=_read_rgb)
     except FileNotFoundError as exc:  # no class folders, or a class folder without image files
-        raise DataError(f"image folder {root}: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"image folder {root}: {str(exc).strip().splitlines()[0]}") from None
     first: dict[int, str] = {}
     for file, label in ds.samples:
         first.setdefault(label, file)

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .errors import one_line
 from .weights import WeightsError
 
 
@@ -48,11 +49,6 @@ def offline() -> bool:
     """``HF_HUB_OFFLINE=1`` (the switch timm's hub downloads honour) also keeps torchvision's
     weights to the cache: no download is tried."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
 
 
 def load_pretrained(name: str, num_classes: int, file: str | os.PathLike | None = None,
@@ -92,10 +88,10 @@ def _timm(name: str, num_classes: int, file, **kwargs) -> tuple[nn.Module, Pretr
     except Exception as exc:  # noqa: BLE001 - hub, url, file and state-dict errors all mean "not loaded"
         if file:
             raise PretrainedError(f"pretrained weights file {file} could not be loaded into timm's {tag} "
-                                  f"({_first_line(exc)})") from None
+                                  f"({one_line(exc)})") from None
         where = f"Hugging Face hub {cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
         raise PretrainedError(f"pretrained weights for {tag} are not in the cache and could not be downloaded "
-                              f"from {where} ({_first_line(exc)}); download them where there is network "
+                              f"from {where} ({one_line(exc)}); download them where there is network "
                               "(same cache: HF_HOME / TORCH_HOME) or pass the file: --pretrained FILE") from None
     finally:
         hub_log.setLevel(level)
@@ -143,9 +139,9 @@ def _torchvision(name: str, num_classes: int, file, **kwargs) -> tuple[nn.Module
     except Exception as exc:  # noqa: BLE001 - url, pickle and state-dict errors all mean "not loaded"
         if file:
             raise PretrainedError(f"pretrained weights file {file} could not be loaded as torchvision's {label} "
-                                  f"({_first_line(exc)})") from None
+                                  f"({one_line(exc)})") from None
         raise PretrainedError(f"pretrained weights {label} are not in the cache ({cached}) and could not be "
-                              f"downloaded from {weights.url} ({_first_line(exc)}); download them where there "
+                              f"downloaded from {weights.url} ({one_line(exc)}); download them where there "
                               "is network (same cache: TORCH_HOME) or pass the file: --pretrained FILE") from None
     if num_classes != classes:
         replace_head(model, classes, num_classes)

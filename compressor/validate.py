@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .decision import Decision
+from .errors import one_line
 from .export.slice import slice_model
 from .gates.outputs import first_output, gated_output
 
@@ -50,7 +51,7 @@ def _mismatch(model: nn.Module, space, x: tuple, groups, blocks, seed: int, unev
             ys = first_output(sliced(*x))
         yg = gated_output(model, space, decision, x)
     except Exception as exc:  # noqa: BLE001 - any failure marks the subset as unsafe
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return one_line(exc)
     if ys.shape != yg.shape:
         return f"output shape {tuple(ys.shape)} != {tuple(yg.shape)}"
     diff = float((ys - yg).abs().max()) / max(float(yg.abs().max()), 1e-12)
@@ -121,7 +122,7 @@ def check_gates_at_one(model: nn.Module, space, example_inputs: tuple) -> None:
         try:
             y1 = gated_output(model, space, None, example_inputs, params=set(params), owners=set(owners))
         except Exception as exc:  # noqa: BLE001 - a gate that breaks the forward is a change too
-            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            return one_line(exc)
         diff = float((y1 - y0).abs().max()) if y1.shape == y0.shape else float("inf")
         return None if diff <= tol else f"output changes by {diff:.1e} with every gate at 1"
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import one_line
+
 
 class WeightsError(ValueError):
     """The weights file is missing, unreadable or does not fit the model; the message says which."""
@@ -32,7 +34,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, num_classes: int | N
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many kinds for a bad file
         raise WeightsError(f"weights file {path} is corrupt or not a state_dict "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+                           f"({one_line(exc, 120)})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

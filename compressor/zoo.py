@@ -70,21 +70,22 @@ def model_source(name: str) -> tuple[str, str]:
     raise UnknownModelError(f"unknown model {name!r}{hint}")
 
 
-def data_config(name: str) -> dict:
+def data_config(model: str | nn.Module) -> dict:
     """How the model's pretrained weights expect images: ``size``, ``crop_pct``, ``interpolation``,
     ``mean``, ``std`` (timm's pretrained config, or torchvision's default weights' transforms);
-    empty for a model without pretrained weights."""
-    source, bare = model_source(name)
+    empty for a model without pretrained weights.  ``model`` is a zoo name, or a built model
+    carrying timm's ``pretrained_cfg``."""
+    from timm.data import resolve_data_config
+
+    if isinstance(model, nn.Module):
+        cfg = getattr(model, "pretrained_cfg", None)
+        return _timm_data_config(resolve_data_config(model=model)) if cfg else {}
+    source, bare = model_source(model)
     if source == "timm":
         import timm
-        from timm.data import resolve_data_config
 
-        cfg = timm.models.get_pretrained_cfg(bare)
-        if cfg is None:
-            return {}
-        d = resolve_data_config(pretrained_cfg=cfg.to_dict())
-        return {"size": int(d["input_size"][-1]), "crop_pct": float(d["crop_pct"]),
-                "interpolation": str(d["interpolation"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])}
+        found = timm.models.get_pretrained_cfg(bare)
+        return _timm_data_config(resolve_data_config(pretrained_cfg=found.to_dict())) if found else {}
     if source == "torchvision":
         import torchvision
 
@@ -103,6 +104,11 @@ def torchvision_kwargs(name: str) -> dict:
     """Constructor defaults for torchvision models whose own defaults do not suit us: auxiliary
     heads off (one output), and googlenet/inception's explicit weight init."""
     return {"aux_logits": False, "init_weights": True} if name.startswith(("googlenet", "inception")) else {}
+
+
+def _timm_data_config(d: dict) -> dict:
+    return {"size": int(d["input_size"][-1]), "crop_pct": float(d["crop_pct"]),
+            "interpolation": str(d["interpolation"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])}
 
 
 def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import one_line
+
 _TWO_GB = 2 * 1024**3
 
 
@@ -40,11 +42,6 @@ class OnnxExport(NamedTuple):
     max_rel_diff: float
     exporter: str  # "torchscript" or "dynamo"
     opset: int
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple | torch.Tensor, *,
@@ -75,8 +72,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple
         try:
             _export_dynamo(model, example_inputs, path, used_opset, names, axes)
         except Exception as second:  # noqa: BLE001
-            raise OnnxExportError(f"ONNX export failed with the TorchScript exporter ({_first_line(first)}) "
-                                  f"and with the dynamo exporter ({_first_line(second)})") from None
+            raise OnnxExportError(f"ONNX export failed with the TorchScript exporter ({one_line(first)}) "
+                                  f"and with the dynamo exporter ({one_line(second)})") from None
     if size > external_data_above:
         import onnx
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
+from ..errors import one_line
+
 _ADD_TARGETS = {operator.add, operator.iadd, torch.add}
 
 
@@ -100,7 +102,7 @@ def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock
         try:
             gm = trace_owner(mod)
         except Exception as exc:  # noqa: BLE001 - reported, the owner simply gets no depth gate
-            skipped[owner] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            skipped[owner] = one_line(exc, 160)
             continue
         k = 0
         live = live_nodes(gm.graph)

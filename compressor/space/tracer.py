@@ -16,6 +16,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ..errors import one_line
 from .dsu import DisjointSets
 from .records import CostTerm, DenseParam, GateSite, Merge, ParamDim, Producer, ReshapeSite, SplitSite
 
@@ -291,7 +292,7 @@ def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Ru
     except Exception as exc:
         shapes = ", ".join(str(tuple(x.shape)) for x in example_inputs if isinstance(x, torch.Tensor))
         raise TraceError(f"the model's own forward pass failed in module '{tr.module or '<root>'}' "
-                         f"on input {shapes}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+                         f"on input {shapes}: {one_line(exc, 1000)}") from exc
     finally:
         h1.remove()
         h2.remove()

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ..errors import one_line
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read; the message names the file."""
@@ -35,7 +37,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} not found") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
         raise CheckpointError(f"checkpoint {path} is corrupt or not a compressor checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+                              f"({one_line(exc, 120)})") from None
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"checkpoint {path} is not a compressor checkpoint")
     return state
