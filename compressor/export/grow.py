@@ -1,0 +1,310 @@
+"""``grow_model``: the inverse of slicing. Two half-width seed models become one model of twice their
+width, laid out as the target model the seeds were cut from.
+
+Every prunable channel group of the target is split into two halves of equal size: seed A is the
+target sliced to the first half of each group, seed B has the same architecture and stands for the
+second half.  In the grown model a parameter element whose positions all lie in A's half (or in
+units both seeds share: the image input, the class outputs, frozen groups) comes from A, likewise
+for B; an element that reads one half and writes the other is an *off-diagonal* block, filled by
+the caller (zeros by default).  With zero off-diagonal blocks, a model in eval mode made only of
+per-channel operations computes exactly the sum of the two seeds' logits: that is the invariant
+``check_growth`` measures.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..decision import Decision
+from ..space import Space
+from .slice import _get, slice_model
+
+# Labels of a parameter position: shared by both seeds, A's half, B's half, or dropped.
+SHARED, A, B, DROP = 0, 1, 2, 3
+
+BlockFill = Callable[[str, str, torch.Tensor], torch.Tensor]
+"""``fill(param_name, block, like)`` -> a tensor shaped like ``like`` (a seed's parameter) for the
+``block`` ``"ab"`` (rows of A, columns of B), ``"ba"``, or ``"b"`` (B's own block, asked for only
+when there is no seed B)."""
+
+
+class GrowError(RuntimeError):
+    """The model cannot be widened; the message names the parameter or group and why."""
+
+
+@dataclass
+class Halves:
+    """Which units of the target each seed stands for.
+
+    Attributes:
+        a, b: per prunable group, the target's units of each half (``b[g][i]`` takes the place of
+            ``a[g][i]`` in seed B).
+        dropped: per group with an odd number of free units, the unit the grown model leaves out.
+    """
+
+    a: dict[str, list[int]]
+    b: dict[str, list[int]]
+    dropped: dict[str, int]
+
+    def seed_decision(self, space: Space) -> Decision:
+        """The decision that cuts a seed's architecture out of the target."""
+        return Decision({g: sorted(kept + _pinned(space, g)) for g, kept in self.a.items()})
+
+    def grown_decision(self, space: Space) -> Decision:
+        """The decision that cuts the grown architecture out of the target (drops odd units)."""
+        return Decision({g: sorted(self.a[g] + self.b[g] + _pinned(space, g)) for g in self.a})
+
+
+def _pinned(space: Space, group: str) -> list[int]:
+    return np.flatnonzero(space.group(group).pinned).tolist()
+
+
+def split_halves(space: Space) -> Halves:
+    """First half of every prunable group's free units for seed A, second half for seed B.
+
+    Raises GrowError when no group can be split (nothing would grow)."""
+    a, b, dropped = {}, {}, {}
+    for g in space.groups:
+        if not g.prunable:
+            continue
+        free = np.flatnonzero(~g.pinned).tolist()
+        half = len(free) // 2
+        if half == 0:
+            continue
+        a[g.name], b[g.name] = free[:half], free[half:2 * half]
+        if len(free) % 2:
+            dropped[g.name] = free[-1]
+    if not a:
+        raise GrowError("no prunable channel group has two free units: nothing to grow "
+                        "(`compress inspect` lists the groups and why they are frozen)")
+    return Halves(a, b, dropped)
+
+
+def seed_model(target: nn.Module, space: Space, halves: Halves) -> nn.Module:
+    """The seed architecture: the target cut to half of every prunable group (its weights are the
+    target's; re-initialise them to train a seed from scratch)."""
+    return slice_model(target, space, halves.seed_decision(space))
+
+
+def grow_model(target: nn.Module, space: Space, halves: Halves, seed_a: nn.Module,
+               seed_b: nn.Module | None = None, fill: BlockFill | None = None) -> nn.Module:
+    """Return the target architecture (without dropped units) carrying both seeds' weights.
+
+    ``space`` is the target's.  Elements only one seed owns are copied from it; elements both share
+    are summed where they write the model's output units (a classifier's bias, so the logits are the
+    sum of both heads) and averaged elsewhere (a frozen layer both seeds trained).  Off-diagonal
+    blocks, and B's blocks when ``seed_b`` is None, come from ``fill`` (zeros when None).
+    """
+    labels, slots = _unit_labels_and_slots(space, halves)
+    grown = slice_model(target, space, halves.grown_decision(space))
+    sa, sb = _tensors(seed_a), _tensors(seed_b) if seed_b is not None else None
+    done = set()
+    for name, ps in space.param_slices.items():
+        t = _get(grown, name)
+        if t is None:
+            continue
+        done.add(name)
+        lab, slot = _param_positions(name, ps, t, labels, slots, space)
+        new = _assemble(name, t, lab, slot, sa, sb, fill, writes_output=_writes_output(ps, space))
+        _set(grown, name, new)
+    for name, t in _tensors(grown).items():
+        if name in done:
+            continue
+        a = sa.get(name)
+        if a is None or a.shape != t.shape:
+            raise GrowError(f"seed A has no tensor {name!r} of shape {tuple(t.shape)}")
+        b = sb.get(name) if sb is not None else None
+        value = a if b is None or not a.is_floating_point() else (a + b) / 2
+        _set(grown, name, value.clone())
+    return grown
+
+
+# -- positions ---------------------------------------------------------------------------------
+
+def _unit_labels_and_slots(space: Space, halves: Halves) -> tuple[np.ndarray, np.ndarray]:
+    """Label of every flat unit (plus a last entry for -1, "not a unit": shared), and for B's
+    units the flat unit of A's they stand in for (identity elsewhere)."""
+    n = space.num_units
+    labels = np.full(n + 1, SHARED, dtype=np.int64)
+    partner = np.arange(n + 1)
+    for name in halves.a:
+        g = space.group(name)
+        ua, ub = g.offset + np.asarray(halves.a[name]), g.offset + np.asarray(halves.b[name])
+        labels[ua], labels[ub] = A, B
+        partner[ub] = ua
+        if name in halves.dropped:
+            labels[g.offset + halves.dropped[name]] = DROP
+    return labels, partner
+
+
+def _param_positions(name, ps, tensor, labels, partner, space):
+    """Per dim of the grown tensor: the label of each position and its slot in a seed's tensor."""
+    lab, slot = [], []
+    for d in range(tensor.dim()):
+        units = _units_along(name, ps, d)
+        if units is None:
+            lab.append(np.full(tensor.shape[d], SHARED))
+            slot.append(np.arange(tensor.shape[d]))
+            continue
+        u = np.where(units >= 0, units, len(labels) - 1)
+        pl = labels[u]
+        keep = pl != DROP
+        u, pl = u[keep], pl[keep]
+        # Slot in seed A: rank among A's and shared positions.  A position of B takes the slot of
+        # the position of its partner unit with the same occurrence index.
+        in_a = pl != B
+        slot_a = np.cumsum(in_a) - 1
+        occ = _occurrence(u)
+        key_slot = {(int(uu), int(o)): int(s) for uu, o, s, m in zip(u, occ, slot_a, in_a) if m}
+        try:
+            s = np.array([slot_a[i] if in_a[i] else key_slot[(int(partner[u[i]]), int(occ[i]))]
+                          for i in range(len(u))], dtype=np.int64)
+        except KeyError:
+            raise GrowError(f"'{name}': the two halves of its channel group do not have the same "
+                            "layout along dim {d}, so seed B cannot share seed A's architecture") from None
+        if len(u) != tensor.shape[d] or (len(s) and s.max() + 1 != int(in_a.sum())):
+            raise GrowError(f"'{name}' dim {d}: {tensor.shape[d]} positions after growth, the seeds "
+                            f"have {int(in_a.sum())}; halves are not the same size")
+        lab.append(pl)
+        slot.append(s)
+    return lab, slot
+
+
+def _units_along(name, ps, d):
+    if d in ps.dims:
+        return ps.dims[d]
+    if ps.dense is None:
+        return None
+    other = tuple(i for i in range(ps.dense.ndim) if i != d)
+    first = ps.dense.min(axis=other) if other else ps.dense
+    last = ps.dense.max(axis=other) if other else ps.dense
+    if (first != last).any():
+        raise GrowError(f"'{name}': units vary along more than one dim at once; it cannot be widened")
+    return first
+
+
+def _occurrence(units: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions hold the same unit."""
+    order = np.argsort(units, kind="stable")
+    su = units[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(su)) + 1]
+    run = np.arange(len(su)) - np.repeat(starts, np.diff(np.r_[starts, len(su)]))
+    occ = np.empty_like(run)
+    occ[order] = run
+    return occ
+
+
+def _writes_output(ps, space: Space) -> bool:
+    pinned = np.concatenate([g.pinned for g in space.groups]) if space.groups else np.zeros(0, bool)
+    for units in list(ps.dims.values()) + ([ps.dense.ravel()] if ps.dense is not None else []):
+        u = units[units >= 0]
+        if len(u) and pinned[u].any():
+            return True
+    return False
+
+
+# -- values ------------------------------------------------------------------------------------
+
+def _assemble(name, like, lab, slot, sa, sb, fill, *, writes_output):
+    a = sa.get(name)
+    if a is None:
+        raise GrowError(f"seed A has no tensor {name!r}")
+    idx = np.ix_(*slot)
+    has_a = np.zeros(like.shape, dtype=bool)
+    has_b = np.zeros(like.shape, dtype=bool)
+    for d, pl in enumerate(lab):
+        shape = [1] * like.dim()
+        shape[d] = len(pl)
+        has_a |= (pl == A).reshape(shape)
+        has_b |= (pl == B).reshape(shape)
+    b = sb.get(name) if sb is not None else None
+    if sb is not None and (b is None or b.shape != a.shape):
+        raise GrowError(f"seeds A and B differ at {name!r}")
+
+    def spread(t):
+        return t[tuple(torch.as_tensor(i) for i in idx)]
+
+    def block(kind):
+        got = fill(name, kind, a) if fill is not None else torch.zeros_like(a)
+        if got.shape != a.shape:
+            raise GrowError(f"fill returned {tuple(got.shape)} for {name!r} block {kind}, want {tuple(a.shape)}")
+        return spread(got)
+
+    out = spread(a).clone()
+    only_b = has_b & ~has_a
+    if only_b.any():
+        out[torch.as_tensor(only_b)] = spread(b if b is not None else block("b"))[torch.as_tensor(only_b)]
+    shared = ~has_a & ~has_b
+    if b is not None and shared.any() and a.is_floating_point():
+        both = spread(a + b if writes_output else (a + b) / 2)
+        out[torch.as_tensor(shared)] = both[torch.as_tensor(shared)]
+    mixed = has_a & has_b
+    if mixed.any():
+        row = _row_labels(lab, like.dim())
+        for kind, rows in (("ab", A), ("ba", B)):
+            sel = mixed & row.__eq__(rows)
+            if sel.any():
+                out[torch.as_tensor(sel)] = block(kind)[torch.as_tensor(sel)]
+    return out
+
+
+def _row_labels(lab, ndim):
+    """The half an element writes: the label of its first dim that lies in a half (dim 0 is the
+    output of convs and linears)."""
+    row = np.zeros([len(pl) for pl in lab], dtype=np.int64)
+    for d in reversed(range(ndim)):
+        shape = [1] * ndim
+        shape[d] = len(lab[d])
+        pl = lab[d].reshape(shape)
+        row = np.where((pl == A) | (pl == B), pl, row)
+    return row
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {k: v.detach() for k, v in model.named_parameters()}
+    out.update({k: v.detach() for k, v in model.named_buffers()})
+    return out
+
+
+def _set(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    mod_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(mod_name)
+    old = module._parameters.get(attr)
+    if old is not None:
+        module._parameters[attr] = nn.Parameter(value.to(old.dtype).clone(), requires_grad=old.requires_grad)
+    else:
+        module._buffers[attr] = value.to(module._buffers[attr].dtype).clone()
+
+
+def shared_groups(space: Space, halves: Halves) -> dict[str, str]:
+    """Channel groups both seeds hold whole although they are neither the image input nor the
+    class outputs, with the reason: where they exist, the grown model cannot be the sum of its
+    seeds (both seeds' layers write into one set of channels)."""
+    out = {}
+    for g in space.groups:
+        if g.name in halves.a or g.pinned.all():
+            continue
+        out[g.name] = g.frozen or "fewer than two free units"
+    return out
+
+
+def growth_gap(target: nn.Module, space: Space, halves: Halves, seed_a: nn.Module, seed_b: nn.Module,
+               x: torch.Tensor) -> float:
+    """Max relative difference between the grown model's output (zero off-diagonal blocks) and
+    the sum of the seeds' outputs, in eval mode: 0 up to rounding where growth is exact."""
+    grown = grow_model(target, space, halves, seed_a, seed_b).eval()
+    with torch.no_grad():
+        want = _logits(copy.deepcopy(seed_a).eval()(x)) + _logits(copy.deepcopy(seed_b).eval()(x))
+        got = _logits(grown(x))
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def _logits(out):
+    from ..gates.outputs import first_output
+
+    return first_output(out)
