@@ -10,6 +10,7 @@ table of test accuracy and fvcore FLOPs fraction, and writes every run to CSV.
     python tools/accuracy.py --variants scs:temperature=global      # ablations: method:key=value
     python tools/accuracy.py --variants tas,tas:distill.teacher=none,prune,prune:distill.teacher=original
     python tools/accuracy.py --variants prune --variant tas:mixture=pad,final_init=original
+    python tools/accuracy.py --base-set base.epochs=8 --base-set data.limit_train=null   # converged original
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ import torch
 import yaml
 
 from compressor import compress, load_recipe
-from compressor.recipe import method_override
 from compressor.api import _build, _datasets
+from compressor.recipe import method_override
 from compressor.train import Trainer
 
 
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=[], help="one more variant, method:key=value,key=value")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides for all runs")
+    ap.add_argument("--base-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="overrides for training the shared original only (e.g. data.limit_train=null and "
+                    "base.epochs=8: a converged teacher, as a user's pretrained model is)")
     ap.add_argument("--csv", default="accuracy.csv")
     args = ap.parse_args(argv)
     common = {"data.limit_train": 4000, "base.epochs": 3, "search.epochs": 4, "finetune.epochs": 2,
@@ -67,13 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         k, _, v = item.partition("=")
         common[k] = yaml.safe_load(v)
+    base_only = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.base_set)}
     variants = [v for v in args.variants.split(",") if v] + args.variant
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for model in args.models.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
-                base = load_recipe("default", {**common, "model": model, "run.seed": seed})
+                base = load_recipe("default", {**common, "model": model, "run.seed": seed, **base_only})
                 weights, base_acc = base_weights(model, base, seed, tmp)
                 for budget in [float(b) for b in args.budgets.split(",")]:
                     for label, method, extra in map(parse_variant, variants):
