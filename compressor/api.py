@@ -97,9 +97,9 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
     with clock("trace"):
         space = trace(net.cpu().eval(), example)
         method = get_method(recipe.method.name)(recipe.method, space)  # bad settings fail now
-        if method.trains_in_search and recipe.search.epochs < 1:
-            raise RecipeError(f"search.epochs: {recipe.method.name} learns its decision while training in the "
-                              "search stage and needs at least 1 epoch (or use --method prune)")
+        if recipe.search.epochs < method.min_search_epochs():
+            raise RecipeError(f"search.epochs: {recipe.method.name} trains in the search stage and needs at least "
+                              f"{method.min_search_epochs()} epoch(s) there, got {recipe.search.epochs}")
         fit_to_budget(space, torch.zeros(space.num_units).numpy(), recipe.budget.target, what=recipe.budget.what,
                       removed_blocks=method.removable_blocks())  # and so does an unreachable budget
         teacher = _named_teacher(recipe, num_classes)  # and a teacher that cannot be built
@@ -113,7 +113,7 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
     ckpt = out / "checkpoints"
     batch = recipe.data.batch_size
     history: dict[str, list] = {}
-    if not recipe.weights and not recipe.pretrained and recipe.base.epochs:
+    if method.trains_original and not recipe.weights and not recipe.pretrained and recipe.base.epochs:
         with clock("base"):
             history["base"] = [h.row() for h in trainer.fit(net, train_set, recipe.base, stage="base",
                                                             batch_size=batch, val_set=val_set,

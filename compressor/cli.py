@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   compress mobilenet_v2 --budget-params 0.3 --method prune --out runs/mnv2
   compress resnet50 --method prune --set method.blocks=4   also drop the 4 blocks whose loss cost is least
   compress resnet50 --method tas            search widths and depths, then train with KD from the original
+  compress resnet18 --method grow           train two half-width seeds and grow them x2 into the budget's shape
   compress resnet18 --method tas --set method.order=2 --set method.self_distill.enabled=true
   compress mobilenet_v2 --method prune --set distill.teacher=original   fine-tune with KD
   compress cifar_resnet56 --recipe tas-resnet56-cifar10 --data ~/cifar-10-batches-py
@@ -256,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget-flops", type=float, metavar="F", help="keep at most this fraction of FLOPs")
     budget.add_argument("--budget-params", type=float, metavar="F", help="keep at most this fraction of params")
-    p.add_argument("--method", choices=["scs", "prune", "tas"],
+    p.add_argument("--method", choices=["scs", "prune", "tas", "grow"],
                    help="compression method (default: the recipe's, scs)")
     p.add_argument("--recipe", default="default", help="built-in recipe name or YAML file (default: default)")
     p.add_argument("--data", metavar="PATH", help="ImageFolder tree or CIFAR folder (default: embedded MNIST subset)")

@@ -184,7 +184,27 @@ class TasConfig(_Strict):
         return self
 
 
-MethodConfig = Annotated[Union[ScsConfig, PruneConfig, TasConfig], Field(discriminator="name")]
+class GrowConfig(_Strict):
+    """MixtureGrowth (Pham et al., WACV 2024; DESIGN 5.3): two seed models of half the target's width,
+    whose conv and linear weights are mixtures of templates, train one after the other in the search
+    stage; then they are grown x2 into the target, which trains in the fine-tune stage.  No
+    original is trained: the base stage is skipped."""
+
+    name: Literal["grow"] = "grow"
+    target: Literal["budget", "model"] = Field(
+        "budget", description="What the seeds grow into: the model cut to the budget (the same share of every "
+        "channel group), or the model itself (the budget is then ignored).")
+    templates: int = Field(2, ge=2, description="Templates per set; each seed layer mixes its own set.")
+    fusion: bool = Field(True, description="Train a second seed and grow from both; without, the new blocks "
+                         "come from the first seed's templates alone.")
+    second_seed: float = Field(0.5, gt=0, lt=1, description="Share of the search epochs that trains the second "
+                               "seed (with fusion); the first seed trains the rest.")
+    new_coefficients: Literal["orthogonal", "random", "copy", "zero"] = Field(
+        "orthogonal", description="Coefficients of the new (off-diagonal) blocks over the trained templates.")
+    noise: float = Field(1.0, ge=0, description="Scale of the random and copy coefficient inits.")
+
+
+MethodConfig = Annotated[Union[ScsConfig, PruneConfig, TasConfig, GrowConfig], Field(discriminator="name")]
 
 
 class DistillConfig(_Strict):

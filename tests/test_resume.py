@@ -1,6 +1,7 @@
 """Invariant 6: a run killed (SIGKILL) in the middle of an epoch and resumed ends with the same
-decision and the same weights as an uninterrupted run with the same seed (scs, and tas with its
-architecture optimizer and voting-teacher buffers in the checkpoint)."""
+decision and the same weights as an uninterrupted run with the same seed (scs, tas with its
+architecture optimizer and voting-teacher buffers in the checkpoint, and grow killed while its
+second seed trains)."""
 import json
 import os
 import subprocess
@@ -18,32 +19,37 @@ import compressor
 from tests.tiny import TINY_RECIPE, TinyNet
 
 def kill_mid_epoch(stage, epoch, step):
-    if sys.argv[2] == "kill" and (stage, epoch, step) == ("search", 1, 3):
+    if sys.argv[2] == "kill" and (stage, epoch, step) == (sys.argv[4], 1, 3):
         os.kill(os.getpid(), signal.SIGKILL)
 
 recipe = dict(TINY_RECIPE)
 if sys.argv[3] == "tas":
     recipe["method"] = {"name": "tas", "self_distill": {"enabled": True, "warmup": 0.3}}
+if sys.argv[3] == "grow":
+    recipe["method"] = {"name": "grow"}
 torch.manual_seed(0)  # the user's model: its initial weights are the caller's to seed
 compressor.compress(TinyNet(), recipe, out=sys.argv[1], resume=sys.argv[2] == "resume",
                     callbacks=(kill_mid_epoch,))
 """
 
 
+STAGE = {"scs": "search", "tas": "search", "grow": "seed_b"}  # where the kill lands
+
+
 def _run(out, mode, method):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(out), mode, method], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-c", SCRIPT, str(out), mode, method, STAGE[method]], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("method", ["scs", "tas"])
+@pytest.mark.parametrize("method", ["scs", "tas", "grow"])
 def test_killed_run_resumes_to_the_same_result(tmp_path, method):
     straight = _run(tmp_path / "a", "plain", method)
     assert straight.returncode == 0, straight.stderr[-2000:]
     killed = _run(tmp_path / "b", "kill", method)
     assert killed.returncode == -9
     assert not (tmp_path / "b" / "report.json").exists()
-    assert (tmp_path / "b" / "checkpoints" / "search.pt").exists()
+    assert (tmp_path / "b" / "checkpoints" / f"{STAGE[method]}.pt").exists()
     resumed = _run(tmp_path / "b", "resume", method)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = (json.loads((tmp_path / d / "compressor.json").read_text())["decision"] for d in ("a", "b"))

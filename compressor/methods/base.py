@@ -53,11 +53,18 @@ class Method(TrainHooks):
     ``trains_in_search`` is False for one-shot methods: the pipeline then gives the search
     epochs to fine-tuning, so every method sees the same number of epochs.
     ``distills_by_default``: what ``distill.teacher: auto`` means for this method.
+    ``trains_original`` is False for methods that never need the trained full model (``grow``
+    trains its own seeds): the pipeline then skips the base stage.
     """
 
     name = "method"
     trains_in_search = True
     distills_by_default = False
+    trains_original = True
+
+    def min_search_epochs(self) -> int:
+        """The fewest search epochs the method can work with (checked before any training)."""
+        return 1 if self.trains_in_search else 0
 
     def __init__(self, config, space: Space) -> None:
         self.config = config

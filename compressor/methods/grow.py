@@ -1,0 +1,173 @@
+"""``grow``: MixtureGrowth (Pham et al., WACV 2024; DESIGN §5.3) on any traced model.
+
+    target  <- the model cut to the budget (the same share of every channel group), or the model
+    seeds   <- the target at half the width of every prunable group, conv/linear weights as
+               template mixtures (own template set per seed, coefficients: rows 0 and 1 of an
+               orthogonal [4, K] init per layer)
+    train seed A; train seed B (fusion; skipped without)
+    grow ×2: the seeds on the diagonal blocks, the off-diagonal blocks new coefficients over the
+             trained templates (rows 2, 3: orthogonal | random | copy), norms concatenated,
+             the classifier the sum of both heads
+    fine-tune the grown model (the pipeline's fine-tune stage, its learning rate)
+
+No original is trained; the search stage's epochs train the seeds.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..decision import Decision
+from ..export.grow import grow_model, growth_gap, seed_model, shared_groups, split_halves
+from ..export.slice import slice_model
+from ..frontend import trace
+from ..gates.templates import attach_templates, growth_fill, materialize_templates, orthogonal_rows
+from ..recipe import GrowConfig
+from ..space import Space
+from .base import Method, SearchContext, register_method
+
+
+@register_method("grow")
+class GrowMethod(Method):
+    config: GrowConfig
+    trains_original = False
+
+    def __init__(self, config: GrowConfig, space: Space) -> None:
+        super().__init__(config, space)
+        split_halves(space)  # a model with nothing to grow fails before any training
+        self.grown: nn.Module | None = None
+
+    def min_search_epochs(self) -> int:
+        return 2 if self.config.fusion else 1  # one epoch per seed at least
+
+    def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg, checkpoint=None,
+               resume: bool = False) -> tuple[nn.Module, Decision, dict]:
+        cfg = self.config
+        cut = self._target_decision(ctx)
+        target = slice_model(model.cpu().eval(), self.space, cut)
+        example = torch.randn(*self.space.input_shapes[0])
+        tspace = trace(target, example)
+        halves = split_halves(tspace)
+        gen = torch.Generator().manual_seed(ctx.seed)
+        seeds = [seed_model(target, tspace, halves) for _ in range(2 if cfg.fusion else 1)]
+        names = [n for n, _ in _mixable(seeds[0])]
+        rows = {n: orthogonal_rows(4, cfg.templates, gen) for n in names}
+        epochs = _seed_epochs(epochs_cfg.epochs, cfg)
+        history, evals = [], {}
+        for i, seed in enumerate(seeds):
+            _reinitialise(seed, ctx.seed * 2 + i)
+            attach_templates(seed, {n: r[i] for n, r in rows.items()}, num_templates=cfg.templates, generator=gen)
+            stage = "seed_" + "ab"[i]
+            ck = checkpoint.with_name(f"{stage}.pt") if checkpoint is not None else None
+            history += [dict(h.row(), stage=stage) for h in ctx.trainer.fit(
+                seed, ctx.train_set, epochs_cfg.model_copy(update={"epochs": epochs[i]}), stage=stage,
+                batch_size=ctx.batch_size, val_set=ctx.val_set, checkpoint=ck, resume=resume,
+                criterion=ctx.criterion)]
+            seed.cpu().eval()
+            if ctx.val_set is not None:
+                evals[stage] = ctx.trainer.evaluate(seed, ctx.val_set, ctx.batch_size).top1
+        fill = growth_fill(seeds[0], seeds[1] if cfg.fusion else None, rows, cfg.new_coefficients,
+                           noise=cfg.noise, generator=gen)
+        plain = [materialize_templates(copy.deepcopy(s)) for s in seeds]
+        self.grown = grow_model(target, tspace, halves, plain[0], plain[1] if cfg.fusion else None, fill=fill)
+        decision = _compose(self.space, cut, halves.grown_decision(tspace))
+        summary = {
+            "target": cfg.target, "fusion": cfg.fusion, "new_coefficients": cfg.new_coefficients,
+            "seed_epochs": epochs, "templates": cfg.templates, "mixture_weights": len(names),
+            "coefficients": sum(p.numel() for n, p in seeds[0].named_parameters() if n.endswith("coefficients")),
+            "seed_params": sum(p.numel() for p in plain[0].parameters()),
+            "grown_params": sum(p.numel() for p in self.grown.parameters()),
+            "target_units": {g: len(k) for g, k in cut.groups.items()},
+            "seed_units": {g: len(k) for g, k in halves.a.items()},
+            "dropped_units": halves.dropped,
+            "shared_groups": shared_groups(tspace, halves),
+            "history": history,
+        }
+        if ctx.val_set is not None:
+            summary["val_top1"] = {**evals, "grown": ctx.trainer.evaluate(copy.deepcopy(self.grown), ctx.val_set,
+                                                                         ctx.batch_size).top1}
+        if cfg.fusion:  # how close the grown model is to the sum of its seeds (0 where growth is exact)
+            summary["growth_gap"] = growth_gap(target, tspace, halves, plain[0], plain[1], example.repeat(2, 1, 1, 1))
+        return model, decision, summary
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """The sliced model with the grown weights (the same architecture, built by the same cut)."""
+        if self.grown is None:
+            raise RuntimeError("grow: finalize before search")
+        model.load_state_dict(self.grown.state_dict())
+        return model
+
+    def _target_decision(self, ctx: SearchContext) -> Decision:
+        if self.config.target == "model":
+            return Decision({})
+        return uniform_decision(self.space, ctx.budget.target, ctx.budget.what)
+
+
+def uniform_decision(space: Space, target: float, what: str = "flops") -> Decision:
+    """The largest decision keeping the same share of every prunable group (its first units, an even
+    count, at least 2) within ``target`` of the full cost: a shape without a trained model to rank."""
+    measure = space.cost.flops if what == "flops" else space.cost.params
+    full = float(measure())
+
+    def make(ratio: float) -> Decision:
+        groups = {}
+        for g in space.groups:
+            free = np.flatnonzero(~g.pinned)
+            if not g.prunable or len(free) < 2:
+                continue
+            n = min(len(free) - len(free) % 2, max(2, 2 * math.ceil(ratio * len(free) / 2)))
+            groups[g.name] = sorted(free[:n].tolist() + np.flatnonzero(g.pinned).tolist())
+        return Decision(groups)
+
+    def cost(d: Decision) -> float:
+        return float(measure(d.keep_vector(space), d.block_vector(space))) / full
+
+    lo, hi = 0.0, 1.0
+    if cost(make(lo)) > target:
+        from ..budget import BudgetError
+
+        raise BudgetError(f"budget {target:g} of the {what} cannot be met with two units per channel group "
+                          f"(that keeps {cost(make(lo)):.3f})")
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost(make(mid)) <= target else (lo, mid)
+    return make(lo)
+
+
+def _compose(space: Space, first: Decision, second: Decision) -> Decision:
+    """``second`` (a decision over the space of the model ``first`` cut out) as one decision over
+    ``space``: group names survive slicing, unit ``i`` of the cut group is ``first``'s ``i``-th kept."""
+    groups = {}
+    for g in space.groups:
+        kept = first.groups.get(g.name, list(range(g.size)))
+        if g.name in second.groups:
+            kept = [kept[i] for i in second.groups[g.name]]
+        if len(kept) != g.size:
+            groups[g.name] = sorted(kept)
+    return Decision(groups, list(first.removed_blocks))
+
+
+def _seed_epochs(total: int, cfg: GrowConfig) -> list[int]:
+    if not cfg.fusion:
+        return [total]
+    b = min(total - 1, max(1, round(total * cfg.second_seed)))
+    return [total - b, b]
+
+
+def _mixable(model: nn.Module):
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(m._parameters.get("weight"), nn.Parameter):
+            yield (f"{name}.weight" if name else "weight"), m
+
+
+def _reinitialise(model: nn.Module, seed: int) -> None:
+    """A fresh initialisation of every layer that has one (a seed trains from scratch)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in model.modules():
+            if hasattr(m, "reset_parameters") and m is not model:
+                m.reset_parameters()

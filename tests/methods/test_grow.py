@@ -1,0 +1,58 @@
+"""``grow`` end to end on a small user model: seeds, growth, fine-tune, export."""
+import copy
+
+import pytest
+import torch
+
+import compressor
+from compressor.methods.grow import uniform_decision
+from compressor.recipe import RecipeError
+from compressor.frontend import trace
+from tests.tiny import TINY_RECIPE, TinyNet
+
+
+def _recipe(**method):
+    r = copy.deepcopy(TINY_RECIPE)
+    r["method"] = {"name": "grow", **method}
+    r["search"]["epochs"] = 2
+    return r
+
+
+def test_grow_meets_the_budget_and_the_grown_model_starts_as_the_sum_of_its_seeds(tmp_path):
+    torch.manual_seed(0)
+    result = compressor.compress(TinyNet(), _recipe(), out=tmp_path, overrides={"budget.flops": 0.5})
+    report = result.report
+    s = report["method_summary"]
+    assert report["compressed"]["flops_fraction_fvcore"] <= 0.5
+    assert report["onnx"]["max_rel_diff"] < 1e-4
+    assert s["seed_epochs"] == [1, 1] and s["growth_gap"] < 1e-5 and not s["shared_groups"]
+    assert set(s["val_top1"]) == {"seed_a", "seed_b", "grown"}
+    assert s["coefficients"] == 2 * s["mixture_weights"]   # a few numbers per layer
+    # each seed has half the units of every group of the target, and the target is uniform
+    for name, n in s["seed_units"].items():
+        assert 2 * n == s["target_units"][name]
+    assert "base" not in report["seconds"] and "search" in report["seconds"]   # no original is trained
+
+
+def test_grow_into_the_model_itself_and_without_fusion(tmp_path):
+    torch.manual_seed(0)
+    result = compressor.compress(TinyNet(), _recipe(target="model", fusion=False, new_coefficients="copy"),
+                                 out=tmp_path)
+    assert result.report["compressed"]["flops_fraction_fvcore"] == pytest.approx(1.0)
+    assert result.report["method_summary"]["seed_epochs"] == [2]
+    assert "growth_gap" not in result.report["method_summary"]
+
+
+def test_fusion_needs_an_epoch_per_seed(tmp_path):
+    recipe = _recipe()
+    recipe["search"]["epochs"] = 1
+    with pytest.raises(RecipeError, match="at least 2"):
+        compressor.compress(TinyNet(), recipe, out=tmp_path)
+
+
+def test_uniform_target_keeps_the_same_share_of_every_group():
+    space = trace(TinyNet().eval(), torch.randn(1, 3, 16, 16))
+    d = uniform_decision(space, 0.3)
+    assert d.flops(space) / float(space.cost.flops()) <= 0.3
+    shares = {round(len(k) / space.group(n).size, 1) for n, k in d.groups.items()}
+    assert len(shares) == 1 and all(len(k) % 2 == 0 for k in d.groups.values())
