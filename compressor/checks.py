@@ -21,6 +21,7 @@ TOL_GATES_AT_ONE = 1e-5
 TOL_SLICE = 1e-4
 TOL_FLOPS = 0.01
 TOL_ONNX = 1e-4
+TOL_GROW = 1e-4
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,6 +89,7 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
             loaded = load_compressed(Path(tmp) / "saved")
             with torch.no_grad():
                 res["inv5"] = float((first_output(loaded(x)) - ys).abs().max())
+    res["grow"] = check_growth(m, space, x)
     res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     failures = []
     if res["output_scale"] == 0.0:
@@ -110,3 +112,29 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
     if failures:
         res["error"] = "; ".join(failures)
     return res
+
+
+def check_growth(model: nn.Module, space, x: torch.Tensor, seed: int = 0) -> str:
+    """The widening invariant on ``model``: two different half-width seeds grown with zero
+    off-diagonal blocks give the sum of their outputs.  ``"exact"``, or why not (the groups both
+    seeds share, or the measured gap)."""
+    from .export.grow import GrowError, growth_gap, seed_model, shared_groups, split_halves
+
+    try:
+        halves = split_halves(space)
+        seed_a = seed_model(model, space, halves).eval()
+        seed_b = seed_model(model, space, halves).eval()
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # B differs from A by a positive factor per element (variances stay > 0)
+            for t in list(seed_b.parameters()) + list(seed_b.buffers()):
+                if t.is_floating_point():
+                    t.mul_(torch.exp(0.3 * torch.randn(t.shape, generator=g)).to(t.dtype))
+        gap = growth_gap(model, space, halves, seed_a, seed_b, x)
+    except GrowError as e:
+        return f"cannot grow: {e}"
+    if gap <= TOL_GROW:
+        return "exact"
+    shared = shared_groups(space, halves)
+    why = "; ".join(f"'{k}' shared ({v})" for k, v in list(shared.items())[:2]) if shared else \
+        "every group grows, so an operation mixes channels (a norm over channels?)"
+    return f"not the sum of the seeds (gap {gap:.1e}): {why}"

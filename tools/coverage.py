@@ -160,7 +160,7 @@ def main() -> None:
 
 
 COLUMNS = ["model", "source", "status", "flops_ratio", "inv1", "inv2", "flops_vs_fvcore", "params_exact",
-           "inv4", "inv5", "groups", "prunable", "blocks", "trace_s", "slice_s", "peak_mb", "error",
+           "inv4", "inv5", "grow", "groups", "prunable", "blocks", "trace_s", "slice_s", "peak_mb", "error",
            "tp_status", "tp_macs_ratio", "tp_error"]
 
 

@@ -112,3 +112,16 @@ def test_orthogonal_rows_and_new_blocks_over_the_trained_templates():
     plain = [materialize_templates(s) for s in seeds]
     grown = grow_model(target, space, halves, plain[0], plain[1], fill=fill)
     assert grown(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_growth_check_of_the_coverage_tool():
+    from compressor.checks import check_growth
+    from tests.tiny import TinyNet
+
+    model = TinyNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert check_growth(model, trace(model, x[:1]), x) == "exact"
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10, depth=1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    message = check_growth(vit, trace(vit, x[:1]), x)
+    assert message.startswith("not the sum of the seeds") and "'patch_embed.proj' shared" in message
