@@ -202,6 +202,8 @@ class GrowConfig(_Strict):
     new_coefficients: Literal["orthogonal", "random", "copy", "zero"] = Field(
         "orthogonal", description="Coefficients of the new (off-diagonal) blocks over the trained templates.")
     noise: float = Field(1.0, ge=0, description="Scale of the random and copy coefficient inits.")
+    scratch_baseline: bool = Field(False, description="Also train the target from scratch for the same total "
+                                   "epochs (search + fine-tune, search stage settings) and report both side by side.")
 
 
 MethodConfig = Annotated[Union[ScsConfig, PruneConfig, TasConfig, GrowConfig], Field(discriminator="name")]

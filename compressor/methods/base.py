@@ -82,3 +82,8 @@ class Method(TrainHooks):
     def finalize(self, model: nn.Module) -> nn.Module:
         """The sliced model before its final training (a method may re-initialise it)."""
         return model
+
+    def baseline(self, ctx: SearchContext, test_set: Dataset, finetune_epochs: int) -> dict | None:
+        """Optionally train a comparison run after the pipeline (``grow``: the target from scratch
+        for the same total epochs) and return what it measured; None when there is none."""
+        return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 
 import numpy as np
 import torch
@@ -75,6 +76,9 @@ class GrowMethod(Method):
         plain = [materialize_templates(copy.deepcopy(s)) for s in seeds]
         self.grown = grow_model(target, tspace, halves, plain[0], plain[1] if cfg.fusion else None, fill=fill)
         decision = _compose(self.space, cut, halves.grown_decision(tspace))
+        full = float(tspace.cost.flops())
+        self._scratch = (target, epochs_cfg, epochs, checkpoint, resume,
+                         float(halves.seed_decision(tspace).flops(tspace)) / full)
         summary = {
             "target": cfg.target, "fusion": cfg.fusion, "new_coefficients": cfg.new_coefficients,
             "seed_epochs": epochs, "templates": cfg.templates, "mixture_weights": len(names),
@@ -100,6 +104,26 @@ class GrowMethod(Method):
             raise RuntimeError("grow: finalize before search")
         model.load_state_dict(self.grown.state_dict())
         return model
+
+    def baseline(self, ctx: SearchContext, test_set, finetune_epochs: int) -> dict | None:
+        """With ``scratch_baseline``: the target re-initialised and trained for the grow path's
+        total epochs, with the counted training FLOPs of both paths (forward MACs per sample x
+        epochs; the seeds cost their share of the target's)."""
+        if not self.config.scratch_baseline:
+            return None
+        target, cfg, seed_epochs, checkpoint, resume, seed_share = self._scratch
+        total = sum(seed_epochs) + finetune_epochs
+        net = copy.deepcopy(target)
+        _reinitialise(net, ctx.seed * 2 + 7)
+        t0 = time.perf_counter()
+        ctx.trainer.fit(net, ctx.train_set, cfg.model_copy(update={"epochs": total}), stage="scratch",
+                        batch_size=ctx.batch_size, val_set=ctx.val_set, resume=resume,
+                        checkpoint=checkpoint.with_name("scratch.pt") if checkpoint is not None else None)
+        seconds = time.perf_counter() - t0
+        grow_flops = sum(seed_epochs) * seed_share + finetune_epochs
+        return {"name": "target from scratch", "epochs": total, "seconds": round(seconds, 1),
+                "test_top1": ctx.trainer.evaluate(net, test_set, ctx.batch_size).top1,
+                "training_flops_ratio": round(grow_flops / total, 3), "seed_flops_share": round(seed_share, 4)}
 
     def _target_decision(self, ctx: SearchContext) -> Decision:
         if self.config.target == "model":

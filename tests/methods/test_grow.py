@@ -34,13 +34,19 @@ def test_grow_meets_the_budget_and_the_grown_model_starts_as_the_sum_of_its_seed
     assert "base" not in report["seconds"] and "search" in report["seconds"]   # no original is trained
 
 
-def test_grow_into_the_model_itself_and_without_fusion(tmp_path):
+def test_grow_into_the_model_itself_without_fusion_beside_the_target_from_scratch(tmp_path):
     torch.manual_seed(0)
-    result = compressor.compress(TinyNet(), _recipe(target="model", fusion=False, new_coefficients="copy"),
-                                 out=tmp_path)
+    recipe = _recipe(target="model", fusion=False, new_coefficients="copy", scratch_baseline=True)
+    result = compressor.compress(TinyNet(), recipe, out=tmp_path)
+    s = result.report["method_summary"]
     assert result.report["compressed"]["flops_fraction_fvcore"] == pytest.approx(1.0)
-    assert result.report["method_summary"]["seed_epochs"] == [2]
-    assert "growth_gap" not in result.report["method_summary"]
+    assert s["seed_epochs"] == [2] and "growth_gap" not in s
+    base = s["baseline"]
+    assert base["epochs"] == 3 and 0 <= base["test_top1"] <= 1 and base["seconds"] > 0   # 2 seed + 1 fine-tune
+    # counted: 2 epochs of a seed (its FLOPs share of the target) + 1 epoch of the target, over 3 epochs
+    assert base["training_flops_ratio"] == pytest.approx((2 * base["seed_flops_share"] + 1) / 3, abs=1e-3)
+    assert 0.2 < base["seed_flops_share"] < 0.3   # half the width: about a quarter of the MACs
+    assert (tmp_path / "checkpoints" / "scratch.pt").exists()
 
 
 def test_fusion_needs_an_epoch_per_seed(tmp_path):
