@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from tools import accuracy, latency, overhead
+from tools import accuracy, grow_cost, latency, overhead
 
 
 def test_latency_rows():
@@ -23,6 +23,20 @@ def test_accuracy_equal_epochs(tmp_path, capsys):
     assert {r["variant"] for r in rows} == {"scs", "prune"}
     assert all(float(r["flops_fraction_fvcore"]) <= 0.5 for r in rows)
     assert "| cifar_resnet20 | 0.5 | scs |" in capsys.readouterr().out
+
+
+def test_grow_against_scratch_rows(tmp_path, capsys):
+    out = tmp_path / "grow.csv"
+    grow_cost.main(["--models", "cifar_resnet20", "--seeds", "0", "--csv", str(out), "--variants",
+                    "grow,grow:fusion=false", "--set", "data.limit_train=128", "--set", "data.input_size=16",
+                    "--set", "search.epochs=2", "--set", "finetune.epochs=1"])
+    rows = list(csv.DictReader(out.open()))
+    assert [r["variant"] for r in rows] == ["grow", "grow:fusion=false"]
+    for r in rows:
+        assert r["epochs"] == "3" and float(r["flops_fraction_fvcore"]) <= 0.5
+        ratio = float(r["grow_seconds"]) / float(r["scratch_seconds"])   # both rounded to 0.1 s
+        assert float(r["wall_clock_ratio"]) == pytest.approx(ratio, rel=0.1)
+    assert "| cifar_resnet20 | grow:fusion=false |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("method", ["scs", "tas"])

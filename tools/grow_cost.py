@@ -1,0 +1,90 @@
+"""``grow`` against training its target from scratch for the same total epochs, side by side in one run.
+
+Each run is one ``compress MODEL --method grow`` with ``method.scratch_baseline`` on: the grow path
+(seed A, seed B, growth, fine-tune) and, in the same process right after it, the same target
+re-initialised and trained for the same total epochs.  Prints a mean ± std table of test accuracy,
+wall-clock and counted training FLOPs (grow / scratch) and writes every run to CSV.
+
+    python tools/grow_cost.py                                            # the docs/grow.md table
+    python tools/grow_cost.py --models resnet18 --seeds 0 --variants grow,grow:new_coefficients=copy
+    python tools/grow_cost.py --variants grow,grow:fusion=false,grow:second_seed=0.8   # ablations
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from compressor import compress, load_recipe
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """``grow`` or ``grow:fusion=false,new_coefficients=random`` -> (label, method overrides)."""
+    _, _, rest = spec.partition(":")
+    return spec, {(k if "." in k else f"method.{k}"): yaml.safe_load(v)
+                  for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="resnet18,mobilenet_v2")
+    ap.add_argument("--budget", type=float, default=0.5, help="FLOPs budget of the target (method.target=budget)")
+    ap.add_argument("--variants", default="grow", help="comma-separated, each grow[:key=value;...]")
+    ap.add_argument("--variant", action="append", default=[], help="one more variant, grow:key=value,key=value")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides for all runs")
+    ap.add_argument("--csv", default="grow_cost.csv")
+    args = ap.parse_args(argv)
+    common = {"method": {"name": "grow", "scratch_baseline": True}, "budget": {"flops": args.budget},
+              "export.onnx": False, "export.latency_repeats": 0, "run.progress": False}
+    for item in args.set:
+        k, _, v = item.partition("=")
+        common[k] = yaml.safe_load(v)
+    variants = [v for v in args.variants.split(",") if v] + args.variant
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models.split(","):
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                for label, extra in map(parse_variant, variants):
+                    t0 = time.perf_counter()
+                    recipe = load_recipe("default", {**common, "model": model, "run.seed": seed, **extra})
+                    r = compress(model, recipe, out=Path(tmp) / f"{model}-{seed}-{len(rows)}").report
+                    b = r["method_summary"]["baseline"]
+                    row = {"model": model, "seed": seed, "variant": label,
+                           "grow_acc": round(r["compressed"]["test_accuracy"], 4),
+                           "scratch_acc": round(b["test_top1"], 4),
+                           "grow_seconds": b["method_seconds"], "scratch_seconds": b["seconds"],
+                           "wall_clock_ratio": b["wall_clock_ratio"],
+                           "training_flops_ratio": b["training_flops_ratio"],
+                           "flops_fraction_fvcore": round(r["compressed"]["flops_fraction_fvcore"], 4),
+                           "epochs": b["epochs"], "seconds": round(time.perf_counter() - t0, 1)}
+                    rows.append(row)
+                    print(row, flush=True)
+    with open(args.csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print("\n| model | variant | grow test acc | scratch test acc | wall-clock grow/scratch | "
+          "training FLOPs grow/scratch | target FLOPs (fvcore) | seeds |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for model, variant in dict.fromkeys((r["model"], r["variant"]) for r in rows):
+        sel = [r for r in rows if (r["model"], r["variant"]) == (model, variant)]
+
+        def ms(key, scale=1.0):
+            v = [scale * r[key] for r in sel]
+            return f"{statistics.mean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
+
+        print(f"| {model} | {variant} | {ms('grow_acc', 100)} | {ms('scratch_acc', 100)} | {ms('wall_clock_ratio')} | "
+              f"{statistics.mean(r['training_flops_ratio'] for r in sel):.3f} | "
+              f"{statistics.mean(r['flops_fraction_fvcore'] for r in sel):.3f} | {len(sel)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
