@@ -167,6 +167,10 @@ class TasConfig(_Strict):
     final_init: Literal["searched", "original", "scratch"] = Field(
         "searched", description="Weights the found network starts from: the searched ones sliced, the trained "
         "original's sliced, or a fresh initialisation (the paper).")
+    init: Literal["normal", "budget"] = Field(
+        "normal", description="Architecture logits at the start: N(0, 0.01) (the paper), or 'budget': the same "
+        "plus a head start of 2 for the width the one-shot magnitude fit to the budget keeps in each group and "
+        "for full depth, so a short search refines that shape instead of starting from noise.")
     self_distill: SelfDistillConfig = Field(default_factory=SelfDistillConfig)
 
     @field_validator("ratios")

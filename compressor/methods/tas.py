@@ -135,7 +135,13 @@ class TasMethod(Method):
         self.ctx = ctx
         scores = get_importance("magnitude")(model, self.space)
         gates = attach_gates(model, self.space)
-        self.arch = TasArchitecture(self.space, cfg, scores, round_to=ctx.round_to, mixable=gates.mixable)
+        head_start = None
+        if cfg.init == "budget":  # the one-shot magnitude fit's widths start ahead
+            fit = fit_to_budget(self.space, scores, ctx.budget.target, what=ctx.budget.what, round_to=ctx.round_to,
+                                normalize=True)
+            head_start = {name: len(kept) for name, kept in fit.groups.items()}
+        self.arch = TasArchitecture(self.space, cfg, scores, round_to=ctx.round_to, mixable=gates.mixable,
+                                    head_start=head_start)
         self.controlled = ControlledModel(gates, self.arch)
         for p in self.arch.parameters():  # the weight optimizer never sees them
             p.requires_grad_(False)

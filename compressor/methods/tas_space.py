@@ -59,12 +59,15 @@ def _gumbel(shape, like: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
+HEAD_START = 2.0  # logit added for ``init: budget``: about half the probability among 8 candidates
+
+
 class TasArchitecture(GateController):
     """Width logits ``alpha`` (searched groups x candidates) and depth logits ``beta`` (stages x
     candidates); ``forward`` gives the gate values of the relaxed network (see module doc)."""
 
     def __init__(self, space: Space, cfg: TasConfig, scores: np.ndarray, *, round_to: int | None = None,
-                 mixable: np.ndarray | None = None) -> None:
+                 mixable: np.ndarray | None = None, head_start: dict[str, int] | None = None) -> None:
         super().__init__()
         self.num_units, self.num_blocks = space.num_units, len(space.blocks)
         self.candidates = cfg.candidates
@@ -110,6 +113,11 @@ class TasArchitecture(GateController):
         self.register_buffer("unit_at", at)  # flat unit of (group, rank)
         self.min_valid = int(valid.sum(1).min()) if len(widths) else 0
         self.alpha = nn.Parameter(torch.randn(len(widths), n_c) * 0.01)
+        if head_start is not None:  # the candidate nearest each group's given width starts ahead
+            with torch.no_grad():
+                for i, (name, w) in enumerate(zip(names, widths)):
+                    kept = head_start.get(name, w[-1])
+                    self.alpha[i, int(np.argmin([abs(c - kept) for c in w]))] += HEAD_START
 
         stages: dict[str, list[int]] = {}
         if cfg.depth:
@@ -133,6 +141,10 @@ class TasArchitecture(GateController):
         self.register_buffer("block_stage", torch.tensor(block_stage, dtype=torch.long))
         self.register_buffer("block_pos", torch.tensor(block_pos, dtype=torch.long))
         self.beta = nn.Parameter(torch.randn(len(depths), n_d) * 0.01)
+        if head_start is not None:  # and so does full depth
+            with torch.no_grad():
+                for s, ds in enumerate(depths):
+                    self.beta[s, len(ds) - 1] += HEAD_START
         self._noise: dict[str, torch.Tensor] | None = None
 
     # -- distributions ---------------------------------------------------------------------------

@@ -163,3 +163,22 @@ def test_search_decides_within_the_budget_band():
 def test_second_order_search_runs():
     _, space, decision, _ = _search(TasConfig(order=2))
     assert decision.flops(space) / float(space.cost.flops()) <= 0.5
+
+
+def test_budget_init_starts_at_the_one_shot_fit_and_full_depth():
+    from compressor.budget import fit_to_budget
+    from compressor.importance import get_importance
+
+    model, space = _tiny()
+    scores = get_importance("magnitude")(model, space)
+    fit = fit_to_budget(space, scores, 0.3, round_to=None, normalize=True)
+    head = {n: len(k) for n, k in fit.groups.items()}
+    arch = TasArchitecture(space, TasConfig(), scores, head_start=head)
+    argmax = arch.widths.gather(1, arch.alpha.argmax(1, keepdim=True)).squeeze(1).tolist()
+    for name, w, cands, valid in zip(arch.group_names, argmax, arch.widths.tolist(), arch.width_valid.tolist()):
+        want = head.get(name, space.group(name).size)
+        assert abs(w - want) == min(abs(c - want) for c, ok in zip(cands, valid) if ok)
+    assert any(head.get(n, space.group(n).size) < space.group(n).size for n in arch.group_names)
+    assert (arch.depths.gather(1, arch.beta.argmax(1, keepdim=True)) == arch.depths.max(1, keepdim=True).values).all()
+    plain = TasArchitecture(space, TasConfig(), scores)
+    assert plain.alpha.abs().max() < 0.1   # the paper's N(0, 0.01)
