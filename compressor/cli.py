@@ -152,9 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  onnxruntime CPU batch {b}: {v['original']:.2f} ms -> {v['compressed']:.2f} ms ({v['ratio']:.2f}x)")
         base = r["method_summary"].get("baseline")
         if base:
-            print(f"  against the {base['name']} ({base['epochs']} epochs): test accuracy "
-                  f"{100 * base['test_top1']:.2f}% vs {100 * base['method_test_top1']:.2f}%, wall-clock "
-                  f"{base['seconds']:.0f} s vs {base['method_seconds']:.0f} s ({base['wall_clock_ratio']:.2f}x), "
+            print(f"  {r['method']}: {100 * base['method_test_top1']:.2f}% in {base['method_seconds']:.0f} s; "
+                  f"{base['name']} ({base['epochs']} epochs): {100 * base['test_top1']:.2f}% in "
+                  f"{base['seconds']:.0f} s; wall-clock {base['wall_clock_ratio']:.2f}x, "
                   f"training FLOPs {base['training_flops_ratio']:.2f}x")
         print(f"written to {result.out}/ (report.md, model.onnx, model.safetensors)")
     return 0

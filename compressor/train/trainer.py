@@ -34,6 +34,16 @@ StepCallback = Callable[[str, int, int], None]  # (stage, epoch, step within the
 Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, outputs, targets)
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Every 4-d parameter and buffer in channels_last, in place.  Unlike ``Module.to``, tensors of
+    other ranks are left alone (template mixtures stack conv weights into 5-d tensors, which
+    ``Module.to(memory_format=channels_last)`` refuses)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.dim() == 4:
+            t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 class Evaluation(NamedTuple):
     """What :meth:`Trainer.evaluate` measured: mean cross-entropy, top-1 and top-5 accuracy."""
 
@@ -191,7 +201,7 @@ class Trainer:
         hooks = hooks or TrainHooks()
         model.to(self.device)
         if self.run.channels_last:
-            model.to(memory_format=torch.channels_last)
+            to_channels_last(model)
         if hasattr(criterion, "prepare"):
             criterion.prepare(self.device, self.run.channels_last)  # type: ignore[union-attr]
         loader = self.loader(train_set, batch_size, shuffle=True, workers=workers, indexed=True)
