@@ -64,13 +64,14 @@ class GrowMethod(Method):
             attach_templates(seed, {n: r[i] for n, r in rows.items()}, num_templates=cfg.templates, generator=gen)
             stage = "seed_" + "ab"[i]
             ck = checkpoint.with_name(f"{stage}.pt") if checkpoint is not None else None
-            history += [dict(h.row(), stage=stage) for h in ctx.trainer.fit(
+            rows_ = [dict(h.row(), stage=stage) for h in ctx.trainer.fit(
                 seed, ctx.train_set, epochs_cfg.model_copy(update={"epochs": epochs[i]}), stage=stage,
                 batch_size=ctx.batch_size, val_set=ctx.val_set, checkpoint=ck, resume=resume,
                 criterion=ctx.criterion)]
+            history += rows_
             seed.cpu().eval()
-            if ctx.val_set is not None:
-                evals[stage] = ctx.trainer.evaluate(seed, ctx.val_set, ctx.batch_size).top1
+            if rows_ and rows_[-1].get("val_acc") is not None:  # the trainer's own last validation
+                evals[stage] = rows_[-1]["val_acc"]
         fill = growth_fill(seeds[0], seeds[1] if cfg.fusion else None, rows, cfg.new_coefficients,
                            noise=cfg.noise, generator=gen)
         plain = [materialize_templates(copy.deepcopy(s)) for s in seeds]
