@@ -62,3 +62,10 @@ def test_yaml_and_name_errors(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(RecipeError, match="must be a mapping"):
         load_recipe(listy)
+
+
+def test_grow_builtin_carries_the_paper_schedule():
+    r = load_recipe("grow-wrn28-cifar100")
+    assert r.model == "cifar_wrn28_10" and r.method.name == "grow" and r.method.target == "model"
+    assert r.search.epochs == 400 and r.method.second_seed == 0.5 and r.finetune.epochs == 40   # 200 + 200 + 40
+    assert r.method.new_coefficients == "orthogonal" and r.finetune.lr == 1e-4

@@ -6,6 +6,7 @@ import torchvision
 
 from compressor.export.grow import GrowError, grow_model, growth_gap, seed_model, shared_groups, split_halves
 from compressor.frontend import trace
+from compressor.models import MODELS
 from compressor.gates.templates import attach_templates, growth_fill, materialize_templates, orthogonal_rows
 
 
@@ -121,6 +122,9 @@ def test_growth_check_of_the_coverage_tool():
     model = TinyNet().eval()
     x = torch.randn(2, 3, 16, 16)
     assert check_growth(model, trace(model, x[:1]), x) == "exact"
+    wrn = MODELS["cifar_wrn16_2"](num_classes=10).eval()   # pre-activation blocks: BN before each conv
+    x = torch.randn(2, 3, 32, 32)
+    assert check_growth(wrn, trace(wrn, x[:1]), x) == "exact"
     vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10, depth=1).eval()
     x = torch.randn(2, 3, 32, 32)
     message = check_growth(vit, trace(vit, x[:1]), x)
