@@ -113,6 +113,8 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
     ckpt = out / "checkpoints"
     batch = recipe.data.batch_size
     history: dict[str, list] = {}
+    if not method.trains_original and not recipe.weights and not recipe.pretrained:
+        start = f"random init, never trained ({recipe.method.name} trains its own networks)"
     if method.trains_original and not recipe.weights and not recipe.pretrained and recipe.base.epochs:
         with clock("base"):
             history["base"] = [h.row() for h in trainer.fit(net, train_set, recipe.base, stage="base",

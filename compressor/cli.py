@@ -145,6 +145,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     r = result.report
     if r:
         o, c = r["original"], r["compressed"]
+        if "never trained" in r["data"]["original_weights"]:
+            print(f"the original was never trained ({r['method']} trains its own networks): its accuracy below is "
+                  "chance level, not a baseline")
         print(f"{args.model}: FLOPs {c['flops_fraction_fvcore']:.3f} of the original (fvcore), params "
               f"{c['params_fraction']:.3f}, test accuracy {100 * o['test_accuracy']:.2f}% -> "
               f"{100 * c['test_accuracy']:.2f}% (top-5 {100 * o['test_top5']:.2f}% -> {100 * c['test_top5']:.2f}%)")

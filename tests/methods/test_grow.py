@@ -32,6 +32,7 @@ def test_grow_meets_the_budget_and_the_grown_model_starts_as_the_sum_of_its_seed
     for name, n in s["seed_units"].items():
         assert 2 * n == s["target_units"][name]
     assert "base" not in report["seconds"] and "search" in report["seconds"]   # no original is trained
+    assert "never trained" in report["data"]["original_weights"]
 
 
 def test_grow_into_the_model_itself_without_fusion_beside_the_target_from_scratch(tmp_path):
