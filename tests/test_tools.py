@@ -28,15 +28,16 @@ def test_accuracy_equal_epochs(tmp_path, capsys):
 def test_grow_against_scratch_rows(tmp_path, capsys):
     out = tmp_path / "grow.csv"
     grow_cost.main(["--models", "cifar_resnet20", "--seeds", "0", "--csv", str(out), "--variants",
-                    "grow,grow:fusion=false", "--set", "data.limit_train=128", "--set", "data.input_size=16",
+                    "grow", "--variant", "grow:fusion=false,scratch_baseline=false", "--set", "data.limit_train=128", "--set", "data.input_size=16",
                     "--set", "search.epochs=2", "--set", "finetune.epochs=1"])
     rows = list(csv.DictReader(out.open()))
-    assert [r["variant"] for r in rows] == ["grow", "grow:fusion=false"]
+    assert [r["variant"] for r in rows] == ["grow", "grow:fusion=false,scratch_baseline=false"]
     for r in rows:
         assert r["epochs"] == "3" and float(r["flops_fraction_fvcore"]) <= 0.5
-        ratio = float(r["grow_seconds"]) / float(r["scratch_seconds"])   # both rounded to 0.1 s
-        assert float(r["wall_clock_ratio"]) == pytest.approx(ratio, rel=0.1)
-    assert "| cifar_resnet20 | grow:fusion=false |" in capsys.readouterr().out
+    ratio = float(rows[0]["grow_seconds"]) / float(rows[0]["scratch_seconds"])   # both rounded to 0.1 s
+    assert float(rows[0]["wall_clock_ratio"]) == pytest.approx(ratio, rel=0.1)
+    assert rows[1]["scratch_acc"] == "" and float(rows[1]["grow_seconds"]) > 0   # no baseline trained
+    assert "| cifar_resnet20 | grow:fusion=false,scratch_baseline=false |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("method", ["scs", "tas"])

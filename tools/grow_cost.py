@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                            "training_flops_ratio": b["training_flops_ratio"] if b else "",
                            "val_top1_after_growth": r["method_summary"].get("val_top1", {}).get("grown", ""),
                            "flops_fraction_fvcore": round(r["compressed"]["flops_fraction_fvcore"], 4),
-                           "epochs": b["epochs"], "seconds": round(time.perf_counter() - t0, 1)}
+                           "epochs": sum(r["method_summary"]["seed_epochs"]) + recipe.finetune.epochs,
+                           "seconds": round(time.perf_counter() - t0, 1)}
                     rows.append(row)
                     print(row, flush=True)
     with open(args.csv, "w", newline="") as f:
