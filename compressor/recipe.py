@@ -11,6 +11,7 @@ Unknown keys are errors, and every error names the key path and what was expecte
 """
 from __future__ import annotations
 
+import copy
 import os
 from importlib import resources
 from pathlib import Path
@@ -211,6 +212,7 @@ class GrowConfig(_Strict):
 
 
 MethodConfig = Annotated[Union[ScsConfig, PruneConfig, TasConfig, GrowConfig], Field(discriminator="name")]
+METHOD_NAMES = ("scs", "prune", "tas", "grow")
 
 
 class DistillConfig(_Strict):
@@ -315,11 +317,11 @@ def load_recipe(source: "Recipe | dict | str | os.PathLike | None" = None,
     elif isinstance(source, Recipe):
         data = source.to_dict()
     elif isinstance(source, dict):
-        data = dict(source)
+        data = copy.deepcopy(source)
     else:
         data = _read_yaml(source)
-    for path, value in (overrides or {}).items():
-        _set_path(data, path, value)
+    for path, value in (overrides or {}).items():  # copies: a later dotted key must not edit the caller's dict
+        _set_path(data, path, copy.deepcopy(value))
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -366,13 +368,13 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("scs", "prune", "tas")
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in METHOD_NAMES
                                                            and err["loc"][0] == "method"))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "union_tag_invalid":
-            msg = "unknown method; expected one of scs, prune, tas"
+            msg = f"unknown method; expected one of {', '.join(METHOD_NAMES)}"
         parts.append(f"{loc or '<recipe>'}: {msg}" + (f", got {err['input']!r}" if err["type"].endswith(
             ("_type", "_parsing", "literal_error", "greater_than", "less_than", "greater_than_equal",
              "less_than_equal")) else ""))

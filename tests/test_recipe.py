@@ -39,7 +39,7 @@ def test_round_trip_and_overrides(tmp_path):
     ({"budget": {"flops": 0.5, "params": 0.5}}, "set exactly one"),
     ({"search": {"epochz": 3}}, "search.epochz: unknown key"),
     ({"method": {"name": "scs", "lamda1_base": 1}}, "method.lamda1_base: unknown key"),
-    ({"method": {"name": "magic"}}, "method: unknown method; expected one of scs, prune, tas"),
+    ({"method": {"name": "magic"}}, "method: unknown method; expected one of scs, prune, tas, grow"),
     ({"data": {"batch_size": "big"}}, "data.batch_size: Input should be a valid integer"),
     ({"version": 2}, "version: this compressor reads recipe version 1"),
 ], ids=["zero", "one", "both", "unknown-key", "unknown-method-key", "unknown-method", "type", "version"])
@@ -69,3 +69,11 @@ def test_grow_builtin_carries_the_paper_schedule():
     assert r.model == "cifar_wrn28_10" and r.method.name == "grow" and r.method.target == "model"
     assert r.search.epochs == 400 and r.method.second_seed == 0.5 and r.finetune.epochs == 40   # 200 + 200 + 40
     assert r.method.new_coefficients == "orthogonal" and r.finetune.lr == 1e-4
+
+
+def test_load_recipe_leaves_the_callers_dicts_alone():
+    # tools build many recipes from one dict of common overrides; a dotted key used to write into it
+    common = {"method": {"name": "grow"}}
+    load_recipe("default", {**common, "method.fusion": False})
+    assert common == {"method": {"name": "grow"}}
+    assert load_recipe("default", common).method.fusion is True
