@@ -15,7 +15,6 @@ table of test accuracy and fvcore FLOPs fraction, and writes every run to CSV.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,11 @@ from compressor import compress, load_recipe
 from compressor.api import _build, _datasets
 from compressor.recipe import method_override
 from compressor.train import Trainer
+
+try:  # as part of the tools package (tests) or as a script (python tools/X.py)
+    from tools._bench import mean_std, parse_overrides, write_csv
+except ModuleNotFoundError:
+    from _bench import mean_std, parse_overrides, write_csv
 
 
 def base_weights(model: str, recipe, seed: int, directory: Path) -> tuple[Path, float]:
@@ -47,9 +51,7 @@ def parse_variant(spec: str) -> tuple[str, str, dict]:
     """``scs``, ``scs:temperature=global,layers=false`` or ``prune:distill.teacher=original`` ->
     (label, method, overrides); a key without a dot is a key of the method's section."""
     method, _, rest = spec.partition(":")
-    overrides = {(k if "." in k else f"method.{k}"): yaml.safe_load(v)
-                 for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
-    return spec, method, overrides
+    return spec, method, parse_overrides(rest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,19 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                                "seconds": round(time.perf_counter() - t0, 1)}
                         rows.append(row)
                         print(row, flush=True)
-    with open(args.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.csv, rows)
     print("\n| model | budget | variant | test accuracy (mean ± std) | FLOPs kept (fvcore) | seeds |")
     print("|---|---:|---|---:|---:|---:|")
     keys = sorted({(r["model"], r["budget"], r["variant"]) for r in rows}, key=lambda k: (k[0], -k[1], k[2]))
     for model, budget, variant in keys:
         sel = [r for r in rows if (r["model"], r["budget"], r["variant"]) == (model, budget, variant)]
-        accs = [100 * r["test_acc"] for r in sel]
-        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         flops = statistics.mean(r["flops_fraction_fvcore"] for r in sel)
-        print(f"| {model} | {budget:g} | {variant} | {statistics.mean(accs):.2f} ± {std:.2f} | {flops:.3f} | {len(sel)} |")
+        print(f"| {model} | {budget:g} | {variant} | {mean_std([100 * r['test_acc'] for r in sel])} | {flops:.3f} "
+              f"| {len(sel)} |")
     originals = {(r["model"], r["seed"]): r["original_acc"] for r in rows}
     for model in args.models.split(","):
         accs = [100 * a for (m, _), a in originals.items() if m == model]

@@ -13,7 +13,6 @@ wall-clock and counted training FLOPs (grow / scratch) and writes every run to C
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import tempfile
@@ -24,12 +23,15 @@ import yaml
 
 from compressor import compress, load_recipe
 
+try:  # as part of the tools package (tests) or as a script (python tools/X.py)
+    from tools._bench import mean_std, parse_overrides, write_csv
+except ModuleNotFoundError:
+    from _bench import mean_std, parse_overrides, write_csv
+
 
 def parse_variant(spec: str) -> tuple[str, dict]:
     """``grow`` or ``grow:fusion=false,new_coefficients=random`` -> (label, method overrides)."""
-    _, _, rest = spec.partition(":")
-    return spec, {(k if "." in k else f"method.{k}"): yaml.safe_load(v)
-                  for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
+    return spec, parse_overrides(spec.partition(":")[2])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,21 +72,15 @@ def main(argv: list[str] | None = None) -> int:
                            "seconds": round(time.perf_counter() - t0, 1)}
                     rows.append(row)
                     print(row, flush=True)
-    with open(args.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.csv, rows)
     print("\n| model | variant | grow test acc | val acc right after growth | scratch test acc | "
           "wall-clock grow/scratch | training FLOPs grow/scratch | target FLOPs (fvcore) | seeds |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for model, variant in dict.fromkeys((r["model"], r["variant"]) for r in rows):
         sel = [r for r in rows if (r["model"], r["variant"]) == (model, variant)]
 
-        def ms(key, scale=1.0, digits=2):
-            v = [scale * r[key] for r in sel if r[key] != ""]
-            if not v:
-                return "-"
-            return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.{digits}f}"
+        def ms(key, scale=1.0, digits=2, sel=sel):
+            return mean_std([scale * r[key] for r in sel if r[key] != ""], digits)
 
         print(f"| {model} | {variant} | {ms('grow_acc', 100)} | {ms('val_top1_after_growth', 100, 1)} | "
               f"{ms('scratch_acc', 100)} | {ms('wall_clock_ratio')} | {ms('training_flops_ratio', 1, 3)} | "

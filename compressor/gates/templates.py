@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["TemplateMixture", "attach_templates", "materialize_templates", "mixture_of", "orthogonal_rows"]
+__all__ = ["TemplateMixture", "attach_templates", "materialize_templates", "mixable_weights", "mixture_of",
+           "orthogonal_rows"]
 
 
 class TemplateMixture(nn.Module):
@@ -55,6 +56,16 @@ def orthogonal_rows(rows: int, k: int, generator: torch.Generator | None = None)
     return q[:rows, :k].float()
 
 
+def mixable_weights(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(weight name, module)`` of every plain conv and linear weight: what can become a mixture."""
+    out = []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and not parametrize.is_parametrized(module) \
+                and isinstance(module._parameters.get("weight"), nn.Parameter):
+            out.append((f"{mod_name}.weight" if mod_name else "weight", module))
+    return out
+
+
 def attach_templates(model: nn.Module, coefficients: dict[str, torch.Tensor] | None = None, *,
                      num_templates: int = 2, generator: torch.Generator | None = None) -> list[str]:
     """Make every conv and linear weight of ``model`` a mixture of ``num_templates`` templates, in
@@ -64,12 +75,7 @@ def attach_templates(model: nn.Module, coefficients: dict[str, torch.Tensor] | N
     if num_templates < 2:
         raise ValueError(f"a template mixture needs at least 2 templates, got {num_templates}")
     done = []
-    for mod_name, module in list(model.named_modules()):
-        if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or parametrize.is_parametrized(module):
-            continue
-        if not isinstance(module._parameters.get("weight"), nn.Parameter):
-            continue
-        name = f"{mod_name}.weight" if mod_name else "weight"
+    for name, module in mixable_weights(model):
         a = coefficients.get(name) if coefficients else None
         if a is None:
             a = orthogonal_rows(1, num_templates, generator)[0]

@@ -26,7 +26,13 @@ from ..decision import Decision
 from ..export.grow import grow_model, growth_gap, seed_model, shared_groups, split_halves
 from ..export.slice import slice_model
 from ..frontend import trace
-from ..gates.templates import attach_templates, growth_fill, materialize_templates, orthogonal_rows
+from ..gates.templates import (
+    attach_templates,
+    growth_fill,
+    materialize_templates,
+    mixable_weights,
+    orthogonal_rows,
+)
 from ..recipe import GrowConfig
 from ..space import Space
 from .base import Method, SearchContext, register_method
@@ -55,7 +61,7 @@ class GrowMethod(Method):
         halves = split_halves(tspace)
         gen = torch.Generator().manual_seed(ctx.seed)
         seeds = [seed_model(target, tspace, halves) for _ in range(2 if cfg.fusion else 1)]
-        names = [n for n, _ in _mixable(seeds[0])]
+        names = [n for n, _ in mixable_weights(seeds[0])]
         rows = {n: orthogonal_rows(4, cfg.templates, gen) for n in names}
         epochs = _seed_epochs(epochs_cfg.epochs, cfg)
         history, evals = [], {}
@@ -181,12 +187,6 @@ def _seed_epochs(total: int, cfg: GrowConfig) -> list[int]:
         return [total]
     b = min(total - 1, max(1, round(total * cfg.second_seed)))
     return [total - b, b]
-
-
-def _mixable(model: nn.Module):
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(m._parameters.get("weight"), nn.Parameter):
-            yield (f"{name}.weight" if name else "weight"), m
 
 
 def _reinitialise(model: nn.Module, seed: int) -> None:

@@ -1,0 +1,28 @@
+"""What the benchmark tools share: variant specs, CSV output and mean ± std cells."""
+from __future__ import annotations
+
+import csv
+import statistics
+
+import yaml
+
+
+def parse_overrides(rest: str) -> dict:
+    """``key=value,key=value`` -> recipe overrides; a key without a dot is a key of the method's section."""
+    return {(k if "." in k else f"method.{k}"): yaml.safe_load(v)
+            for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def mean_std(values: list[float], digits: int = 2) -> str:
+    """``mean ± sample std`` (std 0 for one value), ``-`` for none."""
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
