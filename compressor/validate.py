@@ -126,7 +126,7 @@ def check_gates_at_one(model: nn.Module, space, example_inputs: tuple) -> None:
         diff = float((y1 - y0).abs().max()) if y1.shape == y0.shape else float("inf")
         return None if diff <= tol else f"output changes by {diff:.1e} with every gate at 1"
 
-    params = sorted({name for name, _, _ in space.gate_sites})
+    params = sorted({name for name, _, _ in space.gate_sites} | {name for name, _, _, _ in space.norm_sites})
     owners = sorted({b.owner for b in space.blocks})
     if changed(params, owners) is None:
         return
@@ -135,7 +135,8 @@ def check_gates_at_one(model: nn.Module, space, example_inputs: tuple) -> None:
                              for b in space.blocks if b.owner == owner})
     group_of = space.unit_group()
     for param, err in _bisect(params, lambda s: changed(s, [])):
-        units = np.concatenate([u[u >= 0] for n, _, u in space.gate_sites if n == param])
+        units = np.concatenate([u[u >= 0] for n, _, u in space.gate_sites if n == param]
+                               + [u[u >= 0] for n, _, u, _ in space.norm_sites if n == param])
         for gi in np.unique(group_of[units]).tolist():
             g = space.groups[gi]
             if g.prunable:

@@ -67,10 +67,12 @@ def _pinned(space: Space, group: str) -> list[int]:
 def split_halves(space: Space) -> Halves:
     """First half of every prunable group's free units for seed A, second half for seed B.
 
-    Raises GrowError when no group can be split (nothing would grow)."""
+    Groups normalised over their channels (LayerNorm...) are not split: the grown statistics
+    would mix both seeds' channels.  Raises GrowError when no group can be split."""
     a, b, dropped = {}, {}, {}
+    normalised = normalised_groups(space)
     for g in space.groups:
-        if not g.prunable:
+        if not g.prunable or g.name in normalised:
             continue
         free = np.flatnonzero(~g.pinned).tolist()
         half = len(free) // 2
@@ -180,6 +182,8 @@ def _units_along(name, ps, d):
         return ps.dims[d]
     if ps.dense is None:
         return None
+    if (ps.dense == ps.dense.take([0], axis=d)).all():  # the units do not change along d
+        return None
     other = tuple(i for i in range(ps.dense.ndim) if i != d)
     first = ps.dense.min(axis=other) if other else ps.dense
     last = ps.dense.max(axis=other) if other else ps.dense
@@ -286,10 +290,22 @@ def shared_groups(space: Space, halves: Halves) -> dict[str, str]:
     class outputs, with the reason: where they exist, the grown model cannot be the sum of its
     seeds (both seeds' layers write into one set of channels)."""
     out = {}
+    normalised = normalised_groups(space)
     for g in space.groups:
         if g.name in halves.a or g.pinned.all():
             continue
-        out[g.name] = g.frozen or "fewer than two free units"
+        out[g.name] = g.frozen or normalised.get(g.name) or "fewer than two free units"
+    return out
+
+
+def normalised_groups(space: Space) -> dict[str, str]:
+    """Groups some normalisation computes statistics over (LayerNorm, GroupNorm, RMSNorm), with
+    the reason: pruning them is exact, growing them is not (the statistics would mix the seeds)."""
+    group_of = space.unit_group()
+    out = {}
+    for name, kind, units, _ in space.norm_sites:
+        for gi in np.unique(group_of[units[units >= 0]]).tolist():
+            out.setdefault(space.groups[gi].name, f"normalised over its channels by {kind} ({name})")
     return out
 
 

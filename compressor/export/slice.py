@@ -200,4 +200,8 @@ def _refresh(module: nn.Module, old_shapes: dict[str, tuple]) -> None:
     elif isinstance(module, nn.LayerNorm) and w is not None:
         module.normalized_shape = tuple(w.shape)
     elif isinstance(module, nn.GroupNorm) and w is not None:
+        if module.num_groups == module.num_channels:  # one channel per group: groups go with them
+            module.num_groups = w.shape[0]
         module.num_channels = w.shape[0]
+    elif isinstance(module, nn.RMSNorm) and w is not None:
+        module.normalized_shape = tuple(w.shape)

@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 from ..space import Space
 from ..space.blocks import trace_owner
 from .modules import ChannelMask, ChannelMix, DepthGate, GateValues
+from .norms import NormMask
 
 
 class Gates:
@@ -57,6 +58,8 @@ def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = No
     """Gate ``model`` in place (owners of residual blocks become fx GraphModules with a
     :class:`DepthGate` on each branch; consumer weights get a :class:`ChannelMask`).  A weight
     whose gated units are all frozen or pinned gets no mask (its gates could only ever be 1).
+    The weights of normalisations over channels get a :class:`NormMask` (statistics over kept
+    channels).
     ``params``/``owners`` restrict the gates to those weights / block owners (for checks).
 
     Returns the :class:`Gates` handle; use ``gates.model`` (the root itself may be replaced when
@@ -104,7 +107,24 @@ def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = No
                 gates._hooks.append(module.register_forward_pre_hook(ChannelMix(gates.values, ix, dim)))
             else:
                 gates.mixable[u[u >= 0]] = False
+    for name, idx, groups in norm_masks(space, params):
+        mod_name, _, attr = name.rpartition(".")
+        module = gates.model.get_submodule(mod_name)
+        parametrize.register_parametrization(module, attr, NormMask(gates.values, idx, groups))
+        gates._parametrized.append((module, attr))
     return gates
+
+
+def norm_masks(space: Space, params: set[str] | None = None) -> list[tuple[str, torch.Tensor, int]]:
+    """``(weight name, unit index per channel, groups)`` of every normalisation over channels
+    that a decision can change (one per weight; ``space.num_units`` marks a channel of no unit)."""
+    free = space.prunable_mask()
+    done: dict[str, tuple[str, torch.Tensor, int]] = {}
+    for name, _, units, groups in space.norm_sites:
+        if name in done or (params is not None and name not in params) or not free[units[units >= 0]].any():
+            continue
+        done[name] = (name, torch.from_numpy(np.where(units >= 0, units, space.num_units)), groups)
+    return list(done.values())
 
 
 def is_contracting(module: nn.Module, dim: int) -> bool:

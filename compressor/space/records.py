@@ -33,6 +33,19 @@ class GateSite:
 
 
 @dataclass
+class NormSite:
+    """A normalisation over channels whose affine weight is ``name``: ``kind`` is
+    ``layer_norm``/``group_norm``/``rms_norm``; ``atoms`` gives the channel of every weight position;
+    ``groups`` is GroupNorm's group count (1 otherwise).  The gated model computes its statistics
+    over kept channels only (:mod:`compressor.gates.norms`), which is what the sliced model does."""
+
+    name: str
+    kind: str
+    atoms: np.ndarray
+    groups: int = 1
+
+
+@dataclass
 class CostTerm:
     """``coef * prod(sum of keep(atom) over each factor)``; an atom of -1 always counts as kept.
 

@@ -65,7 +65,8 @@ class Space:
     """
 
     def __init__(self, groups, blocks, param_slices, gate_sites, flops_terms, param_terms,
-                 unit_of_atom, input_shapes, skipped_owners, trace_seconds, reshapes=(), splits=()):
+                 unit_of_atom, input_shapes, skipped_owners, trace_seconds, reshapes=(), splits=(),
+                 norm_sites=()):
         self.groups: list[ChannelGroup] = groups
         self.blocks: list[ResidualBlock] = blocks
         self.param_slices: dict[str, ParamSlice] = param_slices
@@ -78,6 +79,8 @@ class Space:
         self.trace_seconds = trace_seconds
         self.reshapes: list[ReshapeSite] = list(reshapes)
         self.splits: list[SplitSite] = list(splits)
+        # normalisations over channels: (weight name, kind, unit per channel, groups)
+        self.norm_sites: list[tuple[str, str, np.ndarray, int]] = list(norm_sites)
         self.dropped_blocks: dict[str, str] = {}
         self.num_units = sum(g.size for g in groups)
         self._cost = None
@@ -227,6 +230,14 @@ def build_space(model: nn.Module, example_inputs: tuple | torch.Tensor, *, block
             seen_sites.add(key)
             gate_sites.append((gs.name, gs.dim, units))
 
+    norm_sites, seen_norms = [], set()
+    for ns in tr.norm_sites:
+        units = to_units(ns.atoms)
+        key = (ns.name, units.tobytes())
+        if key not in seen_norms:
+            seen_norms.add(key)
+            norm_sites.append((ns.name, ns.kind, units, ns.groups))
+
     space_blocks: list[ResidualBlock] = []
     skipped: dict[str, str] = {}
     if blocks:
@@ -238,7 +249,7 @@ def build_space(model: nn.Module, example_inputs: tuple | torch.Tensor, *, block
     reshapes = [ReshapeSite(r.module, r.shape, r.varying, to_units(r.atoms), r.module_type) for r in tr.reshapes]
     space = Space(groups, space_blocks, param_slices, gate_sites, flops_terms, param_terms,
                   unit_of_atom, [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
-                  skipped, time.perf_counter() - t0, reshapes, splits)
+                  skipped, time.perf_counter() - t0, reshapes, splits, norm_sites)
     group_of = space.unit_group()
     assign_stages(space.blocks, {name: {int(group_of[u]) for d in ps.dims.values() for u in d if u >= 0}
                                  for name, ps in param_slices.items()})

@@ -18,7 +18,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import one_line
 from .dsu import DisjointSets
-from .records import CostTerm, DenseParam, GateSite, Merge, ParamDim, Producer, ReshapeSite, SplitSite
+from .records import CostTerm, DenseParam, GateSite, Merge, NormSite, ParamDim, Producer, ReshapeSite, SplitSite
 
 
 class TraceError(RuntimeError):
@@ -47,6 +47,7 @@ class Trace:
         self._layouts: dict[tuple[str, int], np.ndarray] = {}  # first layout of each parameter dim
         self.dense_params: dict[str, DenseParam] = {}
         self.gate_sites: list[GateSite] = []
+        self.norm_sites: list[NormSite] = []
         self.costs: list[CostTerm] = []
         self.producers: list[Producer] = []
         self.merges: list[Merge] = []
@@ -57,6 +58,7 @@ class Trace:
         self.box_pinned: list[np.ndarray] = []
         self.op_count = 0
         self.functions: list[str] = []  # torch-level functions being run (outermost first)
+        self.norm_depth = 0  # > 0 inside a normalisation whose statistics the gates will mask
 
     # -- where we are -------------------------------------------------------------------------
     @property
@@ -211,6 +213,11 @@ class Trace:
         if name is not None:
             self.gate_sites.append(GateSite(name, dim, np.asarray(atoms, dtype=np.int64)))
 
+    def norm_site(self, t: Any, kind: str, atoms: np.ndarray, groups: int = 1) -> None:
+        name = self.param_name(t)
+        if name is not None:
+            self.norm_sites.append(NormSite(name, kind, np.asarray(atoms, dtype=np.int64), groups))
+
     def cost(self, op: str, coef: float, *factors: np.ndarray | torch.Tensor) -> None:
         packed = []
         for f in factors:
@@ -261,11 +268,33 @@ class FunctionMode(TorchFunctionMode):
         self.trace = trace
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.trace.functions.append(getattr(func, "__name__", ""))
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        tr = self.trace
+        site = _rms_norm_site(tr, name, args, kwargs)
+        tr.functions.append(name)
+        tr.norm_depth += site is not None
         try:
-            return func(*args, **(kwargs or {}))
+            out = func(*args, **kwargs)
         finally:
-            self.trace.functions.pop()
+            tr.functions.pop()
+            tr.norm_depth -= site is not None
+        if site is not None:
+            x, weight = site
+            tr.norm_site(weight, "rms_norm", tr.vector(tr.label(x), x.dim() - 1, name))
+        return out
+
+
+def _rms_norm_site(tr: Trace, name: str, args: tuple, kwargs: dict) -> tuple | None:
+    """``(input, weight)`` of an ``rms_norm`` call over the last dim with a traced weight: it
+    decomposes before dispatch, so its mean over channels is not a join (see ``norm_depth``)."""
+    if name != "rms_norm" or not args:
+        return None
+    shape = kwargs.get("normalized_shape", args[1] if len(args) > 1 else None)
+    weight = kwargs.get("weight", args[2] if len(args) > 2 else None)
+    if shape is None or len(shape) != 1 or tr.param_name(weight) is None:
+        return None
+    return args[0], weight
 
 
 def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Rule]) -> tuple[Trace, Any]:

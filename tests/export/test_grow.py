@@ -66,7 +66,7 @@ def test_odd_groups_drop_a_unit_and_layernorm_streams_are_named_as_the_limit():
     grown = grow_model(target, space, halves, seed_a, seed_b)
     assert grown.blocks[0].attn.num_heads == 2 and grown(x).shape == (2, 10)
     shared = shared_groups(space, halves)
-    assert "norm" in shared["patch_embed.proj"]   # the embedding stream is one LayerNorm'd group
+    assert "layer_norm" in shared["patch_embed.proj"]   # statistics over both seeds' channels
     assert growth_gap(target, space, halves, seed_a, seed_b, x) > 1e-2
 
 

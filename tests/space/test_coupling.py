@@ -213,9 +213,11 @@ def test_flatten_linear_cuts_every_spatial_position_of_a_channel():
 
 def test_attention_layer():
     space, d, sliced, ys, yg = round_trip(Attention(), torch.randn(2, 3, 8, 8))
-    # The residual stream feeds a LayerNorm: its channels cannot be removed one by one.
+    # The residual stream feeds a LayerNorm: the gated model computes its statistics over the
+    # kept channels, so its channels go one by one, like the sliced model's.
     stream = _groups_with(space, "embed.weight")[0]
-    assert not stream.prunable and "layer_norm" in stream.frozen
+    assert stream.prunable and stream.size == 24
+    assert sliced.norm.normalized_shape == (len(d.groups[stream.name]),) < (24,)
     # Free parameters (class token, positions, layer scale) join the stream's channels.
     assert {"cls", "pos", "gamma"} <= set(stream.producers)
     # The MLP hidden layer is free to shrink.

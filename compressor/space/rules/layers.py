@@ -76,7 +76,19 @@ def _channel_labels(atoms: np.ndarray, shape: torch.Size) -> torch.Tensor:
 
 
 def _linear(tr: Trace, func, x: torch.Tensor, w: torch.Tensor, w_in_dim: int, bias, out) -> None:
-    lin = tr.vector(tr.label(x), x.dim() - 1, str(func))
+    lab = tr.label(x)
+    rows = lab.reshape(-1, lab.shape[-1]) if lab.dim() else lab.reshape(1, 1)
+    first = rows[:, :1]
+    if rows.shape[1] > 1 and bool((rows == first).all()) and bool((first >= 0).any()) \
+            and not bool((first == first[0]).all()):
+        # The contracted dim carries no channels, the rows do (Mixer's token MLP runs over the
+        # tokens of each channel): every row keeps its channel, and this layer's own dims stay
+        # whole (one label per element cannot hold both).
+        out_lab = first.reshape(*lab.shape[:-1], 1).expand(tuple(out.shape)).contiguous()
+        tr.cost("linear", 1.0, out_lab, np.full(rows.shape[1], -1))
+        tr.set_label(out, out_lab)
+        return
+    lin = tr.vector(lab, x.dim() - 1, str(func))
     n_out = out.shape[-1]
     o_atoms = tr.fresh(n_out, tr.param_name(w))
     tr.param_dim(w, 1 - w_in_dim, o_atoms)
@@ -170,16 +182,58 @@ def _norm_over(tr: Trace, func, x: torch.Tensor, dims: list[int], params: tuple,
     tr.cost(func.__name__.split(".")[0].replace("native_", ""), coef, out_lab)
 
 
+def _masked_norm(tr: Trace, func, kind: str, x: torch.Tensor, dim: int, groups: int, params: tuple,
+                 out, coef: float) -> None:
+    """A normalisation over the channels along ``dim`` (in ``groups`` equal groups) whose affine
+    weight is a traced parameter.  The channels stay apart: the gated model computes the
+    statistics over kept channels only (a norm site, :mod:`compressor.gates.norms`), which is what
+    the sliced model computes.  With several groups of several channels, position i of every group
+    is one unit, so each group keeps the same positions and ``num_groups`` stays."""
+    op = str(func)
+    vec = tr.vector(tr.label(x), dim, op)
+    if 1 < groups < len(vec):
+        tr.reduce_rows(vec.reshape(groups, -1).T.copy(), op)
+    for p in params:
+        if isinstance(p, torch.Tensor):
+            if tr.param_name(p) is not None:
+                tr.param_dim(p, 0, vec)
+            else:
+                tr.ds.union(vec, tr.vector(tr.label(p), 0, op))
+    vec = np.where(vec >= 0, tr.ds.find(np.maximum(vec, 0)), -1)
+    view = [1] * x.dim()
+    view[dim] = -1
+    out_lab = torch.from_numpy(vec).reshape(view).expand(tuple(x.shape)).contiguous()
+    tr.set_label(_outputs(out)[0], out_lab)
+    if groups < len(vec):  # one channel per group: statistics never mix channels
+        tr.norm_site(params[0], kind, vec, groups)
+    tr.cost(kind, coef, out_lab)
+
+
+def _traced(tr: Trace, p) -> bool:
+    return isinstance(p, torch.Tensor) and tr.param_name(p) is not None
+
+
 @register(aten.native_layer_norm, aten.layer_norm)
 def layer_norm_rule(tr: Trace, func, args, kwargs, out) -> None:
     x, shape = args[0], list(args[1])
-    affine = isinstance(args[2], torch.Tensor)
-    _norm_over(tr, func, x, list(range(x.dim() - len(shape), x.dim())), args[2:4], out, 5.0 if affine else 4.0)
+    weight = args[2] if len(args) > 2 else kwargs.get("weight")
+    bias = args[3] if len(args) > 3 else kwargs.get("bias")
+    coef = 5.0 if isinstance(weight, torch.Tensor) else 4.0
+    if len(shape) == 1 and _traced(tr, weight):
+        return _masked_norm(tr, func, "layer_norm", x, x.dim() - 1, 1, (weight, bias), out, coef)
+    _norm_over(tr, func, x, list(range(x.dim() - len(shape), x.dim())), (weight, bias), out, coef)
 
 
 @register(aten.native_group_norm, aten.group_norm)
 def group_norm_rule(tr: Trace, func, args, kwargs, out) -> None:
     x = args[0]
-    affine = isinstance(args[1], torch.Tensor)
-    _norm_over(tr, func, x, list(range(1, x.dim())), args[1:3], out, 5.0 if affine else 4.0)
-
+    if func.overloadpacket is aten.native_group_norm:
+        weight, bias, groups = args[1], args[2], int(args[6])
+    else:
+        groups = int(args[1])
+        weight = args[2] if len(args) > 2 else kwargs.get("weight")
+        bias = args[3] if len(args) > 3 else kwargs.get("bias")
+    coef = 5.0 if isinstance(weight, torch.Tensor) else 4.0
+    if _traced(tr, weight) and x.dim() >= 2:
+        return _masked_norm(tr, func, "group_norm", x, 1, groups, (weight, bias), out, coef)
+    _norm_over(tr, func, x, list(range(1, x.dim())), (weight, bias), out, coef)

@@ -8,7 +8,7 @@ import torch
 
 from ..tracer import Trace
 
-from .base import _outputs, aten, register
+from .base import _outputs, aten, merge_rule, register
 
 # t/transpose/permute are registered in layers.py: F.linear reaches us as t(weight).
 _MOVES = [
@@ -84,6 +84,17 @@ def identity_rule(tr: Trace, func, args, kwargs, out) -> None:
     for o in _outputs(out):
         if tuple(o.shape) == tuple(lab.shape):
             tr.set_label(o, lab)
+
+
+@register(aten.as_strided_)
+def restride_rule(tr: Trace, func, args, kwargs, out) -> None:
+    """``as_strided_`` to the tensor's own shape is how kernels give an output the memory format
+    of their input (``mean`` over a channels-last tensor): the channels do not move."""
+    x = args[0]
+    if tuple(args[1]) == tuple(x.shape):
+        tr.set_label(out, tr.label(x))
+    else:
+        merge_rule(tr, func, args, kwargs, out)
 
 
 @register(aten.copy_)

@@ -36,6 +36,10 @@ def _dims_arg(args, kwargs, pos: int, nd: int) -> list[int]:
           aten.argmax, aten.argmin, aten.all, aten.any)
 def reduce_rule(tr: Trace, func, args, kwargs, out) -> None:
     x = args[0]
+    if tr.norm_depth:  # the statistics of a masked norm: per row, they carry no channel
+        for o in _outputs(out):
+            tr.set_label(o, torch.full(tuple(o.shape), -1, dtype=torch.int64))
+        return
     lab = tr.label(x)
     if func.__name__ in ("norm",) or func.__name__.startswith("linalg_vector_norm"):
         pos = 2
