@@ -18,7 +18,17 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import one_line
 from .dsu import DisjointSets
-from .records import CostTerm, DenseParam, GateSite, Merge, NormSite, ParamDim, Producer, ReshapeSite, SplitSite
+from .records import (
+    CostTerm,
+    DenseParam,
+    GateSite,
+    Merge,
+    NormSite,
+    ParamDim,
+    Producer,
+    ReshapeSite,
+    SplitSite,
+)
 
 
 class TraceError(RuntimeError):

@@ -92,7 +92,7 @@ def test_sliced_norm_equals_gated_norm(name, seed):
 
 
 def test_group_norm_keeps_the_same_positions_in_every_group():
-    space, d, sliced, ys, yg = round_trip(NormNet(nn.GroupNorm(4, 16)), torch.randn(2, 3, 8, 8))
+    space, d, sliced, _, _ = round_trip(NormNet(nn.GroupNorm(4, 16)), torch.randn(2, 3, 8, 8))
     stream = _stream(space)
     assert stream.size == 4 and int(stream.channels[0]) == 4   # position i of each of 4 groups
     assert sliced.norm.num_groups == 4 and sliced.norm.num_channels == 4 * len(d.groups[stream.name])
