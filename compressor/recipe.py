@@ -112,6 +112,9 @@ class ScsConfig(_Strict):
     logit_lr: float = Field(0.1, gt=0, description="SGD learning rate of the gate logits.")
     logit_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of the gate logits.")
     logit_weight_decay: float = Field(1e-6, ge=0, description="Weight decay of the gate logits.")
+    sparse_epochs: bool = Field(False, description="Train only the units the epoch's draw switched on (the "
+                                "sliced active network, weights written back after the epoch): a sparse "
+                                "epoch costs less wall-clock. Off: the whole network runs with zeros in it.")
 
     @property
     def lambda1(self) -> float:

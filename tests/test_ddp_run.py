@@ -1,4 +1,5 @@
-"""Two processes under torchrun (gloo on CPU) run a one-epoch search and produce a valid decision."""
+"""Two processes under torchrun (gloo on CPU) run a one-epoch search and produce a valid decision
+(scs with sparse epochs, tas with voting teachers)."""
 import json
 import os
 import subprocess
@@ -23,6 +24,8 @@ recipe = {**TINY_RECIPE, "base": {"epochs": 0}, "search": {"epochs": 1}, "finetu
           "budget": {"flops": 0.6}}
 if sys.argv[2] == "tas":  # architecture gradients and voting teachers are all-reduced
     recipe["method"] = {"name": "tas", "self_distill": {"enabled": True, "warmup": 0.0}}
+else:  # scs on the sliced active network: each process wraps the epoch's part in DDP
+    recipe["method"] = {"name": "scs", "sparse_epochs": True, "init_logit": 0.5}
 compressor.compress(TinyNet(), recipe, out=sys.argv[1])
 dist.destroy_process_group()
 """

@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from tools import accuracy, grow_cost, latency, overhead
+from tools import accuracy, grow_cost, latency, overhead, sparse_epochs
 
 
 def test_latency_rows():
@@ -49,3 +49,12 @@ def test_overhead_rows(tmp_path, method):
     assert float(row["plain_ms"]) > 0 and float(row["gated_ms"]) > 0
     assert float(row["plain_peak_mib"]) > 0 and float(row["gated_peak_mib"]) > 0
     assert abs(float(row["time_ratio"]) - float(row["gated_ms"]) / float(row["plain_ms"])) < 0.01
+
+
+def test_sparse_epoch_rows(tmp_path):
+    out = tmp_path / "sparse.csv"
+    sparse_epochs.main(["--models", "cifar_resnet20", "--size", "16", "--batch", "16", "--samples", "64",
+                        "--shares", "0.5", "--repeats", "1", "--csv", str(out)])
+    (row,) = list(csv.DictReader(out.open()))
+    assert float(row["plain_s"]) > 0 and float(row["whole_s"]) > 0 and float(row["sliced_s"]) > 0
+    assert float(row["sliced_over_whole"]) == pytest.approx(float(row["sliced_s"]) / float(row["whole_s"]), rel=0.02)

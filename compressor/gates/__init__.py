@@ -1,7 +1,7 @@
 """Channel and depth gates over a traced :class:`~compressor.space.Space`."""
 from .attach import Gates, attach_gates
-from .controlled import ControlledModel, GateController
+from .controlled import ControlledModel, GateController, PartController
 from .modules import ChannelMask, DepthGate, GateValues
 
 __all__ = ["ChannelMask", "ControlledModel", "DepthGate", "GateController", "GateValues", "Gates",
-           "attach_gates"]
+           "PartController", "attach_gates"]

@@ -43,3 +43,20 @@ class ControlledModel(nn.Module):
         self.gates.model = self.net
         self.gates.values.mix = None
         return self.gates.remove()
+
+
+class PartController(GateController):
+    """The gate values of a sub-network (:func:`~compressor.export.subnet.sub_network`): those of
+    ``whole``'s units that the part kept (``units[i]`` = whole unit of part unit i); blocks as is."""
+
+    def __init__(self, whole: GateController, units: torch.Tensor) -> None:
+        super().__init__()
+        self.whole = whole
+        self.register_buffer("units", units.long(), persistent=False)
+
+    def forward(self) -> tuple:
+        values = self.whole()
+        if len(values) > 2 and values[2] is not None:
+            raise NotImplementedError("a unit mix cannot be restricted to a sub-network")
+        units = values[0][self.units.to(values[0].device)] if values[0] is not None else None
+        return units, values[1]

@@ -25,6 +25,7 @@ switched on for the first time gets fresh random weights (normal with its tensor
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -34,9 +35,11 @@ from torch.nn.utils import parametrize
 
 from ..budget import fit_to_budget
 from ..decision import Decision
-from ..gates import ControlledModel, GateController, attach_gates
+from ..export.subnet import sub_network
+from ..gates import ControlledModel, GateController, PartController, attach_gates
 from ..recipe import ScsConfig
 from ..space import Space
+from ..train.part import EpochNetwork
 from .base import Method, SearchContext, register_method
 
 
@@ -113,6 +116,12 @@ class ScsMethod(Method):
         self.net: nn.Module | None = None
         self.init_std: dict[str, float] = {}
         self.steps = 0
+        self.plain: nn.Module | None = None  # gate-free copy of the network (sparse epochs)
+
+    @property
+    def trains_original(self) -> bool:  # type: ignore[override]
+        """Grow mode starts from one unit per group and fresh weights: no trained original."""
+        return self.config.mode != "grow"
 
     # -- the algorithm ---------------------------------------------------------------------------
     def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
@@ -134,6 +143,40 @@ class ScsMethod(Method):
         du = (1 - self.budget.target) - (1 - kept)
         self.lambda1, self.lambda2 = self.config.lambda1 * du, self.config.lambda2_base * du
         return kept
+
+    def epoch_network(self, model: nn.Module) -> EpochNetwork | None:  # noqa: ARG002
+        """Sparse epochs: the network sliced to the units this epoch's draw switched on (a group
+        whose draw is all off keeps its best unit, at gate value 0), gated like the whole one."""
+        if self.plain is None:
+            return None
+        keep = np.ones(self.space.num_units, dtype=bool)
+        free = self.logits.free.cpu().numpy()
+        keep[free] = self.logits.q_c.cpu().numpy() > 0
+        scores = self.logits.s_c.detach().cpu().numpy()
+        group_of = self.space.unit_group()
+        for gi, g in enumerate(self.space.groups):
+            if not keep[g.offset:g.offset + g.size].any():
+                mine = np.flatnonzero(group_of[free] == gi)
+                keep[free[mine[np.argmax(scores[mine])]]] = True
+        if keep.all():
+            return None
+        raw = {name: _raw_param(self.net, name) for name, _ in _tensors(self.plain)}
+        with torch.no_grad():
+            for name, t in _tensors(self.plain):
+                t.copy_(raw[name])
+        sub = sub_network(self.plain, self.space, keep)
+        gates = attach_gates(sub.module, sub.space)
+        part = ControlledModel(gates, PartController(self.logits, torch.from_numpy(sub.old_units)))
+        part_raw = {name: _raw_param(part.net, name) for name in raw}
+        pairs = [(raw[n], part_raw[n], lambda t, n=n: sub.gather(n, t), lambda w, p, n=n: sub.scatter(n, w, p))
+                 for n, p in self.plain.named_parameters() if p.requires_grad]
+        pairs += [(p, p, lambda t: t, lambda w, p_: w.copy_(p_)) for p in self.logits.parameters()]
+
+        def finish() -> None:
+            for name in raw:
+                sub.scatter(name, raw[name], part_raw[name])
+            part.release()
+        return EpochNetwork(part, pairs, finish)
 
     def extra_loss(self, model, outputs, targets, indices) -> torch.Tensor:  # noqa: ARG002
         interval = self.config.lambda_interval
@@ -165,6 +208,7 @@ class ScsMethod(Method):
                resume: bool = False) -> tuple[nn.Module, Decision, dict]:
         self.seed, self.budget = ctx.seed, ctx.budget
         self.init_std = {n: float(p.detach().float().std()) for n, p in model.named_parameters() if p.dim() > 1}
+        self.plain = copy.deepcopy(model).cpu() if self.config.sparse_epochs else None
         gates = attach_gates(model, self.space)
         self.logits = ScsLogits(self.space, self.config, epochs_cfg.epochs)
         controlled = ControlledModel(gates, self.logits)
@@ -218,6 +262,12 @@ class ScsMethod(Method):
                     shape[d] = len(idx)
                     fresh = torch.randn(shape, generator=g) * self.init_std[name]
                     tensor.index_copy_(d, idx, fresh.to(tensor.dtype).to(tensor.device))
+
+
+def _tensors(model: nn.Module):
+    """Every parameter and floating buffer of a plain model, by name."""
+    yield from model.named_parameters()
+    yield from ((n, b) for n, b in model.named_buffers() if b.is_floating_point())
 
 
 def _raw_param(net: nn.Module, name: str) -> torch.Tensor:

@@ -13,6 +13,8 @@ class TrainHooks:
     * ``param_groups()``: extra optimizer groups with their own settings (e.g. gate logits);
     * ``begin_epoch(epoch, epochs)``: per-epoch updates (sample masks, update penalties); returns
       metrics to log;
+    * ``epoch_network(model)``: optionally a smaller :class:`~compressor.train.part.EpochNetwork`
+      to train this epoch instead of ``model`` (scs: the units its draw switched on);
     * ``extra_loss(model, outputs, targets, indices)``: added to the task loss at every step
       (``indices``: the samples' positions in the training set);
     * ``arch_step(held_out, batch)``: when ``has_arch_step``, called before each weight step with a
@@ -28,6 +30,9 @@ class TrainHooks:
 
     def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:  # noqa: ARG002
         return {}
+
+    def epoch_network(self, model: nn.Module):  # noqa: ARG002
+        return None
 
     def extra_loss(self, model: nn.Module, outputs: torch.Tensor, targets: torch.Tensor,  # noqa: ARG002
                    indices: torch.Tensor) -> torch.Tensor | None:  # noqa: ARG002

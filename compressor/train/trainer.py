@@ -12,6 +12,7 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
@@ -27,6 +28,7 @@ from ..recipe import RunConfig, TrainConfig
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistEnv, resolve_device
 from .hooks import TrainHooks
+from .part import part_optimizer, return_state, sync_lr
 from .schedule import lr_factor
 
 CHECKPOINT_FORMAT = 1
@@ -232,8 +234,18 @@ class Trainer:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             extra = dict(hooks.begin_epoch(epoch, cfg.epochs))
+            part = hooks.epoch_network(model)
+            train_model, train_net, step_opt = model, net, opt
+            if part is not None:  # a smaller network stands in for the model this epoch
+                train_model = part.module.to(self.device)
+                if self.run.channels_last:
+                    to_channels_last(train_model)
+                step_opt = part_optimizer(opt, part)
+                train_net = nn.parallel.DistributedDataParallel(
+                    train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
+                    if self.dist.enabled else train_model
             loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
-            net.train()
+            train_net.train()
             loss_sum = correct = count = 0.0
             bar = tqdm(loader, total=steps, desc=f"{stage} {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=not (self.run.progress and self.dist.is_main), mininterval=1.0, dynamic_ncols=True)
@@ -245,18 +257,24 @@ class Trainer:
                 if held_out is not None:
                     hooks.arch_step(self._to_device(*next(held_out)), (x, y, idx))
                 with self.autocast():
-                    out = first_output(net(x))
+                    out = first_output(train_net(x))
                     loss = criterion(x, out, y) if criterion is not None else F.cross_entropy(out.float(), y)
-                    penalty = hooks.extra_loss(model, out, y, idx)
+                    penalty = hooks.extra_loss(train_model, out, y, idx)
                 total = loss if penalty is None else loss + penalty
-                opt.zero_grad(set_to_none=True)
+                step_opt.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 if cfg.grad_clip:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(opt)
+                    scaler.unscale_(step_opt)
+                    nn.utils.clip_grad_norm_(train_model.parameters(), cfg.grad_clip)
+                scaler.step(step_opt)
                 scaler.update()
-                sched.step()
+                if part is None:
+                    sched.step()
+                else:  # ``opt`` itself did not step: the scheduler's order warning does not apply
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                        sched.step()
+                    sync_lr(opt, step_opt)
                 if not torch.isfinite(loss.detach()):
                     raise FloatingPointError(f"{stage}: loss is {float(loss)} at epoch {epoch + 1}, step {step + 1}; "
                                              "lower the learning rate or turn on grad_clip")
@@ -268,6 +286,9 @@ class Trainer:
                 for cb in self.callbacks:
                     cb(stage, epoch, step)
             bar.close()
+            if part is not None:
+                return_state(opt, step_opt, part)
+                part.finish()
             loss_sum, correct, count = self.dist.sum([loss_sum, correct, count])
             val_loss = val_acc = None
             if val_set is not None and len(val_set):

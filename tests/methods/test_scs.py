@@ -99,3 +99,44 @@ def test_channels_only_has_no_empty_parameters():
     assert [n for n, _ in lg.named_parameters()] == ["s_c"]
     units, blocks = lg()
     assert blocks is None and units.shape == (space.num_units,)
+
+
+def _one_epoch(sparse: bool, **train):
+    model, space = _space()
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g))
+    ctx = SearchContext(Trainer(RunConfig(progress=False)), data, None, 16, BudgetConfig(flops=0.5), None, 0)
+    method = ScsMethod(ScsConfig(sparse_epochs=sparse, init_logit=0.01), space)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    plain, _, _ = method.search(model.train(), ctx, epochs_cfg=TrainConfig(epochs=1, lr=0.05, **train))
+    return space, method, before, plain
+
+
+def test_sparse_epoch_equals_the_gated_epoch_and_leaves_drawn_off_units_alone():
+    """One epoch on the sliced active network (sparse_epochs) trains what the whole gated network
+    trains when nothing but gradients moves weights (no momentum, no weight decay); units drawn off
+    keep their weights exactly, the drawn-on ones move."""
+    space, dense, _, plain_dense = _one_epoch(False, momentum=0.0, weight_decay=0.0)
+    _, sparse, before, plain_sparse = _one_epoch(True, momentum=0.0, weight_decay=0.0)
+    assert torch.equal(dense.logits.q_c, sparse.logits.q_c) and 0 < int(sparse.logits.q_c.sum()) < len(sparse.logits.q_c)
+    for name, p in plain_dense.named_parameters():
+        q = dict(plain_sparse.named_parameters())[name]
+        assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), name
+    assert torch.allclose(dense.logits.s_c, sparse.logits.s_c, atol=1e-5)
+    stem = space.group("stem.0")
+    on = torch.ones(space.num_units, dtype=torch.bool)
+    on[sparse.logits.free] = sparse.logits.q_c.bool()
+    on = on[stem.offset:stem.offset + stem.size]
+    w0, w1 = before["stem.0.weight"], plain_sparse.stem[0].weight.detach()
+    assert torch.equal(w1[~on], w0[~on]) and not torch.allclose(w1[on], w0[on])
+
+
+def test_sparse_epoch_freezes_drawn_off_units_under_momentum_and_weight_decay():
+    """With momentum and weight decay the two differ only where units were drawn off: those do not
+    move at all in a sparse epoch."""
+    space, sparse_method, before, plain = _one_epoch(True, momentum=0.9, weight_decay=5e-4)
+    stem = space.group("stem.0")
+    on = torch.ones(space.num_units, dtype=torch.bool)
+    on[sparse_method.logits.free] = sparse_method.logits.q_c.bool()
+    on = on[stem.offset:stem.offset + stem.size]
+    assert torch.equal(plain.stem[0].weight.detach()[~on], before["stem.0.weight"][~on])
