@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from tools import accuracy, grow_cost, latency, overhead, sparse_epochs
+from tools import accuracy, grow_cost, latency, overhead, pipelines, sparse_epochs
 
 
 def test_latency_rows():
@@ -58,3 +58,15 @@ def test_sparse_epoch_rows(tmp_path):
     (row,) = list(csv.DictReader(out.open()))
     assert float(row["plain_s"]) > 0 and float(row["whole_s"]) > 0 and float(row["sliced_s"]) > 0
     assert float(row["sliced_over_whole"]) == pytest.approx(float(row["sliced_s"]) / float(row["whole_s"]), rel=0.02)
+
+
+def test_pipeline_rows(tmp_path, capsys):
+    out = tmp_path / "pipelines.csv"
+    pipelines.main(["--models", "cifar_resnet20", "--seeds", "0", "--pipelines", "default", "--pipeline",
+                    "scs-grow:base.epochs=0,search.epochs=2", "--csv", str(out), "--set", "data.limit_train=128",
+                    "--set", "data.input_size=16", "--set", "base.epochs=1", "--set", "search.epochs=1",
+                    "--set", "finetune.epochs=1"])
+    first, grow = list(csv.DictReader(out.open()))
+    assert first["epochs"] == grow["epochs"] == "3" and float(grow["base_s"]) == 0 < float(first["base_s"])
+    assert float(grow["training_vs_first"]) == pytest.approx(float(grow["training_s"]) / float(first["training_s"]), rel=0.05)
+    assert "| cifar_resnet20 | scs-grow:base.epochs=0,search.epochs=2 | 3 |" in capsys.readouterr().out
