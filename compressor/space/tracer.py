@@ -51,7 +51,6 @@ class Trace:
         self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.module_types = {n: type(m).__name__ for n, m in model.named_modules(remove_duplicate=False)}
         self.module_stack: list[str] = []
-        self.module_inputs: dict[str, tuple] = {}
         self.add_sites: list[tuple[str, int]] = []  # (innermost module, op index) of tensor adds
         self.param_dims: list[ParamDim] = []
         self._layouts: dict[tuple[str, int], np.ndarray] = {}  # first layout of each parameter dim
@@ -315,7 +314,6 @@ def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Ru
         name = tr.module_names.get(id(mod))
         if name is not None:
             tr.module_stack.append(name)
-            tr.module_inputs.setdefault(name, args)
 
     def post(mod, args, out):
         if tr.module_names.get(id(mod)) is not None and tr.module_stack:
