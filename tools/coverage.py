@@ -5,7 +5,8 @@ random decision removing about half the FLOPs (channels and, where the model has
 slice; DESIGN §4 invariants 1-5; times and peak memory.  Then, in another subprocess, torch-pruning's
 magnitude pruner to 50% MACs (pruned, forward, ONNX).
 
-    python tools/coverage.py                       # every torchvision model + the timm list
+    python tools/coverage.py                       # torchvision classification + segmentation, the timm lists
+    python tools/coverage.py --list-timm > tools/timm_per_module.txt   # one timm model per module
     python tools/coverage.py --models resnet18,vit_tiny_patch16_224 --csv out.csv --md out.md
 """
 from __future__ import annotations
@@ -35,12 +36,49 @@ TIMM_MODELS = [
 ]
 
 MEMORY_CAP = 20 * 1024**3
+TIMM_PER_MODULE = Path(__file__).with_name("timm_per_module.txt")  # written by --list-timm
 
 
 def torchvision_models() -> list[str]:
     import torchvision
 
     return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def torchvision_segmentation_models() -> list[str]:
+    """torchvision's segmentation models (dict outputs: ``out``, optionally ``aux``)."""
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models.segmentation))
+
+
+def timm_per_module() -> list[str]:
+    """One timm model per architecture module (``timm.models._registry`` maps every model name to
+    its module): the one with the fewest parameters, counted on the meta device (nothing is
+    allocated).  Deterministic for an installed timm; ``--list-timm`` prints it."""
+    from collections import defaultdict
+
+    import timm
+    import torch
+    from timm.models._registry import _model_to_module
+
+    by_module: dict[str, list[str]] = defaultdict(list)
+    for name in timm.list_models():
+        by_module[_model_to_module.get(name, "?")].append(name)
+    chosen = []
+    for _, names in sorted(by_module.items()):
+        best = None
+        for name in sorted(names):
+            try:
+                with torch.device("meta"):
+                    count = sum(p.numel() for p in timm.create_model(name).parameters())
+            except Exception:  # noqa: BLE001 - a model that cannot be built is not a candidate
+                continue
+            if best is None or count < best[0]:
+                best = (count, name)
+        if best is not None:
+            chosen.append(best[1])
+    return chosen
 
 
 def _cap_memory() -> None:
@@ -72,6 +110,11 @@ def child_ours(name: str, size: int | None) -> dict:
     from compressor.checks import check_round_trip
 
     torch.manual_seed(0)
+    if name in torchvision_segmentation_models():  # not in the zoo: built here, no backbone weights
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None)
+        return check_round_trip(model, size=size or 224, target=0.5, source=name)
     return check_round_trip(name, size=size, target=0.5)
 
 
@@ -114,8 +157,13 @@ def main() -> None:
     ap.add_argument("--yardstick-only", action="store_true", help="run only torch-pruning")
     ap.add_argument("--combine", nargs="+", type=Path, metavar="CSV",
                     help="no runs: merge earlier --csv files (later files fill missing columns) into --md")
+    ap.add_argument("--list-timm", action="store_true",
+                    help=f"print one timm model per architecture module (for {TIMM_PER_MODULE.name}) and exit")
     ap.add_argument("--child", choices=["ours", "tp"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.list_timm:
+        print("\n".join(timm_per_module()))
+        return
     if args.child:
         fn = child_ours if args.child == "ours" else child_torch_pruning
         try:
@@ -141,8 +189,12 @@ def main() -> None:
                     cur.update({k: v for k, v in row.items() if v not in ("", None) or k not in cur})
         _summary(list(merged.values()), args)
         return
-    timm_names = [f"timm:{n}" if n in tv else n for n in TIMM_MODELS]  # timm's densenet121, not torchvision's
-    names = args.models.split(",") if args.models else torchvision_models() + timm_names
+    timm_list = list(TIMM_MODELS)
+    if TIMM_PER_MODULE.exists():  # the curated list plus one model per timm architecture module
+        timm_list += [n for n in TIMM_PER_MODULE.read_text().split() if n not in timm_list]
+    timm_names = [f"timm:{n}" if n in tv else n for n in timm_list]  # timm's densenet121, not torchvision's
+    names = args.models.split(",") if args.models else \
+        torchvision_models() + torchvision_segmentation_models() + timm_names
     rows = []
     for name in names:
         source = "timm" if name.startswith("timm:") or name not in tv else "torchvision"

@@ -113,6 +113,8 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple,
     got = sess.run(None, feeds)[0]
     with torch.no_grad():
         want = model(*example_inputs)
+    if isinstance(want, dict):  # flattened in order by the exporters
+        want = next(iter(want.values()))
     want = (want[0] if isinstance(want, (tuple, list)) else want).detach().cpu().numpy()
     scale = max(float(np.abs(want).max()), 1e-12)
     diff = float(np.abs(got - want).max()) / scale

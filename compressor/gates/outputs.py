@@ -10,6 +10,10 @@ from .attach import attach_gates
 
 
 def first_output(out):
+    """A model's main output: the first element of a tuple or list, the first value of a dict
+    (torchvision's segmentation models return ``{"out": ..., "aux": ...}``)."""
+    if isinstance(out, dict):
+        return next(iter(out.values()))
     return out[0] if isinstance(out, (tuple, list)) else out
 
 

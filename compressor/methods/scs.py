@@ -217,6 +217,9 @@ class ScsMethod(Method):
                                   val_set=ctx.val_set, hooks=self, checkpoint=checkpoint, resume=resume,
                                   criterion=ctx.criterion)
         decision, summary = self.decide(ctx)
+        drawn = [h.extra["sampled_cost"] for h in history if "sampled_cost" in h.extra]
+        # what a search epoch computed, as a share of the whole network's cost (budget units)
+        summary["epoch_cost"] = [round(c, 4) for c in drawn] if self.config.sparse_epochs else [1.0] * len(drawn)
         summary["history"] = [h.row() for h in history]
         return controlled.release(), decision, summary
 

@@ -286,13 +286,13 @@ class Trainer:
                 for cb in self.callbacks:
                     cb(stage, epoch, step)
             bar.close()
+            loss_sum, correct, count = self.dist.sum([loss_sum, correct, count])
+            val_loss = val_acc = None
+            if val_set is not None and len(val_set):  # a part computes what the whole model does, for less
+                val_loss, val_acc, _ = self.evaluate(train_net, val_set, batch_size, workers)
             if part is not None:
                 return_state(opt, step_opt, part)
                 part.finish()
-            loss_sum, correct, count = self.dist.sum([loss_sum, correct, count])
-            val_loss = val_acc = None
-            if val_set is not None and len(val_set):
-                val_loss, val_acc, _ = self.evaluate(net, val_set, batch_size, workers)
             extra.update(hooks.end_epoch(epoch, cfg.epochs))
             result = EpochResult(epoch + 1, opt.param_groups[0]["lr"], loss_sum / max(count, 1),
                                  correct / max(count, 1), val_loss, val_acc, time.perf_counter() - t0, extra)
