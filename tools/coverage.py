@@ -172,7 +172,7 @@ def main() -> None:
             res = {"status": "fail", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         print("RESULT " + json.dumps(res), flush=True)
         return
-    tv = set(torchvision_models())
+    tv = set(torchvision_models()) | set(torchvision_segmentation_models())
     if args.combine:
         merged: dict[str, dict] = {}
         for path in args.combine:

@@ -173,8 +173,8 @@ class ScsMethod(Method):
         pairs += [(p, p, lambda t: t, lambda w, p_: w.copy_(p_)) for p in self.logits.parameters()]
 
         def finish() -> None:
-            for name in raw:
-                sub.scatter(name, raw[name], part_raw[name])
+            for name, whole in raw.items():
+                sub.scatter(name, whole, part_raw[name])
             part.release()
         return EpochNetwork(part, pairs, finish)
 
