@@ -13,6 +13,15 @@ def parse_overrides(rest: str) -> dict:
             for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
 
 
+# Benchmark runs measure training: no ONNX export, no latency timing, no progress bars.
+QUIET = {"export.onnx": False, "export.latency_repeats": 0, "run.progress": False}
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items -> recipe overrides (values parsed as YAML)."""
+    return {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in items)}
+
+
 def write_csv(path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from compressor import compress, load_recipe
 from compressor.api import _build, _datasets
@@ -30,9 +29,9 @@ from compressor.recipe import method_override
 from compressor.train import Trainer
 
 try:  # as part of the tools package (tests) or as a script (python tools/X.py)
-    from tools._bench import mean_std, parse_overrides, write_csv
+    from tools._bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
 except ModuleNotFoundError:
-    from _bench import mean_std, parse_overrides, write_csv
+    from _bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
 
 
 def base_weights(model: str, recipe, seed: int, directory: Path) -> tuple[Path, float]:
@@ -69,11 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", default="accuracy.csv")
     args = ap.parse_args(argv)
     common = {"data.limit_train": 4000, "base.epochs": 3, "search.epochs": 4, "finetune.epochs": 2,
-              "export.onnx": False, "export.latency_repeats": 0, "run.progress": False}
-    for item in args.set:
-        k, _, v = item.partition("=")
-        common[k] = yaml.safe_load(v)
-    base_only = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.base_set)}
+              **QUIET, **parse_sets(args.set)}
+    base_only = parse_sets(args.base_set)
     variants = [v for v in args.variants.split(",") if v] + args.variant
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,14 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from compressor import compress, load_recipe
 
 try:  # as part of the tools package (tests) or as a script (python tools/X.py)
-    from tools._bench import mean_std, parse_overrides, write_csv
+    from tools._bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
 except ModuleNotFoundError:
-    from _bench import mean_std, parse_overrides, write_csv
+    from _bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -45,10 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", default="grow_cost.csv")
     args = ap.parse_args(argv)
     common = {"method": {"name": "grow", "scratch_baseline": True}, "budget": {"flops": args.budget},
-              "export.onnx": False, "export.latency_repeats": 0, "run.progress": False}
-    for item in args.set:
-        k, _, v = item.partition("=")
-        common[k] = yaml.safe_load(v)
+              **QUIET, **parse_sets(args.set)}
     variants = [v for v in args.variants.split(",") if v] + args.variant
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

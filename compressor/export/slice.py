@@ -35,7 +35,7 @@ def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to:
         tensor = _get(out, name)
         if tensor is None:
             continue
-        index = _indices(name, ps, tensor, keep_ext)
+        index = _indices(name, ps, keep_ext)
         if index is None:
             continue
         new = tensor.detach()
@@ -102,28 +102,12 @@ def _get(model: nn.Module, name: str) -> torch.Tensor | None:
     return module._parameters.get(attr, module._buffers.get(attr))
 
 
-def _indices(name: str, ps, tensor: torch.Tensor, keep_ext: np.ndarray) -> dict[int, np.ndarray] | None:
+def _indices(name: str, ps, keep_ext: np.ndarray) -> dict[int, np.ndarray] | None:
     """Kept positions per dim, or None if nothing changes."""
-    index: dict[int, np.ndarray] = {}
-    for d, units in ps.dims.items():
-        mask = keep_ext[np.where(units >= 0, units, len(keep_ext) - 1)]
-        if not mask.all():
-            index[d] = np.flatnonzero(mask)
-    if ps.dense is not None:
-        mask = keep_ext[np.where(ps.dense >= 0, ps.dense, len(keep_ext) - 1)]
-        if not mask.all():
-            for d in range(mask.ndim):
-                other = tuple(i for i in range(mask.ndim) if i != d)
-                along = mask.any(axis=other) if other else mask
-                if not along.all():
-                    index[d] = np.flatnonzero(along)
-            box = mask
-            for d, idx in index.items():
-                box = np.take(box, idx, axis=d)
-            kept = int(np.prod([len(index[d]) if d in index else mask.shape[d] for d in range(mask.ndim)]))
-            if not box.all() or int(mask.sum()) != kept:
-                raise SliceError(f"kept elements of '{name}' do not form a box; it cannot be cut densely")
-    return index or None
+    try:
+        return ps.kept(keep_ext) or None
+    except ValueError as exc:
+        raise SliceError(str(exc)) from None
 
 
 def _refresh_reshape_attributes(model: nn.Module, space: Space, keep_ext: np.ndarray) -> None:

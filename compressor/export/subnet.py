@@ -16,7 +16,7 @@ from torch import nn
 from ..decision import Decision
 from ..space import Space
 from ..space.restrict import restrict_space
-from .slice import _indices, slice_model
+from .slice import slice_model
 
 Index = list[tuple[int, torch.Tensor]]  # (dim, kept positions), in increasing dim order
 
@@ -65,7 +65,7 @@ def sub_network(model: nn.Module, space: Space, keep: np.ndarray) -> SubNetwork:
     keep_ext = np.concatenate([keep, [True]])
     index: dict[str, Index] = {}
     for name, ps in space.param_slices.items():
-        found = _indices(name, ps, None, keep_ext)
+        found = ps.kept(keep_ext)
         if found:
             index[name] = [(d, torch.as_tensor(found[d], dtype=torch.long)) for d in sorted(found)]
     return SubNetwork(module, sub_space, old_units, index)

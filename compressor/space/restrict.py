@@ -24,12 +24,12 @@ def restrict_space(space: Space, keep: np.ndarray) -> tuple[Space, np.ndarray]:
     new_of_old[old_units] = np.arange(len(old_units))
     keep_ext = np.concatenate([keep, [True]])
 
-    def kept_positions(units: np.ndarray) -> np.ndarray:
-        return keep_ext[np.where(units >= 0, units, space.num_units)]
-
     def renumber(units: np.ndarray) -> np.ndarray:
-        units = units[kept_positions(units)]
         return np.where(units >= 0, new_of_old[np.maximum(units, 0)], -1)
+
+    def kept_units(units: np.ndarray) -> np.ndarray:
+        """``units`` without the positions of removed units, renumbered."""
+        return renumber(units[keep_ext[np.where(units >= 0, units, space.num_units)]])
 
     groups, offset = [], 0
     for g in space.groups:
@@ -41,18 +41,14 @@ def restrict_space(space: Space, keep: np.ndarray) -> tuple[Space, np.ndarray]:
         offset += int(k.sum())
     slices = {}
     for name, ps in space.param_slices.items():
-        dense = None
-        if ps.dense is not None:
-            dense = ps.dense
-            mask = kept_positions(ps.dense)
-            for d in range(dense.ndim):
-                other = tuple(i for i in range(dense.ndim) if i != d)
-                along = mask.any(axis=other) if other else mask
-                dense, mask = np.take(dense, np.flatnonzero(along), axis=d), np.take(mask, np.flatnonzero(along), axis=d)
-            dense = np.where(dense >= 0, new_of_old[np.maximum(dense, 0)], -1)
-        slices[name] = ParamSlice(name, {d: renumber(u) for d, u in ps.dims.items()}, dense)
-    gate_sites = [(name, d, renumber(u)) for name, d, u in space.gate_sites]
-    norm_sites = [(name, kind, renumber(u), groups_) for name, kind, u, groups_ in space.norm_sites]
+        dense = ps.dense
+        if dense is not None:  # cut as slicing cuts the tensor: a box of kept positions per dim
+            for d, idx in ps.kept(keep_ext).items():
+                dense = np.take(dense, idx, axis=d)
+            dense = renumber(dense)
+        slices[name] = ParamSlice(name, {d: kept_units(u) for d, u in ps.dims.items()}, dense)
+    gate_sites = [(name, d, kept_units(u)) for name, d, u in space.gate_sites]
+    norm_sites = [(name, kind, kept_units(u), groups_) for name, kind, u, groups_ in space.norm_sites]
     sub = Space(groups, list(space.blocks), slices, gate_sites, [], [], np.zeros(0, dtype=np.int64),
                 space.input_shapes, dict(space.skipped_owners), 0.0, norm_sites=norm_sites)
     return sub, old_units

@@ -54,6 +54,30 @@ class ParamSlice:
     dims: dict[int, np.ndarray] = field(default_factory=dict)
     dense: np.ndarray | None = None  # unit index per element, for free-standing parameters
 
+    def kept(self, keep_ext: np.ndarray) -> dict[int, np.ndarray]:
+        """Kept positions of every dim that loses some, for the keep flags ``keep_ext`` (one per
+        flat unit, then True for "not a unit").  Raises ValueError when the kept elements of a
+        free-standing parameter do not form a box (it could not be cut densely)."""
+        index: dict[int, np.ndarray] = {}
+        for d, units in self.dims.items():
+            mask = keep_ext[np.where(units >= 0, units, len(keep_ext) - 1)]
+            if not mask.all():
+                index[d] = np.flatnonzero(mask)
+        if self.dense is not None:
+            mask = keep_ext[np.where(self.dense >= 0, self.dense, len(keep_ext) - 1)]
+            if not mask.all():
+                for d in range(mask.ndim):
+                    other = tuple(i for i in range(mask.ndim) if i != d)
+                    along = mask.any(axis=other) if other else mask
+                    if not along.all():
+                        index[d] = np.flatnonzero(along)
+                box = mask
+                for d, idx in index.items():
+                    box = np.take(box, idx, axis=d)
+                if not box.all() or int(mask.sum()) != box.size:
+                    raise ValueError(f"kept elements of '{self.name}' do not form a box; it cannot be cut densely")
+        return index
+
 
 class Space:
     """What can change in a model.  Build it with :func:`compressor.trace`.

@@ -227,10 +227,7 @@ class Trainer:
             start = int(state["epoch"])
         else:
             torch.manual_seed(self.run.seed)
-        net = model
-        if self.dist.enabled:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        net = self._ddp(model)
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             extra = dict(hooks.begin_epoch(epoch, cfg.epochs))
@@ -241,9 +238,7 @@ class Trainer:
                 if self.run.channels_last:
                     to_channels_last(train_model)
                 step_opt = part_optimizer(opt, part)
-                train_net = nn.parallel.DistributedDataParallel(
-                    train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
-                    if self.dist.enabled else train_model
+                train_net = self._ddp(train_model)
             loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
             train_net.train()
             loss_sum = correct = count = 0.0
@@ -305,6 +300,13 @@ class Trainer:
                                  "rng": torch.get_rng_state(), "history": [asdict(h) for h in history]}, ckpt)
             self.dist.barrier()
         return history
+
+    def _ddp(self, model: nn.Module) -> nn.Module:
+        """``model`` wrapped for DDP when this is a distributed run, else itself."""
+        if not self.dist.enabled:
+            return model
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _report(self, stage: str, epochs: int, r: EpochResult) -> None:
         if not self.dist.is_main:

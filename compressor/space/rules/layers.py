@@ -69,10 +69,26 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
     tr.set_label(out, out_lab)
 
 
-def _channel_labels(atoms: np.ndarray, shape: torch.Size) -> torch.Tensor:
+def _channel_labels(atoms: np.ndarray, shape: torch.Size, dim: int = 1) -> torch.Tensor:
     view = [1] * len(shape)
-    view[1] = shape[1]
+    view[dim] = shape[dim]
     return torch.from_numpy(np.ascontiguousarray(atoms)).reshape(view).expand(tuple(shape)).contiguous()
+
+
+def _per_channel(tr: Trace, op: str, x: torch.Tensor, dim: int, params, groups: int = 1) -> np.ndarray:
+    """A channel-wise layer along ``dim`` of ``x`` (norms): one atom per channel, its per-channel
+    ``params`` laid out the same; with several groups of several channels, position i of every
+    group joined.  Returns the channels' roots."""
+    vec = tr.vector(tr.label(x), dim, op)
+    if 1 < groups < len(vec):
+        tr.reduce_rows(vec.reshape(groups, -1).T.copy(), op)
+    for p in params:
+        if isinstance(p, torch.Tensor) and p.dim() == 1 and p.shape[0] == x.shape[dim]:
+            if tr.param_name(p) is not None:
+                tr.param_dim(p, 0, vec)
+            else:
+                tr.ds.union(vec, tr.vector(tr.label(p), 0, op))
+    return np.where(vec >= 0, tr.ds.find(np.maximum(vec, 0)), -1)
 
 
 def _linear(tr: Trace, func, x: torch.Tensor, w: torch.Tensor, w_in_dim: int, bias, out) -> None:
@@ -147,15 +163,7 @@ def linear_rule(tr: Trace, func, args, kwargs, out) -> None:
           aten._native_batch_norm_legit_functional, aten.batch_norm, aten.instance_norm)
 def batch_norm_rule(tr: Trace, func, args, kwargs, out) -> None:
     x = args[0]
-    lab = tr.label(x)
-    vec = tr.vector(lab, 1, str(func))
-    for p in args[1:5]:
-        if isinstance(p, torch.Tensor) and p.dim() == 1 and p.shape[0] == x.shape[1]:
-            if tr.param_name(p) is not None:
-                tr.param_dim(p, 0, vec)
-            else:
-                tr.ds.union(vec, tr.vector(tr.label(p), 0, str(func)))
-    vec = np.where(vec >= 0, tr.ds.find(np.maximum(vec, 0)), -1)
+    vec = _per_channel(tr, str(func), x, 1, args[1:5])
     out_lab = _channel_labels(vec, x.shape)
     first = _outputs(out)[0]
     tr.set_label(first, out_lab)
@@ -189,20 +197,8 @@ def _masked_norm(tr: Trace, func, kind: str, x: torch.Tensor, dim: int, groups: 
     statistics over kept channels only (a norm site, :mod:`compressor.gates.norms`), which is what
     the sliced model computes.  With several groups of several channels, position i of every group
     is one unit, so each group keeps the same positions and ``num_groups`` stays."""
-    op = str(func)
-    vec = tr.vector(tr.label(x), dim, op)
-    if 1 < groups < len(vec):
-        tr.reduce_rows(vec.reshape(groups, -1).T.copy(), op)
-    for p in params:
-        if isinstance(p, torch.Tensor):
-            if tr.param_name(p) is not None:
-                tr.param_dim(p, 0, vec)
-            else:
-                tr.ds.union(vec, tr.vector(tr.label(p), 0, op))
-    vec = np.where(vec >= 0, tr.ds.find(np.maximum(vec, 0)), -1)
-    view = [1] * x.dim()
-    view[dim] = -1
-    out_lab = torch.from_numpy(vec).reshape(view).expand(tuple(x.shape)).contiguous()
+    vec = _per_channel(tr, str(func), x, dim, params, groups)
+    out_lab = _channel_labels(vec, x.shape, dim)
     tr.set_label(_outputs(out)[0], out_lab)
     if groups < len(vec):  # one channel per group: statistics never mix channels
         tr.norm_site(params[0], kind, vec, groups)
