@@ -10,7 +10,7 @@ from torch.nn.utils import parametrize
 
 from ..space import Space
 from ..space.blocks import trace_owner
-from .modules import ChannelMask, ChannelMix, DepthGate, GateValues
+from .modules import ChannelMask, ChannelMix, DepthGate, GateValues, InputGate
 from .norms import NormMask
 
 
@@ -99,14 +99,19 @@ def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = No
         module = gates.model.get_submodule(mod_name)
         idx = [(d, torch.from_numpy(np.where(u >= 0, u, n))) for d, u in dims]
         ndim = getattr(module, attr).dim()
-        parametrize.register_parametrization(module, attr, ChannelMask(gates.values, idx, ndim))
+        mask = ChannelMask(gates.values, idx, ndim)
+        parametrize.register_parametrization(module, attr, mask)
         gates._parametrized.append((module, attr))
+        channel_dim = -1 if isinstance(module, nn.Linear) else 1
         for (d, u), (_, ix) in zip(dims, idx):
             if attr == "weight" and is_contracting(module, d) and _one_position_per_unit(u):
-                dim = -1 if isinstance(module, nn.Linear) else 1
-                gates._hooks.append(module.register_forward_pre_hook(ChannelMix(gates.values, ix, dim)))
+                gates._hooks.append(module.register_forward_pre_hook(ChannelMix(gates.values, ix, channel_dim)))
             else:
                 gates.mixable[u[u >= 0]] = False
+        if attr == "weight" and len(dims) == 1 and is_contracting(module, dims[0][0]):  # after any ChannelMix
+            gate = InputGate(gates.values, mask, module.parametrizations[attr].original.numel(), channel_dim)
+            gates._hooks.append(module.register_forward_pre_hook(gate.pre))
+            gates._hooks.append(module.register_forward_hook(gate.post, always_call=True))
     for name, idx, groups in norm_masks(space, params):
         mod_name, _, attr = name.rpartition(".")
         module = gates.model.get_submodule(mod_name)

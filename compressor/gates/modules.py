@@ -20,6 +20,7 @@ class GateValues:
         self.blocks = torch.ones(num_blocks)
         self.mix: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.units_are_ones = True  # constant ones: masks are the identity and may be skipped
+        self.gate_inputs = True  # let InputGate scale a smaller input instead of the weight
 
 
 class ChannelMask(nn.Module):
@@ -33,18 +34,50 @@ class ChannelMask(nn.Module):
         for i, (_, idx) in enumerate(dims):
             self.register_buffer(f"index{i}", idx.long(), persistent=False)
         self.ndim = ndim
+        self.bypass = False  # set by an InputGate while it gates the input of this call instead
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self._values[0].units_are_ones:
+        if self._values[0].units_are_ones or self.bypass:
             return weight
-        units = self._values[0].units.to(device=weight.device, dtype=weight.dtype)
-        ext = torch.cat([units, units.new_ones(1)])
         for i, d in enumerate(self.dims):
-            idx = getattr(self, f"index{i}")
-            shape = [1] * self.ndim
-            shape[d] = -1
-            weight = weight * ext[idx].view(shape)
+            weight = weight * self.factor(i, weight, d, self.ndim)
         return weight
+
+    def factor(self, i: int, like: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+        """The gate value of every position of gated dim ``i``, shaped to broadcast along ``dim``
+        of an ``ndim``-d tensor (1 for positions of no unit)."""
+        units = self._values[0].units.to(device=like.device, dtype=like.dtype)
+        ext = torch.cat([units, units.new_ones(1)])
+        shape = [1] * ndim
+        shape[dim] = -1
+        return ext[getattr(self, f"index{i}")].view(shape)
+
+
+class InputGate:
+    """Forward pre- and post-hook of a contracting consumer (dense conv or linear) whose weight
+    is gated along its input dim only.  ``W diag(g) x = W (g * x)``: when the input holds fewer
+    elements than the weight (deep layers at small resolution), the gates scale the input's
+    channels and the weight's :class:`ChannelMask` is bypassed for that call; otherwise the
+    weight is masked as usual.  Same values and gradients, less elementwise work."""
+
+    def __init__(self, values: GateValues, mask: ChannelMask, weight_numel: int, dim: int) -> None:
+        self._values = values
+        self.mask = mask
+        self.weight_numel = weight_numel
+        self.dim = dim  # channel dim of a batched input
+
+    def pre(self, module: nn.Module, args: tuple):  # noqa: ARG002
+        v = self._values
+        x = args[0] if args else None
+        self.mask.bypass = (x is not None and v.gate_inputs and not v.units_are_ones
+                            and x.numel() < self.weight_numel)
+        if not self.mask.bypass:
+            return None
+        dim = self.dim if self.dim < 0 or x.dim() == self.mask.ndim else self.dim - 1  # unbatched conv
+        return (x * self.mask.factor(0, x, dim % x.dim(), x.dim()), *args[1:])
+
+    def post(self, module: nn.Module, args: tuple, output):  # noqa: ARG002
+        self.mask.bypass = False
 
 
 class ChannelMix:

@@ -1,6 +1,7 @@
 """Gates attach and detach cleanly and keep the model an ordinary nn.Module."""
 import pytest
 import torch
+from torch.nn.utils import parametrize
 
 from compressor.decision import random_decision
 from compressor.gates import attach_gates
@@ -38,6 +39,39 @@ def test_soft_gate_values_receive_gradients():
     prunable = torch.from_numpy(space.prunable_mask())
     assert units.grad[prunable].abs().sum() > 0 and blocks.grad.abs().min() > 0
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_gating_a_small_input_equals_gating_the_weight():
+    """InputGate scales the input channels of deep layers at 32 px (input smaller than weight);
+    outputs and the gradients of gate values and weights match weight masking everywhere."""
+    model, x, space = _setup()
+    gates = attach_gates(model, space)
+    g = torch.Generator().manual_seed(0)
+    base_units = torch.rand(space.num_units, generator=g)
+    results = []
+    for gate_inputs in (True, False):
+        gates.values.gate_inputs = gate_inputs
+        units = base_units.clone().requires_grad_(True)
+        gates.set(units=units)
+        model.zero_grad()
+        bypassed = []
+        hooks = [m.register_forward_pre_hook(lambda mod, a: bypassed.append(
+                 getattr(mod.parametrizations.weight[0], "bypass", False)))
+                 for m in gates.model.modules() if parametrize.is_parametrized(m, "weight")]
+        out = gates.model(x)
+        out.square().mean().backward()
+        for h in hooks:
+            h.remove()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((out.detach(), units.grad.clone(), grads, sum(bypassed)))
+    (out_in, gu_in, gw_in, n_in), (out_w, gu_w, gw_w, n_w) = results
+    assert n_in > 0 and n_w == 0  # the input path was taken somewhere, and only when allowed
+    torch.testing.assert_close(out_in, out_w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gu_in, gu_w, rtol=1e-4, atol=1e-7)
+    for a, b in zip(gw_in, gw_w):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert not any(getattr(m.parametrizations.weight[0], "bypass", False) for m in gates.model.modules()
+                   if parametrize.is_parametrized(m, "weight"))
 
 
 def test_gated_model_runs_under_bf16_autocast_and_keeps_a_state_dict():
