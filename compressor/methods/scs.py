@@ -13,10 +13,13 @@ Algorithm, per epoch e of T (a *gate* is one channel unit or one residual block)
     end: keep the gates with the largest s that fit the budget (= s > 0 once du has settled).
 
 Short runs (a few epochs instead of the paper's 160) can set ``lambda_interval``: du is then also
-re-measured every that many steps on the *expected* cost of the next draw, cost(sigma(beta * s))
+re-measured every that many steps on the *expected* cost of the next draw, cost(sigma(beta' * s))
 (for independent Bernoulli gates the expected FLOPs of a sampled architecture is the cost model
-at the keep probabilities).  Measured on q alone, du cannot change within an epoch, and every
-logit, pushed by the same penalty, crossed zero in the first epoch (docs/compress.md).
+at the keep probabilities), with beta' the temperatures that draw will use: this epoch's counters
+plus q.  Measured on q alone, du cannot change within an epoch, and every logit, pushed by the
+same penalty, crossed zero in the first epoch (docs/compress.md); measured at the current
+temperatures, the cost held at the budget within each epoch and every draw overshot it, since
+beta grows by gamma between epochs (docs/accuracy.md, grow mode).
 
 Choices the paper leaves open, recorded here: q is drawn at the start of each epoch from a
 generator seeded by (seed, epoch), so every DDP process and every resumed run draws the same
@@ -77,12 +80,17 @@ class ScsLogits(GateController):
         self.register_buffer("t_l", torch.zeros(nb))
         self.register_buffer("ever_on", sign_c > 0)
         self.beta0 = cfg.beta0
+        self.per_gate = cfg.temperature == "per_gate"
         self.log_gamma = math.log(cfg.beta_final / cfg.beta0) / max(epochs, 1)
 
-    def soft(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """sigma(beta * s) for channel and block gates."""
-        beta_c = self.beta0 * torch.exp(self.log_gamma * self.t_c)
-        beta_l = self.beta0 * torch.exp(self.log_gamma * self.t_l)
+    def soft(self, ahead: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """sigma(beta * s) for channel and block gates; ``ahead``: at the temperatures the next
+        epoch's draw will use (the counters after this epoch's increment)."""
+        t_c, t_l = self.t_c, self.t_l
+        if ahead:
+            t_c, t_l = (t_c + self.q_c, t_l + self.q_l) if self.per_gate else (t_c + 1, t_l + 1)
+        beta_c = self.beta0 * torch.exp(self.log_gamma * t_c)
+        beta_l = self.beta0 * torch.exp(self.log_gamma * t_l)
         return torch.sigmoid(beta_c * self.s_c), torch.sigmoid(beta_l * self.s_l)
 
     def forward(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -181,7 +189,7 @@ class ScsMethod(Method):
     def extra_loss(self, model, outputs, targets, indices) -> torch.Tensor:  # noqa: ARG002
         interval = self.config.lambda_interval
         if interval and self.steps and self.steps % interval == 0:
-            self._set_lambda(*(v.detach() for v in self.logits.soft()))
+            self._set_lambda(*(v.detach() for v in self.logits.soft(ahead=True)))
         self.steps += 1
         soft_c, soft_l = self.logits.soft()
         return self.lambda1 * soft_c.sum() + self.lambda2 * soft_l.sum()

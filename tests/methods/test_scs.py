@@ -52,6 +52,25 @@ def test_epoch_updates_temperature_lambda_and_masks():
     assert torch.all(method.logits.t_c == 2)
 
 
+def test_controller_measures_the_next_draw_at_the_next_temperatures():
+    """soft(ahead=True) is what soft() gives once end_epoch has advanced the counters, for both
+    temperature schedules: the controller prices the draw the next epoch will really make."""
+    _, space = _space()
+    for temperature in ("per_gate", "global"):
+        method = ScsMethod(ScsConfig(temperature=temperature), space)
+        method.budget, method.seed = BudgetConfig(flops=0.5), 0
+        method.logits = ScsLogits(space, method.config, epochs=4)
+        with torch.no_grad():
+            method.logits.s_c.uniform_(-1, 1)
+        method.begin_epoch(1, 4)
+        method.end_epoch(0, 4)
+        ahead = method.logits.soft(ahead=True)
+        assert not torch.allclose(ahead[0], method.logits.soft()[0])
+        method.end_epoch(1, 4)
+        for a, b in zip(ahead, method.logits.soft()):
+            torch.testing.assert_close(a, b)
+
+
 def test_search_meets_budget_and_decides_from_logits(tmp_path):
     model, space = _space()
     g = torch.Generator().manual_seed(0)
