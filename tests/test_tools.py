@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from tools import accuracy, grow_cost, latency, overhead, pipelines, sparse_epochs
+from tools import accuracy, gate_cost, grow_cost, latency, overhead, pipelines, sparse_epochs
 
 
 def test_latency_rows():
@@ -58,6 +58,11 @@ def test_sparse_epoch_rows(tmp_path):
     (row,) = list(csv.DictReader(out.open()))
     assert float(row["plain_s"]) > 0 and float(row["whole_s"]) > 0 and float(row["sliced_s"]) > 0
     assert float(row["sliced_over_whole"]) == pytest.approx(float(row["sliced_s"]) / float(row["whole_s"]), rel=0.02)
+
+
+def test_gate_cost_rows():
+    ms = gate_cost.measure("cifar_resnet20", 0.5, size=16, batch=8, repeats=1, warmup=0)
+    assert set(ms) == {"plain", "weights", "inputs"} and all(v > 0 for v in ms.values())
 
 
 def test_pipeline_rows(tmp_path, capsys):
