@@ -1,9 +1,10 @@
-"""What the benchmark tools share: variant specs, CSV output and mean ± std cells."""
+"""What the benchmark tools share: variant specs, CSV output, mean ± std cells and share draws."""
 from __future__ import annotations
 
 import csv
 import statistics
 
+import numpy as np
 import yaml
 
 
@@ -35,3 +36,16 @@ def mean_std(values: list[float], digits: int = 2) -> str:
         return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
+
+
+def share_of_units(space, share: float, seed: int) -> np.ndarray:
+    """A 0/1 keep vector over ``space``'s units: in every group, a random ``share`` of its free
+    units (at least one) stays; units that are not free always stay."""
+    rng = np.random.default_rng(seed)
+    free = space.prunable_mask()
+    keep = ~free
+    for g in space.groups:
+        mine = g.offset + np.flatnonzero(free[g.offset:g.offset + g.size])
+        if len(mine):
+            keep[rng.choice(mine, size=max(1, round(share * len(mine))), replace=False)] = True
+    return keep

@@ -19,7 +19,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,19 +27,18 @@ from compressor.frontend import trace
 from compressor.gates import attach_gates
 from compressor.zoo import create_model
 
+try:  # as part of the tools package (tests) or as a script (python tools/X.py)
+    from tools._bench import share_of_units
+except ModuleNotFoundError:
+    from _bench import share_of_units
+
 VARIANTS = ("plain", "weights", "inputs")
 
 
 def part_of(model: torch.nn.Module, x: torch.Tensor, share: float, seed: int = 0):
     """``model`` sliced to ``share`` of every group's free units (a seeded random draw)."""
     space = trace(model, x[:1])
-    keep = np.ones(space.num_units, dtype=bool)
-    free = space.prunable_mask()
-    rng = np.random.default_rng(seed)
-    for g in space.groups:
-        units = np.arange(g.offset, g.offset + g.size)[free[g.offset:g.offset + g.size]]
-        keep[units[rng.permutation(len(units))[:int(len(units) * (1 - share))]]] = False
-    return sub_network(model, space, keep)
+    return sub_network(model, space, share_of_units(space, share, seed))
 
 
 def measure(name: str, share: float, *, size: int, batch: int, repeats: int, warmup: int) -> dict[str, float]:

@@ -27,9 +27,9 @@ from compressor.train import Trainer
 from compressor.zoo import create_model_for_size
 
 try:
-    from tools._bench import write_csv
+    from tools._bench import share_of_units, write_csv
 except ImportError:  # run as a script from tools/
-    from _bench import write_csv
+    from _bench import share_of_units, write_csv
 
 
 class FixedDraw(ScsMethod):
@@ -40,13 +40,8 @@ class FixedDraw(ScsMethod):
     def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
         metrics = super().begin_epoch(epoch, epochs)
         lg = self.logits
-        rng = np.random.default_rng(epoch)
-        group_of = self.space.unit_group()[lg.free.cpu().numpy()]
-        q = np.zeros(len(group_of))
-        for g in np.unique(group_of):
-            mine = np.flatnonzero(group_of == g)
-            q[rng.choice(mine, size=max(1, round(self.share * len(mine))), replace=False)] = 1
-        lg.q_c.copy_(torch.from_numpy(q))
+        keep = share_of_units(self.space, self.share, seed=epoch)
+        lg.q_c.copy_(torch.from_numpy(keep[lg.free.cpu().numpy()].astype(np.float32)))
         lg.q_l.fill_(1)
         return metrics
 
