@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from tools import accuracy, gate_cost, grow_cost, latency, overhead, pipelines, sparse_epochs
+from tools import accuracy, cuda_matrix, gate_cost, grow_cost, latency, overhead, pipelines, sparse_epochs
 
 
 def test_latency_rows():
@@ -75,3 +75,16 @@ def test_pipeline_rows(tmp_path, capsys):
     assert first["epochs"] == grow["epochs"] == "3" and float(grow["base_s"]) == 0 < float(first["base_s"])
     assert float(grow["training_vs_first"]) == pytest.approx(float(grow["training_s"]) / float(first["training_s"]), rel=0.05)
     assert "| cifar_resnet20 | scs-grow:base.epochs=0,search.epochs=2 | 3 |" in capsys.readouterr().out
+
+
+def test_cuda_matrix_rows_on_cpu(tmp_path, capsys):
+    """The tool on CPU (CI has no GPU): one case in-process and one under torchrun (gloo)."""
+    out = tmp_path / "matrix.csv"
+    rc = cuda_matrix.main(["--device", "cpu", "--cases", "cifar_resnet20:prune:bf16,cifar_resnet20:prune:ddp-nccl",
+                           "--batch", "0", "--csv", str(out), "--set", "data.limit_train=128",
+                           "--set", "data.input_size=16", "--set", "base.epochs=1", "--set", "search.epochs=1",
+                           "--set", "finetune.epochs=1", "--set", "export.onnx=false"])
+    rows = list(csv.DictReader(out.open()))
+    assert rc == 0 and [r["setting"] for r in rows] == ["bf16", "ddp-nccl"]
+    assert all(r["exit"] == "0" and float(r["finetune_img_s"]) > 0 for r in rows)
+    assert "| cifar_resnet20 | prune | bf16 | 0 |" in capsys.readouterr().out

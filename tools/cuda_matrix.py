@@ -89,7 +89,7 @@ def inference_throughput(out: Path, report: dict, batch: int, size: int | None, 
     x = torch.randn(batch, shape[0], side, side, device="cuda")
     try:
         original(x[:1])
-    except Exception:  # a model built for its training size (a ViT's patch grid): time it there
+    except Exception:  # noqa: BLE001 - a model built for its training size (a ViT's patch grid)
         side = shape[-1]
         x = torch.randn(batch, *shape, device="cuda")
     if cl:
@@ -108,7 +108,8 @@ def run_case(model: str, method: str, setting: str, tmp: Path, args) -> dict:
     out = tmp / f"{model}-{method}-{setting}"
     cmd = command(model, method, setting, out, args.device, [a for s in args.set for a in ("--set", s)])
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
     row = {"model": model, "method": method, "setting": setting, "exit": proc.returncode,
            "wall_s": round(time.perf_counter() - t0, 1)}
     log = (proc.stdout + proc.stderr).strip()
@@ -137,22 +138,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default=",".join(f"resnet18:scs:{s}" for s in SETTINGS),
                     help="comma-separated MODEL:METHOD:SETTING (settings: " + ", ".join(SETTINGS) + ")")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides for all cases")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe overrides for all cases")
     ap.add_argument("--batch", type=int, default=256, help="inference batch (0 = no inference timing)")
     ap.add_argument("--infer-size", type=int, default=224, help="inference input side (models fixed to their "
                     "training size are timed there)")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--logs", help="directory for each case's full output")
+    ap.add_argument("--keep", help="keep each case's output directory under this one (default: temporary)")
     ap.add_argument("--csv", default="cuda_matrix.csv")
     args = ap.parse_args(argv)
     cases = [c.split(":") for c in args.cases.split(",") if c]
     for case in cases:
         if len(case) != 3 or case[2] not in SETTINGS:
-            ap.error(f"case {':'.join(case)!r}: want MODEL:METHOD:SETTING, SETTING one of {', '.join(SETTINGS)}")
+            ap.error(f"case {':'.join(case)!r}: want MODEL:METHOD:SETTING, SETTING one of "
+                     f"{', '.join(SETTINGS)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        where = Path(args.keep or tmp)
         for model, method, setting in cases:
-            rows.append(run_case(model, method, setting, Path(tmp), args))
+            rows.append(run_case(model, method, setting, where, args))
             print(rows[-1], flush=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     write_csv(args.csv, [{k: r.get(k) for k in keys} for r in rows])

@@ -156,7 +156,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int, workers: int = 0) -> Evaluation:
         """Mean cross-entropy, top-1 and top-5 accuracy over ``dataset`` (sharded under DDP).
-        With fewer than 5 classes top-5 counts every sample as correct."""
+        With fewer than 5 classes top-5 counts every sample as correct.  The model moves to the
+        trainer's device (as in :meth:`fit`): a model no stage has trained yet is still where it was built."""
+        model.to(self.device)
         was_training = model.training
         model.eval()
         loss_sum = correct = correct5 = count = 0.0
