@@ -15,6 +15,7 @@ and tracing the model cannot hide what the steps use), on CUDA the growth of ``t
     python tools/overhead.py                                   # resnet50, mobilenet_v2, deit_small
     python tools/overhead.py --models resnet18 --size 64 --batch 16 --steps 5 --csv overhead.csv
     python tools/overhead.py --method tas --models resnet50 --size 32 --batch 64   # the default recipe's step
+    python tools/overhead.py --method tas --method-set mixture=pad --models resnet50 --size 32 --batch 64
 """
 from __future__ import annotations
 
@@ -39,18 +40,26 @@ from compressor.frontend import trace
 from compressor.train import Trainer
 from compressor.zoo import create_model_for_size
 
+try:  # as part of the tools package (tests) or as a script (python tools/X.py)
+    from tools._bench import parse_sets
+except ModuleNotFoundError:
+    from _bench import parse_sets
 
-def build(name: str, size: int, method: str, device: str) -> tuple[nn.Module, object | None]:
-    """The model to train and what the method adds to a step (``method``: plain, scs or tas)."""
+
+def build(name: str, size: int, method: str, device: str,
+          options: dict | None = None) -> tuple[nn.Module, object | None]:
+    """The model to train and what the method adds to a step (``method``: plain, scs or tas;
+    ``options``: fields of the method's config, e.g. ``{"mixture": "pad"}``)."""
+    options = options or {}
     torch.manual_seed(0)
     model, _ = create_model_for_size(name, size)
     if method == "plain":
         return model.to(device), None
     space = trace(model.eval(), torch.randn(1, 3, size, size))
     if method == "scs":
-        logits = ScsLogits(space, ScsConfig(), epochs=10)
+        logits = ScsLogits(space, ScsConfig(**options), epochs=10)
         return ControlledModel(attach_gates(model.train(), space), logits).to(device), logits
-    tas = TasMethod(TasConfig(), space)
+    tas = TasMethod(TasConfig(**options), space)
     ctx = SearchContext(Trainer(RunConfig(device=device, progress=False)), None, None, 0, BudgetConfig(flops=0.5),
                         16, 0, num_classes=10)
     return tas.attach(model.train(), ctx).to(device), tas
@@ -82,12 +91,12 @@ def _sync(device: str) -> None:
 
 
 def step_times(name: str, size: int, batch: int, steps: int, warmup: int, device: str,
-               method: str = "scs") -> dict[str, float]:
+               method: str = "scs", options: dict | None = None) -> dict[str, float]:
     """Median milliseconds per training step, plain and gated stepped alternately."""
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     fns = {"plain": make_step(*build(name, size, "plain", device), x, y),
-           "gated": make_step(*build(name, size, method, device), x, y)}
+           "gated": make_step(*build(name, size, method, device, options), x, y)}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(warmup + steps):
         for k, fn in fns.items():
@@ -100,10 +109,11 @@ def step_times(name: str, size: int, batch: int, steps: int, warmup: int, device
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _peak_child(name: str, size: int, batch: int, method: str, device: str, steps: int, out) -> None:
+def _peak_child(name: str, size: int, batch: int, method: str, device: str, steps: int, out,
+                options: dict | None = None) -> None:
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    step = make_step(*build(name, size, method, device), x, y)
+    step = make_step(*build(name, size, method, device, options), x, y)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -128,12 +138,13 @@ def _proc_status(key: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {key}: peak CPU memory needs Linux")
 
 
-def peak_memory(name: str, size: int, batch: int, method: str, device: str, steps: int = 2) -> int:
+def peak_memory(name: str, size: int, batch: int, method: str, device: str, steps: int = 2,
+                options: dict | None = None) -> int:
     """Bytes of peak memory added by training steps (``method``: plain, scs or tas), measured in
     a fresh process."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(name, size, batch, method, device, steps, q))
+    p = ctx.Process(target=_peak_child, args=(name, size, batch, method, device, steps, q, options))
     p.start()
     value = q.get()
     p.join()
@@ -149,15 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--method", choices=["scs", "tas"], default="scs", help="whose search step is measured")
+    ap.add_argument("--method-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a field of the method's config, e.g. mixture=pad (tas)")
     ap.add_argument("--csv")
     args = ap.parse_args(argv)
+    options = parse_sets(args.method_set)
     rows = []
     print(f"{'model':<26} {'plain ms':>9} {'gated ms':>9} {'time x':>7} {'plain MiB':>10} {'gated MiB':>10} {'mem x':>6}")
     for name in args.models.split(","):
-        ms = step_times(name, args.size, args.batch, args.steps, args.warmup, args.device, args.method)
-        mem = {k: peak_memory(name, args.size, args.batch, args.method if k == "gated" else "plain", args.device)
-               for k in ("plain", "gated")}
-        row = {"model": name, "method": args.method, "size": args.size, "batch": args.batch, "device": args.device,
+        ms = step_times(name, args.size, args.batch, args.steps, args.warmup, args.device, args.method, options)
+        mem = {k: peak_memory(name, args.size, args.batch, args.method if k == "gated" else "plain", args.device,
+                              options=options) for k in ("plain", "gated")}
+        row = {"model": name, "method": args.method, "options": ",".join(args.method_set), "size": args.size, "batch": args.batch, "device": args.device,
                "plain_ms": round(ms["plain"], 2), "gated_ms": round(ms["gated"], 2),
                "time_ratio": round(ms["gated"] / ms["plain"], 3),
                "plain_peak_mib": round(mem["plain"] / 2**20, 1), "gated_peak_mib": round(mem["gated"] / 2**20, 1),
