@@ -109,7 +109,7 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
         if not (out / "recipe.yaml").exists():
             (out / "recipe.yaml").write_text(recipe.to_yaml())
 
-    trainer = Trainer(recipe.run, log_dir=out / "logs", callbacks=callbacks)
+    trainer = Trainer(recipe.run, log_dir=out / "logs", callbacks=callbacks, workers=recipe.data.workers)
     ckpt = out / "checkpoints"
     batch = recipe.data.batch_size
     history: dict[str, list] = {}

@@ -221,7 +221,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         predicts = first_output(model.eval()(torch.zeros(*shape))).shape[-1]
     if predicts != num_classes:
         raise DataError(f"the data has {num_classes} classes but the model in {d} predicts {predicts}")
-    trainer = Trainer(recipe.run.model_copy(update={"device": args.device or recipe.run.device}))
+    trainer = Trainer(recipe.run.model_copy(update={"device": args.device or recipe.run.device}),
+                      workers=recipe.data.workers)
     loss, top1, top5 = trainer.evaluate(model, test, recipe.data.batch_size)
     print(f"{d}: test accuracy top-1 {100 * top1:.2f}%, top-5 {100 * top5:.2f}% (loss {loss:.4f}) on {len(test)} images")
     if (d / "model.onnx").exists():

@@ -66,3 +66,23 @@ def test_eval_and_export_refuse_bad_input(result, capsys, tmp_path):
     assert main(["export", str(result.out), "--opset", "23", "--output", str(tmp_path / "m.onnx")]) == 2
     assert "--opset 23: the ONNX exporter writes opsets 13 to 20" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_data_workers_reach_every_loader(tmp_path, monkeypatch):
+    """``data.workers`` is the worker count of every loader a run builds (training, validation,
+    test), and a run with worker processes completes."""
+    import compressor.train.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.DataLoader
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("num_workers"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "DataLoader", spy)
+    recipe = {**TINY_RECIPE, "method": {"name": "prune"}, "data": {**TINY_RECIPE["data"], "workers": 2},
+              "export": {**TINY_RECIPE["export"], "onnx": False, "latency_repeats": 0}}
+    result = compressor.compress(TinyNet(), recipe, out=tmp_path / "run")
+    assert result.report["compressed"]["test_accuracy"] > 0
+    assert len(seen) >= 3 and set(seen) == {2}, seen

@@ -122,8 +122,11 @@ class Trainer:
     """
 
     def __init__(self, run: RunConfig, *, log_dir: str | os.PathLike | None = None,
-                 callbacks: tuple[StepCallback, ...] = ()) -> None:
+                 callbacks: tuple[StepCallback, ...] = (), workers: int = 0) -> None:
+        """``workers``: DataLoader worker processes of every loader this trainer builds (the
+        recipe's ``data.workers``); 0 loads in the training process."""
         self.run = run
+        self.workers = workers
         self.device = resolve_device(run.device)
         self.dist = DistEnv.from_environment(self.device)
         self.log_dir = Path(log_dir) if log_dir else None
@@ -138,10 +141,12 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int = 0,
+    def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int | None = None,
                indexed: bool = False) -> DataLoader:
         """Batches ``(x, y)``, or ``(x, y, index)`` when ``indexed``.  A shuffled (training) loader
-        drops a last batch of one sample: batch norm cannot train on it."""
+        drops a last batch of one sample: batch norm cannot train on it.  ``workers`` defaults to
+        the trainer's."""
+        workers = self.workers if workers is None else workers
         sampler = EpochSampler(len(dataset), self.run.seed, self.dist, shuffle)  # type: ignore[arg-type]
         return DataLoader(IndexedDataset(dataset) if indexed else dataset, batch_size=batch_size, sampler=sampler,
                           num_workers=workers, drop_last=shuffle and len(sampler) % batch_size == 1,
@@ -154,7 +159,7 @@ class Trainer:
         return (x, *(t.to(self.device, non_blocking=True) for t in rest))
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int, workers: int = 0) -> Evaluation:
+    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int, workers: int | None = None) -> Evaluation:
         """Mean cross-entropy, top-1 and top-5 accuracy over ``dataset`` (sharded under DDP).
         With fewer than 5 classes top-5 counts every sample as correct.  The model moves to the
         trainer's device (as in :meth:`fit`): a model no stage has trained yet is still where it was built."""
@@ -192,7 +197,7 @@ class Trainer:
     def fit(self, model: nn.Module, train_set: Dataset, cfg: TrainConfig, *, stage: str, batch_size: int,
             val_set: Dataset | None = None, hooks: TrainHooks | None = None,
             checkpoint: str | os.PathLike | None = None, resume: bool = False,
-            workers: int = 0, criterion: Criterion | None = None,
+            workers: int | None = None, criterion: Criterion | None = None,
             arch_set: Dataset | None = None) -> list[EpochResult]:
         """Train ``model`` in place for ``cfg.epochs`` epochs; return the per-epoch history.
 
