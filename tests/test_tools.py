@@ -82,11 +82,12 @@ def test_pipeline_rows(tmp_path, capsys):
 def test_cuda_matrix_rows_on_cpu(tmp_path, capsys):
     """The tool on CPU (CI has no GPU): one case in-process and one under torchrun (gloo)."""
     out = tmp_path / "matrix.csv"
-    rc = cuda_matrix.main(["--device", "cpu", "--cases", "cifar_resnet20:prune:bf16,cifar_resnet20:prune:ddp-nccl",
+    rc = cuda_matrix.main(["--device", "cpu", "--cases", "cifar_resnet20:prune:bf16",
+                           "--case", "cifar_resnet20:prune:ddp-nccl:data.workers=1",
                            "--batch", "0", "--csv", str(out), "--set", "data.limit_train=128",
                            "--set", "data.input_size=16", "--set", "base.epochs=1", "--set", "search.epochs=1",
                            "--set", "finetune.epochs=1", "--set", "export.onnx=false"])
     rows = list(csv.DictReader(out.open()))
-    assert rc == 0 and [r["setting"] for r in rows] == ["bf16", "ddp-nccl"]
+    assert rc == 0 and [(r["setting"], r["sets"]) for r in rows] == [("bf16", ""), ("ddp-nccl", "data.workers=1")]
     assert all(r["exit"] == "0" and float(r["finetune_img_s"]) > 0 for r in rows)
-    assert "| cifar_resnet20 | prune | bf16 | 0 |" in capsys.readouterr().out
+    assert "| cifar_resnet20 | prune | bf16 |  | 0 |" in capsys.readouterr().out

@@ -11,6 +11,8 @@ events, median of repeats, the two models taking turns).  A failed case shows it
 
     python tools/cuda_matrix.py                                          # resnet18, scs, every setting
     python tools/cuda_matrix.py --cases resnet50:scs:bf16,resnet18:tas:bf16 --csv cases.csv
+    python tools/cuda_matrix.py --cases "" --case resnet18:prune:fp32:data.workers=0 \
+        --case resnet18:prune:fp32:data.workers=4       # one setting, two recipe variants
 """
 from __future__ import annotations
 
@@ -104,14 +106,15 @@ def inference_throughput(out: Path, report: dict, batch: int, size: int | None, 
             "infer_compressed_img_s": round(batch / comp * 1e3), "infer_speedup": round(orig / comp, 2)}
 
 
-def run_case(model: str, method: str, setting: str, tmp: Path, args) -> dict:
-    out = tmp / f"{model}-{method}-{setting}"
-    cmd = command(model, method, setting, out, args.device, [a for s in args.set for a in ("--set", s)])
+def run_case(model: str, method: str, setting: str, sets: list[str], tmp: Path, args) -> dict:
+    out = tmp / "-".join([model, method, setting, *sets])
+    overrides = [a for s in args.set + sets for a in ("--set", s)]
+    cmd = command(model, method, setting, out, args.device, overrides)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    row = {"model": model, "method": method, "setting": setting, "exit": proc.returncode,
-           "wall_s": round(time.perf_counter() - t0, 1)}
+    row = {"model": model, "method": method, "setting": setting, "sets": ",".join(sets),
+           "exit": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1)}
     log = (proc.stdout + proc.stderr).strip()
     if args.logs:
         Path(args.logs).mkdir(parents=True, exist_ok=True)
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(f"resnet18:scs:{s}" for s in SETTINGS),
                     help="comma-separated MODEL:METHOD:SETTING (settings: " + ", ".join(SETTINGS) + ")")
+    ap.add_argument("--case", action="append", default=[], metavar="MODEL:METHOD:SETTING:KEY=VALUE,...",
+                    help="one more case, with recipe overrides of its own")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe overrides for all cases")
@@ -148,16 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", help="keep each case's output directory under this one (default: temporary)")
     ap.add_argument("--csv", default="cuda_matrix.csv")
     args = ap.parse_args(argv)
-    cases = [c.split(":") for c in args.cases.split(",") if c]
-    for case in cases:
-        if len(case) != 3 or case[2] not in SETTINGS:
-            ap.error(f"case {':'.join(case)!r}: want MODEL:METHOD:SETTING, SETTING one of "
+    specs = [c for c in args.cases.split(",") if c] + args.case
+    cases = []
+    for spec in specs:
+        case = spec.split(":", 3)
+        if len(case) < 3 or case[2] not in SETTINGS:
+            ap.error(f"case {spec!r}: want MODEL:METHOD:SETTING[:KEY=VALUE,...], SETTING one of "
                      f"{', '.join(SETTINGS)}")
+        cases.append((*case[:3], [kv for kv in (case[3].split(",") if len(case) > 3 else []) if kv]))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(args.keep or tmp)
-        for model, method, setting in cases:
-            rows.append(run_case(model, method, setting, where, args))
+        for model, method, setting, sets in cases:
+            rows.append(run_case(model, method, setting, sets, where, args))
             print(rows[-1], flush=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     write_csv(args.csv, [{k: r.get(k) for k in keys} for r in rows])
