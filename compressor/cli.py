@@ -153,6 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{100 * c['test_accuracy']:.2f}% (top-5 {100 * o['test_top5']:.2f}% -> {100 * c['test_top5']:.2f}%)")
         for b, v in r["latency_ms"].items():
             print(f"  onnxruntime CPU batch {b}: {v['original']:.2f} ms -> {v['compressed']:.2f} ms ({v['ratio']:.2f}x)")
+        if r["method_summary"].get("note"):
+            print(f"  {r['method']}: {r['method_summary']['note']}")
         base = r["method_summary"].get("baseline")
         if base:
             print(f"  {r['method']}: {100 * base['method_test_top1']:.2f}% in {base['method_seconds']:.0f} s; "

@@ -200,7 +200,12 @@ class TasMethod(Method):
                    "searched_groups": len(widths), "cwi_groups": int(self.arch.cwi_group.sum()),
                    "widths": {n: f"{w}/{sizes[n]}" for n, w in widths.items()},
                    "depths": {n: f"{d}/{per_stage[n]}" for n, d in depths.items()},
-                   "blocks_removed": sorted(decision.removed_blocks)}
+                   "blocks_removed": sorted(decision.removed_blocks), **self.arch.movement()}
+        if summary["groups_moved"].startswith("0/") and summary["stages_moved"].startswith("0/"):
+            start = "the one-shot magnitude shape (init: budget)" if self.config.init == "budget" else "the initial shape"
+            summary["note"] = (f"the search ended where it started: no argmax width or depth changed (logits moved at "
+                               f"most {summary['logit_move_max']:.3g}), so the decision is {start}; more search steps "
+                               "or a larger method.arch_lr let it move")
         if self.voting:
             summary["voting_teachers_mb"] = sum(v.memory_bytes for v in self.voting.values()) / 2**20
         return decision, summary

@@ -118,6 +118,7 @@ class TasArchitecture(GateController):
                 for i, (name, w) in enumerate(zip(names, widths)):
                     kept = head_start.get(name, w[-1])
                     self.alpha[i, int(np.argmin([abs(c - kept) for c in w]))] += HEAD_START
+        self.register_buffer("alpha_init", self.alpha.detach().clone())  # where the search started
 
         stages: dict[str, list[int]] = {}
         if cfg.depth:
@@ -145,6 +146,7 @@ class TasArchitecture(GateController):
             with torch.no_grad():
                 for s, ds in enumerate(depths):
                     self.beta[s, len(ds) - 1] += HEAD_START
+        self.register_buffer("beta_init", self.beta.detach().clone())
         self._noise: dict[str, torch.Tensor] | None = None
 
     # -- distributions ---------------------------------------------------------------------------
@@ -258,6 +260,18 @@ class TasArchitecture(GateController):
 
     # -- results ---------------------------------------------------------------------------------
     @torch.no_grad()
+    @torch.no_grad()
+    def movement(self) -> dict[str, float | str]:
+        """How far the search moved from its start: the largest change of any logit, and how many
+        groups / stages have another argmax width / depth than at the start."""
+        def moved(now, start, valid) -> str:
+            changed = now.masked_fill(~valid, -math.inf).argmax(1) != start.masked_fill(~valid, -math.inf).argmax(1)
+            return f"{int(changed.sum())}/{len(changed)}"
+        delta = torch.cat([(self.alpha - self.alpha_init).flatten(), (self.beta - self.beta_init).flatten()])
+        return {"logit_move_max": round(float(delta.abs().max()), 4) if delta.numel() else 0.0,
+                "groups_moved": moved(self.alpha, self.alpha_init, self.width_valid),
+                "stages_moved": moved(self.beta, self.beta_init, self.depth_valid)}
+
     def argmax_shape(self) -> tuple[dict[str, int], dict[str, int]]:
         """Searched width (units) per group and kept blocks per stage of the argmax architecture."""
         wi = self.width_log_probs().argmax(1)

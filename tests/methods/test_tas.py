@@ -182,3 +182,17 @@ def test_budget_init_starts_at_the_one_shot_fit_and_full_depth():
     assert (arch.depths.gather(1, arch.beta.argmax(1, keepdim=True)) == arch.depths.max(1, keepdim=True).values).all()
     plain = TasArchitecture(space, TasConfig(), scores)
     assert plain.alpha.abs().max() < 0.1   # the paper's N(0, 0.01)
+
+
+def test_movement_counts_groups_whose_argmax_left_the_start_and_the_summary_says_when_none_did():
+    model, space = _tiny()
+    arch = TasArchitecture(space, TasConfig(), np.ones(space.num_units))
+    assert arch.movement() == {"logit_move_max": 0.0, "groups_moved": f"0/{len(arch.group_names)}",
+                               "stages_moved": f"0/{len(arch.stage_names)}"}
+    with torch.no_grad():
+        first = arch.alpha[0].masked_fill(~arch.width_valid[0], -1e9).argmin()
+        arch.alpha[0, first] += 3.0   # the worst candidate of group 0 becomes its argmax
+    assert arch.movement()["groups_moved"] == f"1/{len(arch.group_names)}"
+    assert arch.movement()["logit_move_max"] == pytest.approx(3.0)
+    *_, still = _search(TasConfig(init="budget", arch_lr=1e-9))
+    assert still["groups_moved"].startswith("0/") and "ended where it started" in still["note"]
