@@ -119,7 +119,12 @@ def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock
                 if not nodes or any(u not in nodes and u is not node and u in live for n in nodes for u in n.users):
                     continue  # none, or the branch also feeds something past the add
                 mods = sorted({_join(owner, n.target) for n in nodes if n.op == "call_module"})
-                params = sorted({_join(owner, n.target) for n in nodes if n.op == "get_attr"})
+                # an in-place op on a branch value (NF nets' ``out.mul_(self.skipinit_gain)``) is
+                # no ancestor of the branch output, and its parameters still go with the branch
+                dead = [u for n in nodes for u in n.users if u is not node and u not in live]
+                attrs = [n for n in nodes if n.op == "get_attr"] + \
+                    [a for u in dead for a in u.args if isinstance(a, fx.Node) and a.op == "get_attr"]
+                params = sorted({_join(owner, n.target) for n in attrs})
                 if not mods and not params:
                     continue
                 # A child module also used outside the branch cannot go with it.

@@ -79,3 +79,33 @@ def test_a_branch_may_read_optional_arguments_but_not_another_required_input():
 
     blocks, skipped = find_blocks(Outer(), ["inner"])
     assert blocks == [] and skipped == {}
+
+
+class InplaceGainRes(nn.Module):
+    """NF-net style: the branch output scaled in place by a parameter before the add."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.ReLU(), nn.Conv2d(2 * c, c, 1))
+        self.gain = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x):
+        out = self.body(x)
+        out.mul_(self.gain)
+        return x + out * 0.2
+
+
+def test_a_parameter_applied_in_place_to_the_branch_goes_with_the_block():
+    """``out.mul_(gain)`` is no ancestor of the branch output in the graph; removing the block
+    still removes ``gain``, and the parameter count says so."""
+    from compressor.decision import Decision
+    from compressor.export.slice import slice_model
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), InplaceGainRes(8), InplaceGainRes(8), nn.Flatten(), nn.LazyLinear(5))
+    x = torch.randn(1, 3, 8, 8)
+    model(x)
+    space = trace(model.eval(), x)
+    assert [b.params for b in space.blocks] == [["1.gain"], ["2.gain"]]
+    decision = Decision({}, [space.blocks[0].name])
+    sliced = slice_model(model, space, decision)
+    assert int(round(decision.params(space))) == sum(p.numel() for p in sliced.parameters())
