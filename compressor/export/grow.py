@@ -299,11 +299,15 @@ def shared_groups(space: Space, halves: Halves) -> dict[str, str]:
 
 
 def normalised_groups(space: Space) -> dict[str, str]:
-    """Groups some normalisation computes statistics over (LayerNorm, GroupNorm, RMSNorm), with
-    the reason: pruning them is exact, growing them is not (the statistics would mix the seeds)."""
+    """Groups some normalisation computes statistics over (LayerNorm, GroupNorm, RMSNorm, the
+    inputs of a standardised weight), with the reason: pruning them is exact, growing them is not
+    (the statistics would mix the seeds)."""
     group_of = space.unit_group()
     out = {}
-    for name, kind, units, _ in space.norm_sites:
+    sites = [(name, kind, units) for name, kind, units, _ in space.norm_sites]
+    sites += [(name, "weight standardisation", units) for name, dim, units in space.gate_sites
+              if name in space.standardised and dim != 0]  # rows are normalised over their inputs
+    for name, kind, units in sites:
         for gi in np.unique(group_of[units[units >= 0]]).tolist():
             out.setdefault(space.groups[gi].name, f"normalised over its channels by {kind} ({name})")
     return out

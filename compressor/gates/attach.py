@@ -12,6 +12,7 @@ from ..space import Space
 from ..space.blocks import trace_owner
 from .modules import ChannelMask, ChannelMix, DepthGate, GateValues, InputGate
 from .norms import NormMask
+from .standardised import StandardisedMask
 
 
 class Gates:
@@ -57,7 +58,8 @@ def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = No
                  owners: set[str] | None = None) -> Gates:
     """Gate ``model`` in place (owners of residual blocks become fx GraphModules with a
     :class:`DepthGate` on each branch; consumer weights get a :class:`ChannelMask`).  A weight
-    whose gated units are all frozen or pinned gets no mask (its gates could only ever be 1).
+    whose gated units are all frozen or pinned gets no mask (its gates could only ever be 1); a
+    weight standardised in the forward gets a :class:`StandardisedMask` instead.
     The weights of normalisations over channels get a :class:`NormMask` (statistics over kept
     channels).
     ``params``/``owners`` restrict the gates to those weights / block owners (for checks).
@@ -99,6 +101,12 @@ def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = No
         module = gates.model.get_submodule(mod_name)
         idx = [(d, torch.from_numpy(np.where(u >= 0, u, n))) for d, u in dims]
         ndim = getattr(module, attr).dim()
+        if name in space.standardised:  # statistics over kept inputs; inputs are not recombined
+            parametrize.register_parametrization(module, attr, StandardisedMask(gates.values, idx, ndim))
+            gates._parametrized.append((module, attr))
+            for _, u in dims:
+                gates.mixable[u[u >= 0]] = False
+            continue
         mask = ChannelMask(gates.values, idx, ndim)
         parametrize.register_parametrization(module, attr, mask)
         gates._parametrized.append((module, attr))

@@ -90,7 +90,7 @@ class Space:
 
     def __init__(self, groups, blocks, param_slices, gate_sites, flops_terms, param_terms,
                  unit_of_atom, input_shapes, skipped_owners, trace_seconds, reshapes=(), splits=(),
-                 norm_sites=()):
+                 norm_sites=(), standardised=()):
         self.groups: list[ChannelGroup] = groups
         self.blocks: list[ResidualBlock] = blocks
         self.param_slices: dict[str, ParamSlice] = param_slices
@@ -105,6 +105,8 @@ class Space:
         self.splits: list[SplitSite] = list(splits)
         # normalisations over channels: (weight name, kind, unit per channel, groups)
         self.norm_sites: list[tuple[str, str, np.ndarray, int]] = list(norm_sites)
+        # weights normalised per output row in the forward (weight standardisation)
+        self.standardised: frozenset[str] = frozenset(standardised)
         self.dropped_blocks: dict[str, str] = {}
         self.num_units = sum(g.size for g in groups)
         self._cost = None
@@ -273,7 +275,7 @@ def build_space(model: nn.Module, example_inputs: tuple | torch.Tensor, *, block
     reshapes = [ReshapeSite(r.module, r.shape, r.varying, to_units(r.atoms), r.module_type) for r in tr.reshapes]
     space = Space(groups, space_blocks, param_slices, gate_sites, flops_terms, param_terms,
                   unit_of_atom, [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
-                  skipped, time.perf_counter() - t0, reshapes, splits, norm_sites)
+                  skipped, time.perf_counter() - t0, reshapes, splits, norm_sites, tr.standardised_params)
     group_of = space.unit_group()
     assign_stages(space.blocks, {name: {int(group_of[u]) for d in ps.dims.values() for u in d if u >= 0}
                                  for name, ps in param_slices.items()})

@@ -29,6 +29,8 @@ from .records import (
     ReshapeSite,
     SplitSite,
 )
+from .standardise import StandardisedStep, fallback_label
+from .standardise import match as match_standardisation
 
 
 class TraceError(RuntimeError):
@@ -68,6 +70,11 @@ class Trace:
         self.op_count = 0
         self.functions: list[str] = []  # torch-level functions being run (outermost first)
         self.norm_depth = 0  # > 0 inside a normalisation whose statistics the gates will mask
+        # tensors of a weight standardisation (see :mod:`.standardise`), the weights found standardised,
+        # and a depth > 0 while the aten ops of one of its steps run unlabelled
+        self.standardised: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.standardised_params: set[str] = set()
+        self.quiet = 0
 
     # -- where we are -------------------------------------------------------------------------
     @property
@@ -82,6 +89,11 @@ class Trace:
         """Label tensor of ``t``; a free-standing parameter gets one fresh atom per element."""
         lab = self.labels.get(t)
         if lab is not None and lab.shape == t.shape:
+            return lab
+        step: StandardisedStep | None = self.standardised.get(t)
+        if step is not None:
+            lab = fallback_label(self, step, t)
+            self.labels[t] = lab
             return lab
         name = self.param_name(t)
         if name is not None and t.is_floating_point():
@@ -253,6 +265,8 @@ class LabelMode(TorchDispatchMode):
         out = func(*args, **kwargs)
         tr = self.trace
         tr.op_count += 1
+        if tr.quiet:
+            return out
         if func in _ADDS and len(args) >= 2 and isinstance(args[1], torch.Tensor) \
                 and isinstance(args[0], torch.Tensor) and args[0].shape == args[1].shape:
             tr.add_sites.append((tr.module, tr.op_count))
@@ -281,13 +295,18 @@ class FunctionMode(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         tr = self.trace
         site = _rms_norm_site(tr, name, args, kwargs)
+        std = match_standardisation(tr, func, args, kwargs)
         tr.functions.append(name)
         tr.norm_depth += site is not None
+        tr.quiet += std is not None
         try:
             out = func(*args, **kwargs)
         finally:
             tr.functions.pop()
             tr.norm_depth -= site is not None
+            tr.quiet -= std is not None
+        if std is not None:
+            std(out)
         if site is not None:
             x, weight = site
             tr.norm_site(weight, "rms_norm", tr.vector(tr.label(x), x.dim() - 1, name))

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import torch
 
+from ..standardise import WEIGHT
 from ..tracer import Trace
 from .attention import activation_product_rule
 from .base import _outputs, aten, merge_rule, register
@@ -18,6 +19,13 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
     x, w, b = args[0], args[1], args[2]
     transposed, groups = bool(args[6]), int(args[8])
     wname = tr.param_name(w)
+    std = tr.standardised.get(w) if wname is None else None
+    if std is not None and std.stage == WEIGHT:  # a standardised weight: laid out as its parameter
+        w = std.param
+        wname = tr.param_name(w)
+        tr.standardised_params.add(wname)
+    else:
+        std = None
     cin = x.shape[1]
     cout = out.shape[1]
     # MACs: every output pixel reads a k x k patch; a transposed conv instead scatters every
@@ -38,6 +46,7 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
         tr.gate_site(w, in_dim, lin)
         out_lab = _channel_labels(o_atoms, out.shape)
         tr.cost("conv", ksize, _channel_labels(o_atoms, positions), lin)
+        w_rows, w_cols = o_atoms, lin
     elif not transposed and groups < cin // groups:
         # Few wide groups (ResNeSt's radix): position i of every group is one unit, on each side,
         # so every group keeps the same positions and ``groups`` stays.
@@ -49,6 +58,7 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
         tr.gate_site(w, 1, pin)
         out_lab = _channel_labels(np.tile(pout, groups), out.shape)
         tr.cost("conv", ksize, out_lab, pin)
+        w_rows, w_cols = np.tile(pout, groups), pin
     else:
         # Every group of channels stays whole: input group g and output group g are one unit.
         kin, kout = cin // groups, cout // groups
@@ -64,9 +74,35 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
             tr.gate_site(w, 0, o_atoms)
         out_lab = _channel_labels(tr.ds.find(o_atoms), out.shape)
         tr.cost("conv", ksize * kin, _channel_labels(tr.ds.find(o_atoms), positions))
+        w_rows, w_cols = tr.ds.find(o_atoms), np.full(kin, -1)
+    if std is not None:
+        _standardised_rows(tr, std, w_rows, w_cols, ksize)
     if b is not None:
         tr.param_dim(b, 0, o_atoms)
     tr.set_label(out, out_lab)
+
+
+def _standardised_rows(tr: Trace, std, rows: np.ndarray, cols: np.ndarray, ksize: int) -> None:
+    """A weight normalised per output row in the forward: its gain and bias go with the rows, the
+    normalisation costs what fvcore counts for a batch norm in training over the weight, and a
+    row never shrinks to one element."""
+    for t in (std.gain, std.bias):
+        if isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape[0] == len(rows):
+            if tr.param_name(t) is not None:
+                tr.param_dim(t, 0, rows)
+            else:
+                lab = tr.label(t)
+                vec = tr.vector(lab, 0, "weight standardisation")
+                has = (vec >= 0) & (rows >= 0)
+                tr.ds.union(rows[has], vec[has])
+                # a gain computed from a parameter (``gain * scale``) labelled it before the
+                # convolution ran: the group is the convolution's, named and ordered after it
+                own = np.unique(lab.numpy())
+                late = [p for p in tr.producers if np.isin(p.atoms, own).any()]
+                tr.producers = [p for p in tr.producers if not np.isin(p.atoms, own).any()] + late
+    tr.cost("batch_norm", (5.0 if isinstance(std.gain, torch.Tensor) else 4.0) * ksize, rows, cols)
+    if ksize == 1:  # a row of one element cannot be standardised (torch refuses): two inputs stay
+        tr.box_pinned.append(cols[cols >= 0][:2])
 
 
 def _channel_labels(atoms: np.ndarray, shape: torch.Size, dim: int = 1) -> torch.Tensor:
