@@ -155,8 +155,9 @@ class TasConfig(_Strict):
                                 description="Candidate widths as fractions of each channel group, in (0, 1].")
     candidates: int = Field(2, ge=1, description="|I|: distinct widths sampled and mixed per group and step "
                             "(1 gives the width logits no gradient: the paper's failed ablation).")
-    mixture: Literal["cwi", "pad"] = Field("cwi", description="Align sampled widths by channel-wise "
-                                           "interpolation where the consumer allows it, or by zero padding.")
+    mixture: Literal["cwi", "pad"] = Field("pad", description="Align sampled widths by zero padding, or by "
+                                           "channel-wise interpolation where the consumer allows it (the paper; "
+                                           "its recipes set it). Padding won on trained weights (docs/accuracy.md).")
     depth: bool = Field(True, description="Search the number of leading blocks kept per stage.")
     tau_max: float = Field(5.0, gt=0, description="Gumbel temperature at the start (cosine decay).")
     tau_min: float = Field(0.1, gt=0, description="Gumbel temperature at the end.")

@@ -45,9 +45,9 @@ def test_overhead_rows(tmp_path, method):
     out = tmp_path / "overhead.csv"
     overhead.main(["--models", "cifar_resnet20", "--size", "16", "--batch", "4", "--steps", "2", "--warmup", "1",
                    "--device", "cpu", "--csv", str(out), "--method", method,
-                   *(["--method-set", "mixture=pad"] if method == "tas" else [])])
+                   *(["--method-set", "mixture=cwi"] if method == "tas" else [])])
     (row,) = list(csv.DictReader(out.open()))
-    assert row["options"] == ("mixture=pad" if method == "tas" else "")
+    assert row["options"] == ("mixture=cwi" if method == "tas" else "")
     assert float(row["plain_ms"]) > 0 and float(row["gated_ms"]) > 0
     assert float(row["plain_peak_mib"]) > 0 and float(row["gated_peak_mib"]) > 0
     assert abs(float(row["time_ratio"]) - float(row["gated_ms"]) / float(row["plain_ms"])) < 0.01

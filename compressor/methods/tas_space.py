@@ -6,10 +6,11 @@ and every stage).
   are ranked (pinned units first, then by an importance score), so a width keeps a prefix.
 * Sampling (training forward): ``z = (log_softmax(alpha) + Gumbel) / tau``; ``|I|`` distinct
   candidates drawn from ``softmax(z)`` and weighted by the softmax of ``z`` over those alone.
-  The widths are aligned by channel-wise interpolation (CWI: output channel k of the widest
-  averages the narrower prefix's channels ``floor(k C/C')`` ... ``ceil((k+1) C/C') - 1``) in a
-  group whose every consumer contracts over it (dense conv/linear inputs), else by zero padding
-  (each unit weighted by the total weight of the sampled widths that keep it).
+  The widths are aligned by zero padding (each unit weighted by the total weight of the sampled
+  widths that keep it; the default), or with ``mixture: cwi`` (the paper) by channel-wise
+  interpolation (output channel k of the widest averages the narrower prefix's channels
+  ``floor(k C/C')`` ... ``ceil((k+1) C/C') - 1``) in a group whose every consumer contracts over
+  it (dense conv/linear inputs), else by padding.
 * Depth: per stage (a run of blocks on one residual stream), logits ``beta`` over how many
   leading blocks are kept; a Gumbel-softmax ``q`` over all candidates gives block ``p`` of the
   stage the gate ``sum_k q_k [depth_k > p]``: the probability that the depth reaches it (exact

@@ -96,7 +96,7 @@ def test_cwi_mixture_is_channel_wise_interpolation():
     space = trace(model, torch.randn(1, 5))
     scores = torch.randn(space.num_units).double().numpy()
     gates = attach_gates(model, space)
-    arch = TasArchitecture(space, TasConfig(), scores, mixable=gates.mixable)
+    arch = TasArchitecture(space, TasConfig(mixture="cwi"), scores, mixable=gates.mixable)
     assert arch.cwi_group.tolist() == [True]
     x = torch.randn(6, 5)
     cands = arch.widths[0].tolist()   # [3, 4, 5, 6, 7, 8, 9, 10]
@@ -150,7 +150,8 @@ def test_arch_steps_move_the_width_logits_only_with_two_candidates(monkeypatch):
 
 
 def test_search_decides_within_the_budget_band():
-    method, space, decision, summary = _search(TasConfig(self_distill={"enabled": True, "warmup": 0.0}), epochs=2)
+    method, space, decision, summary = _search(TasConfig(mixture="cwi", self_distill={"enabled": True, "warmup": 0.0}),
+                                               epochs=2)
     decision.validate(space)
     fraction = decision.flops(space) / float(space.cost.flops())
     assert 0.5 - 0.05 - 1e-9 <= fraction <= 0.5
