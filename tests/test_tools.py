@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from tools import accuracy, cuda_matrix, gate_cost, grow_cost, latency, overhead, pipelines, sparse_epochs
+from tools import accuracy, cuda_matrix, frozen_share, gate_cost, grow_cost, latency, overhead, pipelines, sparse_epochs
 
 
 def test_latency_rows():
@@ -91,3 +91,10 @@ def test_cuda_matrix_rows_on_cpu(tmp_path, capsys):
     assert rc == 0 and [(r["setting"], r["sets"]) for r in rows] == [("bf16", ""), ("ddp-nccl", "data.workers=1")]
     assert all(r["exit"] == "0" and float(r["finetune_img_s"]) > 0 for r in rows)
     assert "| cifar_resnet20 | prune | bf16 |  | 0 |" in capsys.readouterr().out
+
+
+def test_frozen_share_rows(capsys):
+    (row,) = frozen_share.main(["--models", "cifar_resnet20", "--size", "16"])
+    assert 0 < row["prunable"] <= row["groups"]
+    assert 0.0 <= row["frozen_flops"] < 0.1 and 0.0 < row["smallest"] < 0.5
+    assert "| cifar_resnet20 |" in capsys.readouterr().out
