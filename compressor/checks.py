@@ -2,10 +2,13 @@
 (``first_output``/``gated_output`` live in :mod:`compressor.gates.outputs` and are re-exported.)"""
 from __future__ import annotations
 
+import ctypes
+import gc
 import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -27,6 +30,27 @@ TOL_GROW = 1e-4
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     scale = max(float(b.abs().max()), 1e-12)
     return float((a - b).abs().max()) / scale
+
+
+def _rss_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key))
+
+
+def peak_memory(fn: Callable[[], Any]) -> tuple[Any, float | None]:
+    """``fn()`` and the peak resident set during it above the resident set before it, in MB
+    (freed memory is returned to the system first; ``VmHWM`` is reset through
+    ``/proc/self/clear_refs``).  The peak is None where that is not available (not Linux)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        before = _rss_mb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return fn(), None
+    out = fn()
+    return out, _rss_mb("VmHWM") - before
 
 
 def randomise_zero_weights(model: nn.Module, seed: int) -> None:
@@ -57,9 +81,14 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
     x = example_input(name, m, batch=2, size=size) if isinstance(model, str) else \
         torch.randn(2, 3, size or 224, size or 224)
     res: dict = {"params": sum(p.numel() for p in m.parameters())}
+    weights_mb = sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20
+    with torch.no_grad():
+        _, plain_mb = peak_memory(lambda: m(x[:1]))
     t0 = time.perf_counter()
-    space = trace(m, x[:1])
+    space, trace_mb = peak_memory(lambda: trace(m, x[:1]))
     res["trace_s"] = round(time.perf_counter() - t0, 2)
+    if plain_mb is not None:  # the trace's peak against a plain forward pass, weights included
+        res["trace_mem_x"] = round((weights_mb + trace_mb) / (weights_mb + plain_mb), 2)
     res["groups"] = len(space.groups)
     res["prunable"] = sum(g.prunable for g in space.groups)
     res["blocks"] = len(space.blocks)

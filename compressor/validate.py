@@ -24,6 +24,7 @@ from .decision import Decision
 from .errors import one_line
 from .export.slice import slice_model
 from .gates.outputs import first_output, gated_output
+from .space import TraceError
 
 TOLERANCE = 1e-4
 
@@ -111,11 +112,29 @@ def _drop_blocks(space, names: dict[str, str]) -> None:
         space._cost = None
 
 
+def describe_output(out, depth: int = 0) -> str:
+    """A model output's structure in a few words: ``list[dict[str, Tensor]]``."""
+    if isinstance(out, torch.Tensor):
+        return f"Tensor({out.dtype})" if not out.is_floating_point() else "Tensor"
+    if depth < 3 and isinstance(out, dict) and out:
+        key, value = next(iter(out.items()))
+        return f"dict[{type(key).__name__}, {describe_output(value, depth + 1)}]"
+    if depth < 3 and isinstance(out, (list, tuple)) and out:
+        return f"{type(out).__name__}[{describe_output(out[0], depth + 1)}]"
+    return type(out).__name__
+
+
 def check_gates_at_one(model: nn.Module, space, example_inputs: tuple) -> None:
     """Invariant 1: freeze the groups gated on every weight, and drop the blocks of every owner,
     whose gates at 1 change the model's output (in place)."""
     with torch.no_grad():
-        y0 = first_output(model(*example_inputs))
+        out = model(*example_inputs)
+    y0 = first_output(out)
+    if not isinstance(y0, torch.Tensor) or not y0.is_floating_point():
+        raise TraceError(f"{type(model).__name__} returns {describe_output(out)}: compressor compares outputs "
+                         "before and after slicing, so it needs a floating-point tensor, or a tuple, list or "
+                         "dict whose first element is one (detection models return per-image dicts whose "
+                         "sizes depend on the values)")
     tol = TOLERANCE * max(1.0, float(y0.abs().max()))
 
     def changed(params: list, owners: list) -> str | None:

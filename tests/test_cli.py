@@ -22,17 +22,21 @@ def test_unknown_model_suggests_and_exits_2(capsys):
 
 
 def test_coverage_tool_on_a_representative_slice(tmp_path):
-    """CI's slice of tools/coverage.py: a CNN with blocks, a depthwise net, a timm transformer."""
+    """CI's slice of tools/coverage.py: a CNN with blocks, a depthwise net, a timm transformer, and a
+    detection model, refused by name."""
     md = tmp_path / "cov.md"
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "coverage.py"), "--models",
-                           "resnet18,mnasnet0_5,deit_tiny_patch16_224", "--size", "64", "--no-yardstick",
+                           "resnet18,mnasnet0_5,deit_tiny_patch16_224,ssdlite320_mobilenet_v3_large", "--size", "64", "--no-yardstick",
                            "--md", str(md), "--timeout", "600"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("model=")]
-    assert len(lines) == 3
-    assert all("status=pass" in line for line in lines), "\n".join(lines)
-    assert "| torchvision | 2 | 2 |" in md.read_text()
+    assert len(lines) == 4
+    assert all("status=pass" in line and "trace_mem_x=" in line for line in lines[:3]), "\n".join(lines)
+    assert "status=fail" in lines[3] and "SSD returns list[dict[str, Tensor]]" in lines[3]
+    text = md.read_text()
+    assert "| torchvision classification | 2 | 2 (100%) |" in text and "| torchvision detection | 1 | 0 (0%) |" in text
+    assert "Trace peak memory against a plain forward pass" in text
 
 
 def test_dependency_warnings_go_to_the_log_not_the_terminal(tmp_path, capsys, monkeypatch):

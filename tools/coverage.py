@@ -16,6 +16,7 @@ import csv
 import json
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,13 @@ def torchvision_segmentation_models() -> list[str]:
     import torchvision
 
     return list(torchvision.models.list_models(module=torchvision.models.segmentation))
+
+
+def torchvision_detection_models() -> list[str]:
+    """torchvision's detection models: per-image dicts out, so the round trip refuses them by name."""
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models.detection))
 
 
 def timm_per_module() -> list[str]:
@@ -110,8 +118,8 @@ def child_ours(name: str, size: int | None) -> dict:
     from compressor.checks import check_round_trip
 
     torch.manual_seed(0)
-    if name in torchvision_segmentation_models():  # not in the zoo: built here, no backbone weights
-        import torchvision
+    if name in torchvision_segmentation_models() + torchvision_detection_models():
+        import torchvision  # not in the zoo: built here, without backbone weights
 
         model = torchvision.models.get_model(name, weights=None, weights_backbone=None)
         return check_round_trip(model, size=size or 224, target=0.5, source=name)
@@ -172,7 +180,7 @@ def main() -> None:
             res = {"status": "fail", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         print("RESULT " + json.dumps(res), flush=True)
         return
-    tv = set(torchvision_models()) | set(torchvision_segmentation_models())
+    tv = set(torchvision_models()) | set(torchvision_segmentation_models()) | set(torchvision_detection_models())
     if args.combine:
         merged: dict[str, dict] = {}
         for path in args.combine:
@@ -194,7 +202,7 @@ def main() -> None:
         timm_list += [n for n in TIMM_PER_MODULE.read_text().split() if n not in timm_list]
     timm_names = [f"timm:{n}" if n in tv else n for n in timm_list]  # timm's densenet121, not torchvision's
     names = args.models.split(",") if args.models else \
-        torchvision_models() + torchvision_segmentation_models() + timm_names
+        torchvision_models() + torchvision_segmentation_models() + torchvision_detection_models() + timm_names
     rows = []
     for name in names:
         source = "timm" if name.startswith("timm:") or name not in tv else "torchvision"
@@ -212,7 +220,8 @@ def main() -> None:
 
 
 COLUMNS = ["model", "source", "status", "flops_ratio", "inv1", "inv2", "flops_vs_fvcore", "params_exact",
-           "inv4", "inv5", "grow", "groups", "prunable", "blocks", "trace_s", "slice_s", "peak_mb", "error",
+           "inv4", "onnx_exporter", "inv5", "grow", "groups", "prunable", "blocks", "trace_s", "trace_mem_x",
+           "slice_s", "peak_mb", "error",
            "tp_status", "tp_macs_ratio", "tp_error"]
 
 
@@ -229,24 +238,39 @@ def _line(row: dict) -> str:
     return " ".join(f"{k}={row.get(k)}" for k in COLUMNS if row.get(k) not in (None, ""))
 
 
-def _summary(rows: list[dict], args) -> None:
-    def count(source: str, key: str) -> tuple[int, int]:
-        sel = [r for r in rows if r["source"] == source]
-        return sum(r.get(key) == "pass" for r in sel), len(sel)
+def model_lists(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The lists the issue counts separately (a timm model can be on both timm lists)."""
+    def pick(names, source: str) -> list[dict]:
+        names = set(names)
+        return [r for r in rows if r["source"] == source and r["model"].removeprefix("timm:") in names]
 
+    per_module = TIMM_PER_MODULE.read_text().split() if TIMM_PER_MODULE.exists() else []
+    return [("torchvision classification", pick(torchvision_models(), "torchvision")),
+            ("torchvision segmentation", pick(torchvision_segmentation_models(), "torchvision")),
+            ("torchvision detection", pick(torchvision_detection_models(), "torchvision")),
+            ("timm, curated", pick(TIMM_MODELS, "timm")),
+            ("timm, one per architecture module", pick(per_module, "timm"))]
+
+
+def _summary(rows: list[dict], args) -> None:
     lines = []
-    for source in ("torchvision", "timm"):
-        ours, n = count(source, "status")
-        if not n:
+    for label, sel in model_lists(rows):
+        if not sel:
             continue
-        theirs, _ = count(source, "tp_status")
-        sel = [r for r in rows if r["source"] == source]
+        ours = sum(r.get("status") == "pass" for r in sel)
+        theirs = sum(r.get("tp_status") == "pass" for r in sel)
         both = sum(r.get("tp_status") == "pass" and r.get("status") == "pass" for r in sel)
         tp_only = [r["model"] for r in sel if r.get("tp_status") == "pass" and r.get("status") != "pass"]
-        lines.append(f"| {source} | {n} | {ours} | {theirs if not args.no_yardstick else '-'} | {both} | "
-                     f"{', '.join(tp_only) or 'none'} |")
-    table = ["| zoo | models | compressor passes | torch-pruning passes | both pass | torch-pruning only |",
+        lines.append(f"| {label} | {len(sel)} | {ours} ({100 * ours / len(sel):.0f}%) | "
+                     f"{theirs if not args.no_yardstick else '-'} | {both} | {', '.join(tp_only) or 'none'} |")
+    table = ["| list | models | compressor passes | torch-pruning passes | both pass | torch-pruning only |",
              "|---|---|---|---|---|---|", *lines]
+    mem = [(float(r["trace_mem_x"]), r["model"]) for r in rows if r.get("trace_mem_x") not in (None, "")]
+    if mem:
+        over = [f"{m} ({x:.1f}x)" for x, m in sorted(mem, reverse=True) if x > 3.0]
+        table += ["", f"Trace peak memory against a plain forward pass (weights included): median "
+                  f"{statistics.median(x for x, _ in mem):.2f}x, largest {max(mem)[0]:.2f}x ({max(mem)[1]}) over "
+                  f"{len(mem)} models; above 3x: {', '.join(over) or 'none'}."]
     print("\n".join(table))
     if args.csv:
         with open(args.csv, "w", newline="") as f:

@@ -9,20 +9,14 @@ call minus the resident set before it.  Linux only.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import subprocess
 import sys
-
-
-def _status(key: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key))
 
 
 def child(name: str, what: str, size: int) -> None:
     import torch
 
+    from compressor.checks import peak_memory
     from compressor.frontend import trace
     from compressor.space import build_space
     from compressor.zoo import create_model_for_size
@@ -31,14 +25,10 @@ def child(name: str, what: str, size: int) -> None:
     model, _ = create_model_for_size(name, None)
     model.eval()
     x = torch.randn(1, 3, size, size)
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    {"plain": lambda: model(x), "build": lambda: build_space(model, (x,)), "trace": lambda: trace(model, (x,))}[what]()
+    calls = {"plain": lambda: model(x), "build": lambda: build_space(model, (x,)), "trace": lambda: trace(model, (x,))}
+    _, peak = peak_memory(calls[what])
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    print(f"RESULT {weights:.0f} {_status('VmHWM') - before:.0f}")
+    print(f"RESULT {weights:.0f} {peak:.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:

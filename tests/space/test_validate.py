@@ -1,4 +1,5 @@
 """Invariants 1 and 2 are checked by `trace` itself: what breaks them is frozen or dropped, with the reason."""
+import pytest
 import torch
 from torch import nn
 
@@ -7,6 +8,7 @@ from compressor.decision import random_decision
 from compressor.export import slice_model
 from compressor.gates import attach_gates
 from compressor.frontend import trace
+from compressor.space import TraceError
 from tests.conftest import rel_diff
 
 
@@ -145,3 +147,20 @@ def test_validation_catches_a_hidden_equal_width_constraint():
         x = torch.randn(2, 3, 8, 8)
         with torch.no_grad():
             assert rel_diff(sliced(x), gated_output(model, space, decision, x)) < 1e-5
+
+
+class PerImageDicts(nn.Module):
+    """Detection-style output: one dict per image, whose sizes depend on the values."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        scores = self.head(torch.relu(self.conv(x))).amax((1, 2, 3))
+        return [{"labels": (s > 0).long().nonzero(), "scores": s[s > 0]} for s in scores.unsqueeze(1)]
+
+
+def test_an_output_without_a_leading_tensor_is_refused_by_name():
+    with pytest.raises(TraceError, match=r"PerImageDicts returns list\[dict\[str, Tensor\(torch.int64\)\]\]"):
+        trace(PerImageDicts(), torch.randn(1, 3, 8, 8))
