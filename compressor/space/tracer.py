@@ -45,11 +45,7 @@ class Trace:
         self.labels: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.param_t: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.param_names: dict[int, str] = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            self.param_names.setdefault(id(p), name)
-        for name, b in model.named_buffers(remove_duplicate=False):
-            self.param_names.setdefault(id(b), name)
-        self._param_refs = [p for p in model.parameters()] + [b for b in model.buffers()]
+        self.name_tensors(model)
         self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.module_types = {n: type(m).__name__ for n, m in model.named_modules(remove_duplicate=False)}
         self.module_stack: list[str] = []
@@ -75,6 +71,14 @@ class Trace:
         self.standardised: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.standardised_params: set[str] = set()
         self.quiet = 0
+
+    def name_tensors(self, model: nn.Module) -> None:
+        """Name every parameter and buffer of ``model`` (again after a call that replaced buffers)."""
+        self.param_names = {}
+        named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+        for name, t in named:
+            self.param_names.setdefault(id(t), name)
+        self._param_refs = [*model.parameters(), *model.buffers()]  # keeps the ids unique
 
     # -- where we are -------------------------------------------------------------------------
     @property
@@ -326,7 +330,7 @@ def _rms_norm_site(tr: Trace, name: str, args: tuple, kwargs: dict) -> tuple | N
 
 
 def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Rule]) -> tuple[Trace, Any]:
-    """Run ``model(*example_inputs)`` once in eval mode under :class:`LabelMode`."""
+    """Run ``model(*example_inputs)`` in eval mode: once plainly, then under :class:`LabelMode`."""
     tr = Trace(model)
 
     def pre(mod, args):
@@ -341,6 +345,11 @@ def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Ru
     h1 = nn.modules.module.register_module_forward_pre_hook(pre)
     h2 = nn.modules.module.register_module_forward_hook(post)
     try:
+        with torch.no_grad():
+            # A plain pass first: state a model builds on its first call (ConViT's relative
+            # indices) is then a buffer in every trace, whether the model ran before or not.
+            model(*example_inputs)
+        tr.name_tensors(model)
         with torch.no_grad(), FunctionMode(tr), LabelMode(tr, rules):
             out = model(*example_inputs)
     except TraceError:

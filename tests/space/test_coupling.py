@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.frontend import trace
-from compressor.space import TraceError
+from compressor.space import TraceError, build_space
 from tests.conftest import rel_diff, round_trip
 
 
@@ -326,3 +326,30 @@ def test_a_group_pinned_by_split_sizes_says_so():
     space = trace(OnePerPart().eval(), torch.randn(1, 3, 6, 6))
     stem = space.group("stem")
     assert not stem.prunable and "first of a split" in stem.frozen
+
+
+class LazyIndices(nn.Module):
+    """Builds a constant on its first call and keeps it as a buffer (as timm's ConViT does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pos = nn.Linear(3, 8)
+        self.register_buffer("rel", torch.zeros(1, 1, 3), persistent=False)
+
+    def forward(self, x):
+        n = x.shape[2] * x.shape[3]
+        if self.rel.shape[1] != n:
+            self.rel = torch.arange(3 * n, dtype=x.dtype).reshape(1, n, 3) / n
+        h = self.conv(x).flatten(2).transpose(1, 2) + self.pos(self.rel)
+        return h.mean(1)
+
+
+def test_a_model_traces_the_same_before_and_after_its_first_call():
+    """A saved model is rebuilt by tracing a fresh copy: the groups must not depend on whether
+    the model had run before it was traced."""
+    x = torch.randn(1, 3, 6, 6)
+    fresh = build_space(LazyIndices(), x)
+    used = LazyIndices()
+    used(x)
+    assert [g.name for g in build_space(used, x).groups] == [g.name for g in fresh.groups]
