@@ -48,7 +48,9 @@ class Gates:
         for module, name in reversed(self._parametrized):
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
         self._parametrized.clear()
-        for owner, original in self._replaced.items():
+        # Last rewritten, first restored: an owner rewritten inside another one (a residual inside
+        # a residual block) is put back in the outer original only once that is back in place.
+        for owner, original in reversed(self._replaced.items()):
             self.model = _set_module(self.model, owner, original)
         self._replaced.clear()
         return self.model

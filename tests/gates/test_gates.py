@@ -29,6 +29,45 @@ def test_detach_restores_the_original_model_exactly():
     assert not any("parametrizations" in n or "depth_gate" in n for n, _ in model.named_modules())
 
 
+class PosEnc(torch.nn.Module):
+    """A residual inside a residual block, run before the outer add (DaViT's ConvPosEnc)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(c, c, 3, padding=1, groups=c)
+
+    def forward(self, x):
+        return x + self.proj(x)
+
+
+class NestedOwners(torch.nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem, self.pos, self.mlp = torch.nn.Conv2d(3, c, 3, padding=1), PosEnc(c), torch.nn.Conv2d(c, c, 1)
+        self.head = torch.nn.Linear(c, 4)
+
+    def forward(self, x):
+        h = self.pos(self.stem(x))
+        h = h + self.mlp(h)
+        return self.head(h.mean((2, 3)))
+
+
+def test_detach_restores_nested_block_owners():
+    """The inner owner is rewritten first, inside the outer one: undoing in the same order left
+    the inner GraphModule (and its depth gate) in the user's model."""
+    model, x = NestedOwners().eval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        before = model(x)
+    space = trace(model, x[:1])
+    assert {b.owner for b in space.blocks} == {"", "pos"}
+    gates = attach_gates(model, space)
+    gates.set(blocks=torch.zeros(len(space.blocks)))
+    model = gates.remove()
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    assert not any("depth_gate" in n for n, _ in model.named_modules())
+
+
 def test_soft_gate_values_receive_gradients():
     model, x, space = _setup()
     gates = attach_gates(model, space)
