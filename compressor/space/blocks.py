@@ -93,10 +93,17 @@ def _branch_nodes(branch: fx.Node, skip: set[fx.Node]) -> set[fx.Node] | None:
     return seen if reached_skip else None
 
 
-def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock], dict[str, str]]:
-    """Blocks inside the given owner modules, and for owners that fx cannot trace, why."""
+def find_blocks(model: nn.Module, owners: list[str], costly: set[int] = frozenset()
+                ) -> tuple[list[ResidualBlock], dict[str, str], dict[str, str]]:
+    """Blocks inside the given owner modules; for owners that fx cannot trace, why; and the
+    residual adds that are no block, by the name they would have had, with the reason.
+
+    ``costly`` holds the ids of the modules that cost FLOPs when called: a branch calling one that
+    code outside the branch calls too (CoaT's ``mlp2 = mlp3 = mlp4``) is no block, because the
+    cost model prices a module, not one call of it."""
     blocks: list[ResidualBlock] = []
     skipped: dict[str, str] = {}
+    dropped: dict[str, str] = {}
     for owner in owners:
         mod = model.get_submodule(owner) if owner else model
         try:
@@ -129,11 +136,17 @@ def find_blocks(model: nn.Module, owners: list[str]) -> tuple[list[ResidualBlock
                     continue
                 # A child module also used outside the branch cannot go with it.
                 outside = {n.target for n in gm.graph.nodes if n.op == "call_module" and n not in nodes}
-                mods = [m for m in mods if m[len(owner) + 1 if owner else 0:] not in outside]
-                blocks.append(ResidualBlock(f"{owner}#{k}", owner, node.name, branch.name, mods, params))
+                shared = [m for m in mods if m[len(owner) + 1 if owner else 0:] in outside]
+                priced = [m for m in shared if any(id(sub) in costly for sub in model.get_submodule(m).modules())]
+                if priced:
+                    dropped[f"{owner}#{k}"] = f"its branch calls '{priced[0]}', which is also called outside " \
+                        "the branch: the cost of one call of a shared module cannot be priced"
+                else:
+                    mods = [m for m in mods if m not in shared]
+                    blocks.append(ResidualBlock(f"{owner}#{k}", owner, node.name, branch.name, mods, params))
                 k += 1
                 break
-    return blocks, skipped
+    return blocks, skipped, dropped
 
 
 def live_nodes(graph: fx.Graph) -> set[fx.Node]:

@@ -266,9 +266,12 @@ def build_space(model: nn.Module, example_inputs: tuple | torch.Tensor, *, block
 
     space_blocks: list[ResidualBlock] = []
     skipped: dict[str, str] = {}
+    dropped: dict[str, str] = {}
     if blocks:
         owners = list(dict.fromkeys(m for m, _ in tr.add_sites))
-        space_blocks, skipped = find_blocks(model, owners)
+        modules = dict(model.named_modules(remove_duplicate=False))
+        costly = {id(modules[t.module]) for t in tr.costs if t.module in modules}
+        space_blocks, skipped, dropped = find_blocks(model, owners, costly)
     flops_terms = [_resolve(t, to_units) for t in tr.costs]
     param_terms = _param_terms(model, param_slices)
     splits = [SplitSite(sp.module, sp.sizes, to_units(sp.atoms)) for sp in tr.splits]
@@ -276,6 +279,7 @@ def build_space(model: nn.Module, example_inputs: tuple | torch.Tensor, *, block
     space = Space(groups, space_blocks, param_slices, gate_sites, flops_terms, param_terms,
                   unit_of_atom, [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
                   skipped, time.perf_counter() - t0, reshapes, splits, norm_sites, tr.standardised_params)
+    space.dropped_blocks.update(dropped)
     group_of = space.unit_group()
     assign_stages(space.blocks, {name: {int(group_of[u]) for d in ps.dims.values() for u in d if u >= 0}
                                  for name, ps in param_slices.items()})

@@ -77,7 +77,7 @@ def test_a_branch_may_read_optional_arguments_but_not_another_required_input():
         def forward(self, x):
             return self.inner(x, x.flip(1))
 
-    blocks, skipped = find_blocks(Outer(), ["inner"])
+    blocks, skipped, _ = find_blocks(Outer(), ["inner"])
     assert blocks == [] and skipped == {}
 
 
@@ -109,3 +109,37 @@ def test_a_parameter_applied_in_place_to_the_branch_goes_with_the_block():
     decision = Decision({}, [space.blocks[0].name])
     sliced = slice_model(model, space, decision)
     assert int(round(decision.params(space))) == sum(p.numel() for p in sliced.parameters())
+
+
+class SharedMlpBranches(nn.Module):
+    """Three residual streams whose branches call one MLP module (timm CoaT's parallel blocks:
+    ``mlp2 = mlp3 = mlp4``)."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.mlp2 = self.mlp3 = nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.ReLU(), nn.Conv2d(2 * c, c, 1))
+        self.own = nn.Conv2d(c, c, 1)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        a, b = h + self.mlp2(h), h[:, :, ::2, ::2] + self.mlp3(h[:, :, ::2, ::2])
+        b = b + self.own(b)
+        return self.head(a.mean((2, 3)) + b.mean((2, 3)))
+
+
+def test_a_branch_calling_a_module_shared_with_other_code_is_not_a_block():
+    """Removing one call of a shared module cannot be priced by module name: such a branch is no
+    block (with the reason), the others stay, and the cost model matches fvcore after slicing."""
+    from compressor.decision import Decision
+    from compressor.export.flops import fvcore_flops
+    from compressor.export.slice import slice_model
+
+    model, x = SharedMlpBranches().eval(), torch.randn(1, 3, 8, 8)
+    space = trace(model, x)
+    assert [b.modules for b in space.blocks] == [["own"]]
+    assert any("mlp2" in why for why in space.dropped_blocks.values())
+    decision = Decision({}, [space.blocks[0].name])
+    sliced = slice_model(model, space, decision)
+    assert decision.flops(space) == fvcore_flops(sliced, x)
