@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .decision import decision_for_budget
+from .errors import one_line
 from .export import export_onnx, load_compressed, save_compressed, slice_model
 from .export.flops import fvcore_flops
 from .frontend import trace
@@ -161,6 +162,8 @@ def check_growth(model: nn.Module, space, x: torch.Tensor, seed: int = 0) -> str
         gap = growth_gap(model, space, halves, seed_a, seed_b, x)
     except GrowError as e:
         return f"cannot grow: {e}"
+    except Exception as e:  # noqa: BLE001 - a widening bug is this column's finding, not the round trip's
+        return f"growth failed: {one_line(e)}"
     if gap <= TOL_GROW:
         return "exact"
     shared = shared_groups(space, halves)
