@@ -24,6 +24,7 @@ class Gates:
         self.values = GateValues(space.num_units, len(space.blocks))
         self._replaced: dict[str, nn.Module] = {}
         self._parametrized: list[tuple[nn.Module, str]] = []
+        self._transient: dict[int, set[str]] = {}  # non-persistent buffers that got a parametrization
         # units whose every consumer contracts over them one column each: ``values.mix`` may
         # recombine them (set by attach_gates)
         self.mixable = np.ones(space.num_units, dtype=bool)
@@ -40,14 +41,25 @@ class Gates:
                 raise ValueError(f"expected {len(self.space.blocks)} block values, got {tuple(blocks.shape)}")
             self.values.blocks = blocks
 
+    def parametrize(self, module: nn.Module, attr: str, gate: nn.Module) -> None:
+        """Register ``gate`` as the parametrization of ``module.attr`` (undone by :meth:`remove`)."""
+        if attr in module._non_persistent_buffers_set:
+            self._transient.setdefault(id(module), set()).add(attr)
+        parametrize.register_parametrization(module, attr, gate)
+        self._parametrized.append((module, attr))
+
     def remove(self) -> nn.Module:
         """Detach every gate; the model computes exactly what it did before :func:`attach_gates`."""
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
         for module, name in reversed(self._parametrized):
+            transient = name in self._transient.get(id(module), ())
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+            if transient:  # remove_parametrizations registers a buffer back as persistent
+                module._non_persistent_buffers_set.add(name)
         self._parametrized.clear()
+        self._transient.clear()
         # Last rewritten, first restored: an owner rewritten inside another one (a residual inside
         # a residual block) is put back in the outer original only once that is back in place.
         for owner, original in reversed(self._replaced.items()):
@@ -104,14 +116,12 @@ def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = No
         idx = [(d, torch.from_numpy(np.where(u >= 0, u, n))) for d, u in dims]
         ndim = getattr(module, attr).dim()
         if name in space.standardised:  # statistics over kept inputs; inputs are not recombined
-            parametrize.register_parametrization(module, attr, StandardisedMask(gates.values, idx, ndim))
-            gates._parametrized.append((module, attr))
+            gates.parametrize(module, attr, StandardisedMask(gates.values, idx, ndim))
             for _, u in dims:
                 gates.mixable[u[u >= 0]] = False
             continue
         mask = ChannelMask(gates.values, idx, ndim)
-        parametrize.register_parametrization(module, attr, mask)
-        gates._parametrized.append((module, attr))
+        gates.parametrize(module, attr, mask)
         channel_dim = -1 if isinstance(module, nn.Linear) else 1
         for (d, u), (_, ix) in zip(dims, idx):
             if attr == "weight" and is_contracting(module, d) and _one_position_per_unit(u):
@@ -125,8 +135,7 @@ def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = No
     for name, idx, groups in norm_masks(space, params):
         mod_name, _, attr = name.rpartition(".")
         module = gates.model.get_submodule(mod_name)
-        parametrize.register_parametrization(module, attr, NormMask(gates.values, idx, groups))
-        gates._parametrized.append((module, attr))
+        gates.parametrize(module, attr, NormMask(gates.values, idx, groups))
     return gates
 
 

@@ -68,6 +68,28 @@ def test_detach_restores_nested_block_owners():
     assert not any("depth_gate" in n for n, _ in model.named_modules())
 
 
+class Blur(torch.nn.Module):
+    """A depthwise filter held in a non-persistent buffer (timm's BlurPool2d in TResNet)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.register_buffer("filt", torch.ones(c, 1, 3, 3) / 9, persistent=False)
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(x, self.filt, padding=1, groups=x.shape[1])
+
+
+def test_detach_keeps_a_non_persistent_buffer_out_of_the_state_dict():
+    """A gated buffer put back by ``remove_parametrizations`` is re-registered as persistent; a
+    saved model then carried a key its reload did not expect."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), Blur(8), torch.nn.Conv2d(8, 4, 1)).eval()
+    keys = sorted(model.state_dict())
+    space = trace(model, torch.randn(1, 3, 8, 8))
+    assert any(name == "1.filt" for name, _, _ in space.gate_sites)
+    attach_gates(model, space).remove()
+    assert sorted(model.state_dict()) == keys
+
+
 def test_soft_gate_values_receive_gradients():
     model, x, space = _setup()
     gates = attach_gates(model, space)
