@@ -131,10 +131,10 @@ def check_gates_at_one(model: nn.Module, space, example_inputs: tuple) -> None:
         out = model(*example_inputs)
     y0 = first_output(out)
     if not isinstance(y0, torch.Tensor) or not y0.is_floating_point():
-        raise TraceError(f"{type(model).__name__} returns {describe_output(out)}: compressor compares outputs "
-                         "before and after slicing, so it needs a floating-point tensor, or a tuple, list or "
-                         "dict whose first element is one (detection models return per-image dicts whose "
-                         "sizes depend on the values)")
+        raise TraceError(f"{type(model).__name__} returns {describe_output(out)}: compressor compares "
+                         "outputs before and after slicing, so it needs a floating-point tensor, or a tuple, "
+                         "list or dict whose first element is one (detection models return per-image dicts "
+                         "whose sizes depend on the values)")
     tol = TOLERANCE * max(1.0, float(y0.abs().max()))
 
     def changed(params: list, owners: list) -> str | None:

@@ -89,6 +89,11 @@ def timm_per_module() -> list[str]:
     return chosen
 
 
+def timm_per_module_list() -> list[str]:
+    """The list :func:`timm_per_module` wrote to ``timm_per_module.txt`` (empty if it is missing)."""
+    return TIMM_PER_MODULE.read_text().split() if TIMM_PER_MODULE.exists() else []
+
+
 def _cap_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
 
@@ -198,8 +203,7 @@ def main() -> None:
         _summary(list(merged.values()), args)
         return
     timm_list = list(TIMM_MODELS)
-    if TIMM_PER_MODULE.exists():  # the curated list plus one model per timm architecture module
-        timm_list += [n for n in TIMM_PER_MODULE.read_text().split() if n not in timm_list]
+    timm_list += [n for n in timm_per_module_list() if n not in timm_list]  # plus one per timm module
     timm_names = [f"timm:{n}" if n in tv else n for n in timm_list]  # timm's densenet121, not torchvision's
     names = args.models.split(",") if args.models else \
         torchvision_models() + torchvision_segmentation_models() + torchvision_detection_models() + timm_names
@@ -244,12 +248,11 @@ def model_lists(rows: list[dict]) -> list[tuple[str, list[dict]]]:
         names = set(names)
         return [r for r in rows if r["source"] == source and r["model"].removeprefix("timm:") in names]
 
-    per_module = TIMM_PER_MODULE.read_text().split() if TIMM_PER_MODULE.exists() else []
     return [("torchvision classification", pick(torchvision_models(), "torchvision")),
             ("torchvision segmentation", pick(torchvision_segmentation_models(), "torchvision")),
             ("torchvision detection", pick(torchvision_detection_models(), "torchvision")),
             ("timm, curated", pick(TIMM_MODELS, "timm")),
-            ("timm, one per architecture module", pick(per_module, "timm"))]
+            ("timm, one per architecture module", pick(timm_per_module_list(), "timm"))]
 
 
 def _summary(rows: list[dict], args) -> None:

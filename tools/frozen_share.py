@@ -7,7 +7,6 @@ and the time ``trace`` took (validation included), one markdown row per model.
 from __future__ import annotations
 
 import argparse
-import time
 
 from compressor.decision import random_decision
 from compressor.frontend import trace
@@ -17,14 +16,12 @@ from compressor.zoo import create_model, example_input
 def row(name: str, size: int | None) -> dict:
     model = create_model(name).eval()
     x = example_input(name, model, size=size)
-    t0 = time.perf_counter()
     space = trace(model, x)
-    seconds = time.perf_counter() - t0
     share = space.cost.breakdown("flops")
     frozen = sum(share.get(i, 0.0) for i, g in enumerate(space.groups) if not g.prunable)
     smallest = random_decision(space, 0.0, blocks=False).flops(space) / float(space.cost.flops())
     return {"model": name, "prunable": sum(g.prunable for g in space.groups), "groups": len(space.groups),
-            "frozen_flops": frozen, "smallest": smallest, "trace_s": seconds}
+            "frozen_flops": frozen, "smallest": smallest, "trace_s": space.trace_seconds}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

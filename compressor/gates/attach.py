@@ -23,8 +23,8 @@ class Gates:
         self.space = space
         self.values = GateValues(space.num_units, len(space.blocks))
         self._replaced: dict[str, nn.Module] = {}
-        self._parametrized: list[tuple[nn.Module, str]] = []
-        self._transient: dict[int, set[str]] = {}  # non-persistent buffers that got a parametrization
+        # (module, attribute, whether it was a non-persistent buffer), in registration order
+        self._parametrized: list[tuple[nn.Module, str, bool]] = []
         # units whose every consumer contracts over them one column each: ``values.mix`` may
         # recombine them (set by attach_gates)
         self.mixable = np.ones(space.num_units, dtype=bool)
@@ -43,23 +43,19 @@ class Gates:
 
     def parametrize(self, module: nn.Module, attr: str, gate: nn.Module) -> None:
         """Register ``gate`` as the parametrization of ``module.attr`` (undone by :meth:`remove`)."""
-        if attr in module._non_persistent_buffers_set:
-            self._transient.setdefault(id(module), set()).add(attr)
+        self._parametrized.append((module, attr, attr in module._non_persistent_buffers_set))
         parametrize.register_parametrization(module, attr, gate)
-        self._parametrized.append((module, attr))
 
     def remove(self) -> nn.Module:
         """Detach every gate; the model computes exactly what it did before :func:`attach_gates`."""
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
-        for module, name in reversed(self._parametrized):
-            transient = name in self._transient.get(id(module), ())
+        for module, name, transient in reversed(self._parametrized):
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
             if transient:  # remove_parametrizations registers a buffer back as persistent
                 module._non_persistent_buffers_set.add(name)
         self._parametrized.clear()
-        self._transient.clear()
         # Last rewritten, first restored: an owner rewritten inside another one (a residual inside
         # a residual block) is put back in the outer original only once that is back in place.
         for owner, original in reversed(self._replaced.items()):

@@ -137,10 +137,10 @@ def find_blocks(model: nn.Module, owners: list[str], costly: set[int] = frozense
                 # A child module also used outside the branch cannot go with it.
                 outside = {n.target for n in gm.graph.nodes if n.op == "call_module" and n not in nodes}
                 shared = [m for m in mods if m[len(owner) + 1 if owner else 0:] in outside]
-                priced = [m for m in shared if any(id(sub) in costly for sub in model.get_submodule(m).modules())]
+                priced = [m for m in shared if any(id(s) in costly for s in model.get_submodule(m).modules())]
                 if priced:
-                    dropped[f"{owner}#{k}"] = f"its branch calls '{priced[0]}', which is also called outside " \
-                        "the branch: the cost of one call of a shared module cannot be priced"
+                    dropped[f"{owner}#{k}"] = f"its branch calls '{priced[0]}', which is also called " \
+                        "outside the branch: the cost of one call of a shared module cannot be priced"
                 else:
                     mods = [m for m in mods if m not in shared]
                     blocks.append(ResidualBlock(f"{owner}#{k}", owner, node.name, branch.name, mods, params))

@@ -75,8 +75,8 @@ class Trace:
     def name_tensors(self, model: nn.Module) -> None:
         """Name every parameter and buffer of ``model`` (again after a call that replaced buffers)."""
         self.param_names = {}
-        named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
-        for name, t in named:
+        for name, t in [*model.named_parameters(remove_duplicate=False),
+                        *model.named_buffers(remove_duplicate=False)]:
             self.param_names.setdefault(id(t), name)
         self._param_refs = [*model.parameters(), *model.buffers()]  # keeps the ids unique
 
