@@ -39,6 +39,15 @@ class DisjointSets:
         self._parent[atoms] = roots
         return roots
 
+    def roots(self) -> np.ndarray:
+        """The root of every atom, indexed by atom (compresses every path; the array is the
+        structure's own, so do not change it while the structure is still in use)."""
+        while True:
+            nxt = self._parent[self._parent]
+            if np.array_equal(nxt, self._parent):
+                return self._parent
+            self._parent = nxt
+
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
         """Join ``a[i]`` with ``b[i]`` for every i (arrays of equal shape; negative ids are skipped)."""
         a = np.asarray(a, dtype=np.int64).ravel()

@@ -49,7 +49,7 @@ def restrict_space(space: Space, keep: np.ndarray) -> tuple[Space, np.ndarray]:
         slices[name] = ParamSlice(name, {d: kept_units(u) for d, u in ps.dims.items()}, dense)
     gate_sites = [(name, d, kept_units(u)) for name, d, u in space.gate_sites]
     norm_sites = [(name, kind, kept_units(u), groups_) for name, kind, u, groups_ in space.norm_sites]
-    sub = Space(groups, list(space.blocks), slices, gate_sites, [], [], np.zeros(0, dtype=np.int64),
+    sub = Space(groups, list(space.blocks), slices, gate_sites, [], [],
                 space.input_shapes, dict(space.skipped_owners), 0.0, norm_sites=norm_sites,
                 standardised=space.standardised)
     return sub, old_units

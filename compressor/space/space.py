@@ -89,7 +89,7 @@ class Space:
     """
 
     def __init__(self, groups, blocks, param_slices, gate_sites, flops_terms, param_terms,
-                 unit_of_atom, input_shapes, skipped_owners, trace_seconds, reshapes=(), splits=(),
+                 input_shapes, skipped_owners, trace_seconds, reshapes=(), splits=(),
                  norm_sites=(), standardised=()):
         self.groups: list[ChannelGroup] = groups
         self.blocks: list[ResidualBlock] = blocks
@@ -97,7 +97,6 @@ class Space:
         self.gate_sites: list[tuple[str, int, np.ndarray]] = gate_sites
         self.flops_terms = flops_terms
         self.param_terms = param_terms
-        self.unit_of_atom = unit_of_atom
         self.input_shapes = input_shapes
         self.skipped_owners: dict[str, str] = skipped_owners
         self.trace_seconds = trace_seconds
@@ -162,78 +161,11 @@ def build_space(model: nn.Module, example_inputs: tuple | torch.Tensor, *, block
         tr, _ = run_trace(model, example_inputs, rule_for)
     finally:
         model.train(was_training)
-    ds = tr.ds
-    n_atoms = len(ds)
-    roots = ds.find(np.arange(n_atoms)) if n_atoms else np.zeros(0, dtype=np.int64)
-
-    # Units joined by sharing a producer form a group (a second union-find, over unit roots);
-    # groups and units are ordered by first producer.
-    grouping = DisjointSets()
-    grouping.new(n_atoms)
-    for prod in tr.producers:
-        grouping.union_all(roots[prod.atoms])
-
-    def gfind(x: int) -> int:
-        return int(grouping.find(np.array([x]))[0])
-    units_by_group: dict[int, list[int]] = defaultdict(list)
-    names_by_group: dict[int, list[str]] = defaultdict(list)
-    channels: dict[int, int] = defaultdict(int)
-    seen_units: set[int] = set()
-    order: list[int] = []
-    for prod in tr.producers:
-        r = roots[prod.atoms]
-        if len(r) == 0:
-            continue
-        gid = gfind(int(r[0]))
-        if gid not in units_by_group:
-            order.append(gid)
-        if prod.name not in names_by_group[gid]:
-            names_by_group[gid].append(prod.name)
-        first = len(names_by_group[gid]) == 1 and names_by_group[gid][0] == prod.name
-        for u in r:
-            u = int(u)
-            if u not in seen_units:
-                seen_units.add(u)
-                units_by_group[gid].append(u)
-            if first:
-                channels[u] += 1
-    pinned_roots = set(np.unique(roots[tr.pinned]).tolist()) if len(tr.pinned) else set()
-    output_roots = set(np.unique(roots[tr.output_pinned]).tolist()) if len(tr.output_pinned) else set()
-    merge_reasons: dict[int, list[str]] = defaultdict(list)
-    for m in tr.merges:
-        r = roots[m.atoms[:1]]
-        if len(r):
-            gid = gfind(int(r[0]))
-            reason = f"{m.op.replace('aten.', '').split('.')[0]} in '{m.module or '<root>'}'"
-            if reason not in merge_reasons[gid]:
-                merge_reasons[gid].append(reason)
-
-    root_to_flat = np.full(n_atoms, -1, dtype=np.int64)
-    groups: list[ChannelGroup] = []
-    used_names: set[str] = set()
-    offset = 0
-    for gid in order:
-        units = units_by_group[gid]
-        root_to_flat[np.array(units, dtype=np.int64)] = offset + np.arange(len(units))
-        pinned = np.array([u in pinned_roots for u in units], dtype=bool)
-        name = _module_of(names_by_group[gid][0])
-        base, k = name, 1
-        while name in used_names:
-            k += 1
-            name = f"{base}~{k}"
-        used_names.add(name)
-        frozen = None
-        if pinned.all():
-            frozen = "reaches the model output" if any(u in output_roots for u in units) else \
-                "every channel is the first of a split or reshape part (one must stay in each)"
-        elif len(units) < 2:
-            why = "; ".join(merge_reasons[gid][:3]) or "a single channel"
-            frozen = f"channels are tied together by {why}"
-        groups.append(ChannelGroup(name, len(units), offset, np.array([channels[u] or 1 for u in units]),
-                                   pinned, frozen, names_by_group[gid]))
-        offset += len(units)
-
-    unit_of_atom = root_to_flat[roots] if n_atoms else np.zeros(0, dtype=np.int64)
+    roots = tr.ds.roots()
+    tr.ds = None  # ``roots`` is all that is left of it
+    groups, unit_of_root = _groups(tr, roots)
+    unit_of_atom = unit_of_root[roots]
+    del roots, unit_of_root
 
     def to_units(atoms: np.ndarray) -> np.ndarray:
         atoms = np.asarray(atoms, dtype=np.int64)
@@ -247,7 +179,7 @@ def build_space(model: nn.Module, example_inputs: tuple | torch.Tensor, *, block
             raise TraceError(f"parameter '{pd.name}' is used with two different channel layouts")
         ps.dims[pd.dim] = u
     for name, dp in tr.dense_params.items():
-        param_slices.setdefault(name, ParamSlice(name)).dense = to_units(dp.atoms)
+        param_slices.setdefault(name, ParamSlice(name)).dense = _broadcast(to_units, dp.atoms)
     gate_sites, seen_sites = [], set()
     for gs in tr.gate_sites:  # a module applied twice registers its (tied) gates twice: keep one
         units = to_units(gs.atoms)
@@ -277,13 +209,97 @@ def build_space(model: nn.Module, example_inputs: tuple | torch.Tensor, *, block
     splits = [SplitSite(sp.module, sp.sizes, to_units(sp.atoms)) for sp in tr.splits]
     reshapes = [ReshapeSite(r.module, r.shape, r.varying, to_units(r.atoms), r.module_type) for r in tr.reshapes]
     space = Space(groups, space_blocks, param_slices, gate_sites, flops_terms, param_terms,
-                  unit_of_atom, [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
+                  [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
                   skipped, time.perf_counter() - t0, reshapes, splits, norm_sites, tr.standardised_params)
     space.dropped_blocks.update(dropped)
     group_of = space.unit_group()
     assign_stages(space.blocks, {name: {int(group_of[u]) for d in ps.dims.values() for u in d if u >= 0}
                                  for name, ps in param_slices.items()})
     return space
+
+
+def _groups(tr, roots: np.ndarray) -> tuple[list[ChannelGroup], np.ndarray]:
+    """The channel groups: units (roots of atoms) joined by sharing a producer, groups and units
+    ordered by first producer; and the flat unit index of every root (-1 for none)."""
+    n_atoms = len(roots)
+    grouping = DisjointSets()  # a second union-find, over the roots
+    grouping.new(n_atoms)
+    for prod in tr.producers:
+        grouping.union_all(roots[prod.atoms])
+    units_by_group: dict[int, list[np.ndarray]] = {}
+    names_by_group: dict[int, list[str]] = defaultdict(list)
+    channels = np.zeros(n_atoms, dtype=np.int32)  # per root: channels of its group's first producer
+    seen = np.zeros(n_atoms, dtype=bool)
+    for prod in tr.producers:
+        r = roots[prod.atoms]
+        if len(r) == 0:
+            continue
+        gid = int(grouping.find(r[:1])[0])
+        units_by_group.setdefault(gid, [])
+        if prod.name not in names_by_group[gid]:
+            names_by_group[gid].append(prod.name)
+        new = r[~seen[r]]
+        if len(new):
+            _, first_at = np.unique(new, return_index=True)
+            new = new[np.sort(first_at)]
+            seen[new] = True
+            units_by_group[gid].append(new)
+        if names_by_group[gid] == [prod.name]:
+            np.add.at(channels, r, 1)
+    del seen
+    merge_reasons: dict[int, list[str]] = defaultdict(list)
+    for m in tr.merges:
+        r = roots[m.atoms[:1]]
+        if len(r):
+            gid = int(grouping.find(r)[0])
+            reason = f"{m.op.replace('aten.', '').split('.')[0]} in '{m.module or '<root>'}'"
+            if reason not in merge_reasons[gid]:
+                merge_reasons[gid].append(reason)
+    del grouping
+    pinned_roots = np.unique(roots[tr.pinned])
+    output_roots = np.unique(roots[tr.output_pinned])
+
+    unit_of_root = np.full(n_atoms, -1, dtype=np.int64)
+    groups: list[ChannelGroup] = []
+    used_names: set[str] = set()
+    offset = 0
+    for gid, parts in units_by_group.items():  # dicts keep insertion order: first producer first
+        units = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        pinned = np.isin(units, pinned_roots)
+        count = np.maximum(channels[units], 1).astype(np.int64)
+        if len(units) > 1 and pinned.all():
+            # Nothing can remove any part of it: one unit (a float buffer read whole, such as an
+            # attention mask, would otherwise hold one unit per element).
+            unit_of_root[units] = offset
+            count, pinned = count.sum(keepdims=True), pinned[:1]
+        else:
+            unit_of_root[units] = offset + np.arange(len(units))
+        name = _module_of(names_by_group[gid][0])
+        base, k = name, 1
+        while name in used_names:
+            k += 1
+            name = f"{base}~{k}"
+        used_names.add(name)
+        frozen = None
+        if pinned.all():
+            frozen = "reaches the model output" if np.isin(units, output_roots).any() else \
+                "every channel is the first of a split or reshape part (one must stay in each)"
+        elif len(units) < 2:
+            why = "; ".join(merge_reasons[gid][:3]) or "a single channel"
+            frozen = f"channels are tied together by {why}"
+        groups.append(ChannelGroup(name, len(pinned), offset, count, pinned, frozen, names_by_group[gid]))
+        offset += len(pinned)
+    return groups, unit_of_root
+
+
+def _stored(a: np.ndarray) -> np.ndarray:
+    """``a`` narrowed to size 1 along every dim it repeats along (stride 0, a broadcast)."""
+    return a[tuple(slice(0, 1) if st == 0 else slice(None) for st in a.strides)]
+
+
+def _broadcast(fn, a: np.ndarray) -> np.ndarray:
+    """``fn`` (elementwise) of a broadcast array, computed once per stored element."""
+    return np.broadcast_to(fn(_stored(a)), a.shape)
 
 
 def _module_of(param_name: str) -> str:
@@ -313,8 +329,9 @@ def _param_terms(model: nn.Module, slices: dict[str, ParamSlice]) -> list[CostTe
         if ps is None:
             terms.append(CostTerm("param", name, float(p.numel()), []))
         elif ps.dense is not None:
-            u, c = np.unique(ps.dense.ravel(), return_counts=True)
-            terms.append(CostTerm("param", name, 1.0, [(u, c.astype(float))]))
+            small = _stored(ps.dense)
+            u, c = np.unique(small.ravel(), return_counts=True)
+            terms.append(CostTerm("param", name, 1.0, [(u, c.astype(float) * (ps.dense.size // small.size))]))
         else:
             coef = float(np.prod([p.shape[d] for d in range(p.dim()) if d not in ps.dims]))
             factors = []

@@ -12,12 +12,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import one_line
 from .dsu import DisjointSets
+from .functions import FunctionMode
+from .labels import atom_counts, compact, core, flat_atoms, unlabelled
 from .records import (
     CostTerm,
     DenseParam,
@@ -30,7 +31,6 @@ from .records import (
     SplitSite,
 )
 from .standardise import StandardisedStep, fallback_label
-from .standardise import match as match_standardisation
 
 
 class TraceError(RuntimeError):
@@ -63,6 +63,8 @@ class Trace:
         self.reshapes: list[ReshapeSite] = []
         self.splits: list[SplitSite] = []
         self.box_pinned: list[np.ndarray] = []
+        self._reshape_bytes = 0  # memory held by ``reshapes``, re-rooted past the budget
+        self._reshape_budget = 64 * 2**20
         self.op_count = 0
         self.functions: list[str] = []  # torch-level functions being run (outermost first)
         self.norm_depth = 0  # > 0 inside a normalisation whose statistics the gates will mask
@@ -106,15 +108,26 @@ class Trace:
             self.producers.append(Producer(name, atoms.ravel()))
             lab = torch.from_numpy(atoms)
         else:
-            lab = torch.full(tuple(t.shape), -1, dtype=torch.int64)
+            lab = unlabelled(t.shape)
         self.labels[t] = lab
+        return lab
+
+    def label_whole(self, t: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`label`, for an op that ties every element of ``t`` into one unit anyway:
+        a parameter met for the first time gets one atom for all its elements."""
+        name = self.param_name(t)
+        if name is None or t in self.labels or not t.is_floating_point() or t in self.standardised:
+            return self.label(t)
+        atoms = np.broadcast_to(self.fresh(1, name), tuple(t.shape))
+        self.dense_params[name] = DenseParam(name, atoms)
+        self.labels[t] = lab = torch.from_numpy(atoms[(0,) * t.dim()].reshape((1,) * t.dim())).expand(t.shape)
         return lab
 
     def set_label(self, t: Any, lab: torch.Tensor | None) -> None:
         if isinstance(t, torch.Tensor) and lab is not None:
             if tuple(lab.shape) != tuple(t.shape):
                 raise TraceError(f"label shape {tuple(lab.shape)} != tensor shape {tuple(t.shape)}")
-            self.labels[t] = lab
+            self.labels[t] = compact(lab)
 
     def fresh(self, n: int, name: str) -> np.ndarray:
         atoms = self.ds.new(n)
@@ -142,11 +155,15 @@ class Trace:
 
     def vector(self, lab: torch.Tensor, dim: int, op: str) -> np.ndarray:
         """One atom per index of ``dim`` (joining whatever the other dims hold there)."""
+        dim = dim % lab.dim() if lab.dim() else dim
+        for d in range(lab.dim()):  # a dim the label repeats along adds nothing to a row
+            if d != dim and lab.stride(d) == 0 and lab.shape[d] > 1:
+                lab = lab.narrow(d, 0, 1)
         arr = lab.movedim(dim, 0).reshape(lab.shape[dim], -1).numpy()
         return self.reduce_rows(arr, op)
 
     def merge_all(self, labs: list[torch.Tensor], op: str) -> int:
-        flat = np.concatenate([lab.reshape(-1).numpy() for lab in labs]) if labs else np.zeros(0, np.int64)
+        flat = np.concatenate([flat_atoms(lab) for lab in labs]) if labs else np.zeros(0, np.int64)
         root = self.ds.union_all(flat)
         distinct = np.unique(flat[flat >= 0])
         if len(distinct) > 1:
@@ -157,26 +174,44 @@ class Trace:
         lab = self.labels.get(out)
         if lab is None or lab.dim() == 0:
             return
-        arr = lab.numpy()
+        arr = core(lab)[0].numpy()  # constant along a dim of the label <=> along it here
         if arr.max(initial=-1) < 0:
             return
+        site = self._reshape_site(self.module, tuple(out.shape), self._roots(arr, set()),
+                                  self.module_types.get(self.module, ""))
+        if site is None:
+            return
+        self.reshapes.append(site)
+        self._reshape_bytes += site.atoms.nbytes
+        if self._reshape_bytes > self._reshape_budget:
+            # Atoms joined since a site was recorded may make it constant along more dims:
+            # re-root them all, so the sites' memory stays in proportion to what they hold.
+            shrunk = [self._reshape_site(r.module, r.shape, self._roots(r.atoms, set()), r.module_type)
+                      for r in self.reshapes]
+            self.reshapes = [r for r in shrunk if r is not None]
+            self._reshape_bytes = sum(r.atoms.nbytes for r in self.reshapes)
+            self._reshape_budget = max(self._reshape_budget, 2 * self._reshape_bytes)
+
+    @staticmethod
+    def _reshape_site(module: str, shape: tuple, arr: np.ndarray, module_type: str) -> ReshapeSite | None:
+        """The site of a reshape to ``shape`` whose labels (dims of size 1 repeat) are ``arr``;
+        None if the channels vary along no dim."""
         varying = [d for d in range(arr.ndim)
                    if arr.shape[d] > 1 and not (arr == arr.take([0], axis=d)).all()]
         if not varying:
-            return
+            return None
         small = arr
         for d in range(arr.ndim):
             if d not in varying:
                 small = small.take([0], axis=d)
-        self.reshapes.append(ReshapeSite(self.module, tuple(out.shape), varying, np.ascontiguousarray(small),
-                                         self.module_types.get(self.module, "")))
+        return ReshapeSite(module, shape, varying, np.ascontiguousarray(small), module_type)
 
     def record_split(self, x: torch.Tensor, dim: int, sizes: list[int]) -> None:
         """A split with explicit sizes along ``dim``: if channels vary along it, pruning changes the
         sizes (refreshed at slicing) and each part must keep one channel.  A split along a dim
         that carries no channels (spatial, tokens) is left alone: pruning cannot change it."""
         lab = self.label(x)
-        if lab.dim() == 0 or bool((lab == lab.narrow(dim, 0, 1)).all()):
+        if lab.dim() == 0 or lab.stride(dim) == 0 or bool((lab == lab.narrow(dim, 0, 1)).all()):
             return
         vec = self.vector(lab, dim, "split")
         if (vec < 0).all():
@@ -246,9 +281,11 @@ class Trace:
     def cost(self, op: str, coef: float, *factors: np.ndarray | torch.Tensor) -> None:
         packed = []
         for f in factors:
-            arr = f.reshape(-1).numpy() if isinstance(f, torch.Tensor) else np.asarray(f).reshape(-1)
-            atoms, counts = np.unique(arr, return_counts=True)
-            packed.append((atoms.astype(np.int64), counts.astype(np.float64)))
+            if isinstance(f, torch.Tensor):
+                packed.append(atom_counts(f))
+            else:
+                atoms, counts = np.unique(np.asarray(f).reshape(-1), return_counts=True)
+                packed.append((atoms.astype(np.int64), counts.astype(np.float64)))
         self.costs.append(CostTerm(op, self.module, float(coef), packed))
 
 
@@ -286,49 +323,6 @@ class LabelMode(TorchDispatchMode):
         return out
 
 
-class FunctionMode(TorchFunctionMode):
-    """Remembers which torch-level function is running, for ops that decompose before dispatch
-    (``adaptive_avg_pool2d`` to 1x1 reaches dispatch as ``mean``)."""
-
-    def __init__(self, trace: Trace) -> None:
-        super().__init__()
-        self.trace = trace
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        tr = self.trace
-        site = _rms_norm_site(tr, name, args, kwargs)
-        std = match_standardisation(tr, func, args, kwargs)
-        tr.functions.append(name)
-        tr.norm_depth += site is not None
-        tr.quiet += std is not None
-        try:
-            out = func(*args, **kwargs)
-        finally:
-            tr.functions.pop()
-            tr.norm_depth -= site is not None
-            tr.quiet -= std is not None
-        if std is not None:
-            std(out)
-        if site is not None:
-            x, weight = site
-            tr.norm_site(weight, "rms_norm", tr.vector(tr.label(x), x.dim() - 1, name))
-        return out
-
-
-def _rms_norm_site(tr: Trace, name: str, args: tuple, kwargs: dict) -> tuple | None:
-    """``(input, weight)`` of an ``rms_norm`` call over the last dim with a traced weight: it
-    decomposes before dispatch, so its mean over channels is not a join (see ``norm_depth``)."""
-    if name != "rms_norm" or not args:
-        return None
-    shape = kwargs.get("normalized_shape", args[1] if len(args) > 1 else None)
-    weight = kwargs.get("weight", args[2] if len(args) > 2 else None)
-    if shape is None or len(shape) != 1 or tr.param_name(weight) is None:
-        return None
-    return args[0], weight
-
-
 def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Rule]) -> tuple[Trace, Any]:
     """Run ``model(*example_inputs)`` in eval mode: once plainly, then under :class:`LabelMode`."""
     tr = Trace(model)
@@ -364,7 +358,7 @@ def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Ru
     tr.enforce_boxes()
     leaves = [t for t in _tensors(out)]
     if leaves:
-        tr.pinned = np.unique(np.concatenate([tr.label(t).reshape(-1).numpy() for t in leaves]))
+        tr.pinned = np.unique(np.concatenate([flat_atoms(tr.label(t)) for t in leaves]))
         tr.pinned = tr.pinned[tr.pinned >= 0]
     tr.output_pinned = tr.pinned
     if tr.box_pinned:

@@ -19,6 +19,9 @@ def _per_batch_index(tr: Trace, tensors: list[torch.Tensor], batch_shape: tuple,
         if lead < len(batch_shape):
             lab = lab.reshape(*([1] * (len(batch_shape) - lead)), *lab.shape)
         lab = lab.expand(*batch_shape, *lab.shape[-2:])
+        for d in (-2, -1):  # the label repeats along it: the row needs it once
+            if lab.stride(d) == 0:
+                lab = lab.narrow(d, 0, 1)
         rows.append(lab.reshape(nb, -1).numpy())
     roots = tr.reduce_rows(np.concatenate(rows, axis=1), op)
     return torch.from_numpy(roots).reshape(batch_shape)
@@ -27,7 +30,7 @@ def _per_batch_index(tr: Trace, tensors: list[torch.Tensor], batch_shape: tuple,
 def _label_by_head(tr: Trace, out: torch.Tensor, heads: torch.Tensor) -> None:
     batch = tuple(heads.shape)
     lab = heads.reshape(*batch, *([1] * (out.dim() - len(batch))))
-    tr.set_label(out, lab.expand(tuple(out.shape)).contiguous())
+    tr.set_label(out, lab.expand(tuple(out.shape)))
 
 
 def activation_product_rule(tr: Trace, func, args, kwargs, out, bias=None) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..labels import filled, flat_atoms, has_atoms, narrow_shared, unlabelled
 from ..tracer import Rule, Trace
 
 aten = torch.ops.aten
@@ -62,21 +63,21 @@ def _outputs(out: Any) -> list[torch.Tensor]:
 
 def _fill(out: Any, root: int, tr: Trace) -> None:
     for o in _outputs(out):
-        tr.set_label(o, torch.full(tuple(o.shape), root, dtype=torch.int64))
+        tr.set_label(o, filled(o.shape, root))
 
 
 # -- fallbacks ------------------------------------------------------------------------------------
 def merge_rule(tr: Trace, func, args, kwargs, out) -> None:
     """Unknown op: all labeled inputs become one unit, and so is every output element."""
-    labs = [tr.label(t) for t in _tensor_args(args) + _tensor_args(tuple(kwargs.values()))
+    labs = [tr.label_whole(t) for t in _tensor_args(args) + _tensor_args(tuple(kwargs.values()))
             if t.is_floating_point() or t.is_complex()]
-    labs = [lab for lab in labs if (lab >= 0).any()]
+    labs = [lab for lab in labs if has_atoms(lab)]
     root = tr.merge_all(labs, str(func)) if labs else -1
     _fill(out, root, tr)
 
 
 def _varies(lab: torch.Tensor, d: int) -> bool:
-    if lab.shape[d] <= 1:
+    if lab.shape[d] <= 1 or lab.stride(d) == 0:
         return False
     arr = lab.numpy()
     return not (arr == arr.take([0], axis=d)).all()
@@ -91,7 +92,7 @@ def pointwise_rule(tr: Trace, func, args, kwargs, out) -> None:
     raw = []
     for t in _tensor_args(args) + _tensor_args(tuple(kwargs.values())):
         lab = tr.label(t)
-        if (lab >= 0).any():
+        if has_atoms(lab):
             raw.append(lab.reshape((1,) * (len(shape) - lab.dim()) + tuple(lab.shape)))
     labs = []
     for i, lab in enumerate(raw):
@@ -100,14 +101,17 @@ def pointwise_rule(tr: Trace, func, args, kwargs, out) -> None:
         spread = [d for d in range(len(shape)) if lab.shape[d] == 1 and shape[d] > 1]
         others = [o for j, o in enumerate(raw) if j != i]
         if spread and any(_varies(o, d) for o in others for d in spread):
-            tr.box_pinned.append(np.unique(lab.numpy()[lab.numpy() >= 0]))
+            atoms = flat_atoms(lab)
+            tr.box_pinned.append(np.unique(atoms[atoms >= 0]))
             continue
         labs.append(torch.broadcast_to(lab, shape))
     if not labs:
-        result = torch.full(shape, -1, dtype=torch.int64)
+        result = unlabelled(shape)
     elif all(lab is labs[0] or torch.equal(lab, labs[0]) for lab in labs[1:]):
-        result = labs[0].contiguous()
+        result = labs[0]
     else:
+        labs = narrow_shared(labs)  # positions that repeat in every input meet once
+        small = tuple(labs[0].shape)
         stack = torch.stack([lab.reshape(-1) for lab in labs]).numpy()
         rep = stack.max(axis=0)
         for row in stack:
@@ -115,7 +119,7 @@ def pointwise_rule(tr: Trace, func, args, kwargs, out) -> None:
         result = np.full(rep.shape, -1, dtype=np.int64)
         has = rep >= 0
         result[has] = tr.ds.find(rep[has])
-        result = torch.from_numpy(result).reshape(shape)
+        result = torch.from_numpy(result).reshape(small).expand(shape)
     for o in outs:
         if tuple(o.shape) == shape:
             tr.set_label(o, result)
@@ -131,7 +135,7 @@ def pointwise_rule(tr: Trace, func, args, kwargs, out) -> None:
 def fresh_rule(tr: Trace, func, args, kwargs, out) -> None:
     """Factories and in-place refills carry no channel."""
     for o in _outputs(out):
-        tr.set_label(o, torch.full(tuple(o.shape), -1, dtype=torch.int64))
+        tr.set_label(o, unlabelled(o.shape))
 
 
 EXTRA_POINTWISE = [aten.hardswish, aten.hardswish_, aten.hardsigmoid, aten.hardsigmoid_, aten.silu,

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import torch
 
+from ..labels import flat_atoms, unlabelled
 from ..standardise import WEIGHT
 from ..tracer import Trace
 from .attention import activation_product_rule
@@ -108,7 +109,7 @@ def _standardised_rows(tr: Trace, std, rows: np.ndarray, cols: np.ndarray, ksize
 def _channel_labels(atoms: np.ndarray, shape: torch.Size, dim: int = 1) -> torch.Tensor:
     view = [1] * len(shape)
     view[dim] = shape[dim]
-    return torch.from_numpy(np.ascontiguousarray(atoms)).reshape(view).expand(tuple(shape)).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(atoms)).reshape(view).expand(tuple(shape))
 
 
 def _per_channel(tr: Trace, op: str, x: torch.Tensor, dim: int, params, groups: int = 1) -> np.ndarray:
@@ -136,7 +137,7 @@ def _linear(tr: Trace, func, x: torch.Tensor, w: torch.Tensor, w_in_dim: int, bi
         # The contracted dim carries no channels, the rows do (Mixer's token MLP runs over the
         # tokens of each channel): every row keeps its channel, and this layer's own dims stay
         # whole (one label per element cannot hold both).
-        out_lab = first.reshape(*lab.shape[:-1], 1).expand(tuple(out.shape)).contiguous()
+        out_lab = first.reshape(*lab.shape[:-1], 1).expand(tuple(out.shape))
         tr.cost("linear", 1.0, out_lab, np.full(rows.shape[1], -1))
         tr.set_label(out, out_lab)
         return
@@ -152,7 +153,7 @@ def _linear(tr: Trace, func, x: torch.Tensor, w: torch.Tensor, w_in_dim: int, bi
         else:
             tr.ds.union(np.broadcast_to(o_atoms, tuple(bias.shape)), tr.label(bias).numpy())
     shape = tuple(out.shape)
-    out_lab = torch.from_numpy(o_atoms).expand(shape).contiguous()
+    out_lab = torch.from_numpy(o_atoms).expand(shape)
     tr.cost("linear", 1.0, out_lab, lin)
     tr.set_label(out, out_lab)
 
@@ -162,7 +163,7 @@ def transpose_rule(tr: Trace, func, args, kwargs, out) -> None:
     w = args[0]
     if tr.param_name(w) is not None and w.dim() == 2 and out.dim() == 2:
         # ``F.linear`` reaches us as ``t(weight)`` then ``addmm``: remember the transposed weight.
-        tr.labels[out] = torch.full(tuple(out.shape), -1, dtype=torch.int64)
+        tr.labels[out] = unlabelled(out.shape)
         tr.param_t[out] = w
         return
     move_rule(tr, func, args, kwargs, out)
@@ -214,14 +215,14 @@ def _norm_over(tr: Trace, func, x: torch.Tensor, dims: list[int], params: tuple,
     """Normalisation over ``dims``: every channel inside them becomes one unit (its statistics
     would change if one were removed), and so do the affine parameters."""
     red = _reduce(tr, tr.label(x), dims, str(func))
-    out_lab = red.expand(tuple(x.shape)).contiguous()
-    row = out_lab.reshape(-1)[:1]
+    row = flat_atoms(red)[:1]
     for p in params:
         if isinstance(p, torch.Tensor):
             plab = tr.label(p).reshape(-1).numpy()
-            tr.ds.union(np.broadcast_to(row.numpy(), plab.shape), plab)
+            tr.ds.union(np.broadcast_to(row, plab.shape), plab)
     if (row >= 0).any():
-        out_lab = torch.from_numpy(np.where(out_lab.numpy() >= 0, tr.ds.find(np.maximum(out_lab.numpy(), 0)), -1))
+        red = torch.from_numpy(np.where(red.numpy() >= 0, tr.ds.find(np.maximum(red.numpy(), 0)), -1))
+    out_lab = red.expand(tuple(x.shape))
     tr.set_label(_outputs(out)[0], out_lab)
     tr.cost(func.__name__.split(".")[0].replace("native_", ""), coef, out_lab)
 

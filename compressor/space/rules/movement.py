@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..labels import filled, has_atoms, narrow_shared
 from ..tracer import Trace
 
 from .base import _outputs, aten, merge_rule, register
@@ -35,9 +36,12 @@ def move_rule(tr: Trace, func, args, kwargs, out) -> None:
     lab = tr.label(args[0])
     rest = [_as_cpu(a) for a in args[1:]]
     kw = {k: _as_cpu(v) for k, v in kwargs.items()}
-    res = func(lab, *rest, **kw)
-    _assign(tr, out, res)
     name = func.__name__.split(".")[0]
+    if name in ("view", "_unsafe_view"):  # a stored label need not be viewable as its tensor is
+        res = lab.reshape(*rest, **kw)
+    else:
+        res = func(lab.contiguous() if name == "as_strided" else lab, *rest, **kw)
+    _assign(tr, out, res)
     if name in ("view", "_unsafe_view", "reshape", "unflatten") and isinstance(out, torch.Tensor):
         tr.record_reshape(out)
     elif name in ("split_with_sizes", "split_with_sizes_copy"):
@@ -51,17 +55,18 @@ def _tie_parts(tr: Trace, parts: list[torch.Tensor], op: str) -> None:
     """Parts cut from one dim by its runtime size stay aligned only if they lose the same
     positions: tie position i of every part (parts of unequal size tie everything)."""
     labs = [tr.labels[p] for p in parts if p in tr.labels]
-    if len(labs) < 2 or not any((lab >= 0).any() for lab in labs):
+    if len(labs) < 2 or not any(has_atoms(lab) for lab in labs):
         return
     if all(lab.shape == labs[0].shape for lab in labs):
-        stack = torch.stack([lab.reshape(-1) for lab in labs], 1).numpy()
+        small = narrow_shared(labs)
+        stack = torch.stack([lab.reshape(-1) for lab in small], 1).numpy()
         roots = tr.reduce_rows(stack, op)
-        new = torch.from_numpy(roots).reshape(labs[0].shape)
+        new = [torch.from_numpy(roots).reshape(small[0].shape).expand(labs[0].shape)] * len(labs)
     else:
         root = tr.merge_all(labs, op)
-        new = None
-    for p, lab in zip(parts, labs):
-        tr.set_label(p, torch.where(lab >= 0, new if new is not None else torch.full_like(lab, root), lab))
+        new = [filled(lab.shape, root) for lab in labs]
+    for p, lab, n in zip(parts, labs, new):
+        tr.set_label(p, torch.where(lab >= 0, n, lab))
 
 
 @register(aten.cat, aten.stack, aten.concat)
@@ -104,9 +109,9 @@ def copy_rule(tr: Trace, func, args, kwargs, out) -> None:
 
 def _assign(tr: Trace, out: Any, res: Any) -> None:
     if isinstance(out, torch.Tensor):
-        tr.set_label(out, res.contiguous() if isinstance(res, torch.Tensor) else res)
+        tr.set_label(out, res)
     else:
         for o, r in zip(out, res):
-            tr.set_label(o, r.contiguous())
+            tr.set_label(o, r)
 
 

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..labels import narrow_shared, unlabelled
 from ..tracer import Trace
 
 from .base import _outputs, aten, merge_rule, register
@@ -18,10 +19,12 @@ def _reduce(tr: Trace, lab: torch.Tensor, dims: list[int], op: str) -> torch.Ten
     keep = [d for d in range(nd) if d not in dims]
     if not dims:
         return lab
-    arr = lab.permute(keep + dims).reshape(int(np.prod([lab.shape[d] for d in keep] or [1])), -1).numpy()
-    roots = tr.reduce_rows(arr, op)
     shape = [lab.shape[d] if d in keep else 1 for d in range(nd)]
-    return torch.from_numpy(roots).reshape(shape)
+    (small,) = narrow_shared([lab])  # the label repeats along these: the rows do too
+    arr = small.permute(keep + dims).reshape(int(np.prod([small.shape[d] for d in keep] or [1])), -1).numpy()
+    roots = tr.reduce_rows(arr, op)
+    stored = [small.shape[d] if d in keep else 1 for d in range(nd)]
+    return torch.from_numpy(roots).reshape(stored).expand(shape)
 
 
 def _dims_arg(args, kwargs, pos: int, nd: int) -> list[int]:
@@ -38,7 +41,7 @@ def reduce_rule(tr: Trace, func, args, kwargs, out) -> None:
     x = args[0]
     if tr.norm_depth:  # the statistics of a masked norm: per row, they carry no channel
         for o in _outputs(out):
-            tr.set_label(o, torch.full(tuple(o.shape), -1, dtype=torch.int64))
+            tr.set_label(o, unlabelled(o.shape))
         return
     lab = tr.label(x)
     if func.__name__ in ("norm",) or func.__name__.startswith("linalg_vector_norm"):
@@ -54,7 +57,7 @@ def reduce_rule(tr: Trace, func, args, kwargs, out) -> None:
         tr.cost("adaptive_avg_pool2d", 1.0, lab)  # fvcore counts the pooling op it came from
     for o in _outputs(out):
         r = red.reshape(tuple(o.shape)) if red.numel() == o.numel() else red.expand(tuple(o.shape))
-        tr.set_label(o, r.contiguous())
+        tr.set_label(o, r)
 
 
 @register(aten._softmax, aten._log_softmax, aten.softmax, aten.log_softmax, aten.cumsum, aten.cumprod,
@@ -68,7 +71,7 @@ def along_dim_rule(tr: Trace, func, args, kwargs, out) -> None:
     for o in _outputs(out):
         if o.dim() == red.dim():
             shape = list(red.shape)
-            tr.set_label(o, red.expand(*[o.shape[i] if shape[i] == 1 else shape[i] for i in range(o.dim())]).contiguous())
+            tr.set_label(o, red.expand(*[o.shape[i] if shape[i] == 1 else shape[i] for i in range(o.dim())]))
 
 
 _SPATIAL = [
@@ -99,7 +102,7 @@ def spatial_rule(tr: Trace, func, args, kwargs, out) -> None:
     red = _reduce(tr, lab, spatial, str(func))
     for o in _outputs(out):
         if o.dim() == red.dim():
-            tr.set_label(o, red.expand(tuple(o.shape)).contiguous())
+            tr.set_label(o, red.expand(tuple(o.shape)))
     name = func.__name__
     if "adaptive_avg_pool2d" in name:
         tr.cost("adaptive_avg_pool2d", 1.0, lab)
