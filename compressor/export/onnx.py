@@ -71,6 +71,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple
         exporter, used_opset = "dynamo", max(opset, DYNAMO_MIN_OPSET)
         try:
             _export_dynamo(model, example_inputs, path, used_opset, names, axes)
+            if _load_error(path) is not None:
+                # onnxscript's graph optimiser has written graphs onnxruntime refuses (gemma4_vit:
+                # "Node input 'mul_2_min_1' is not a graph input..."): the plain graph then
+                _export_dynamo(model, example_inputs, path, used_opset, names, axes, optimize=False)
         except Exception as second:  # noqa: BLE001
             raise OnnxExportError(f"ONNX export failed with the TorchScript exporter ({one_line(first)}) "
                                   f"and with the dynamo exporter ({one_line(second)})") from None
@@ -85,8 +89,21 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple
     return OnnxExport(check_onnx(model, path, example_inputs, atol=atol), exporter, used_opset)
 
 
+def _load_error(path: Path) -> str | None:
+    """Why onnxruntime cannot load the file at ``path`` (None if it can)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any refusal is the answer
+        return one_line(exc)
+    return None
+
+
 def _export_dynamo(model: nn.Module, example_inputs: tuple, path: Path, opset: int, names: list[str],
-                   axes: dict | None) -> None:
+                   axes: dict | None, optimize: bool = True) -> None:
     """``torch.onnx.export(dynamo=True)``, its progress lines and optimiser chatter kept quiet."""
     quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
     levels = [lg.level for lg in quiet]
@@ -96,7 +113,8 @@ def _export_dynamo(model: nn.Module, example_inputs: tuple, path: Path, opset: i
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, example_inputs, str(path), dynamo=True, opset_version=opset,
-                              input_names=names, output_names=["output"], dynamic_axes=axes, verbose=False)
+                              input_names=names, output_names=["output"], dynamic_axes=axes, verbose=False,
+                              optimize=optimize)
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)

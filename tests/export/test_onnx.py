@@ -28,3 +28,24 @@ def test_dynamo_exporter_takes_over_where_torchscript_cannot(tmp_path):
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         assert np.allclose(got, model(x).numpy(), atol=1e-5)
+
+
+def test_a_dynamo_graph_onnxruntime_refuses_is_exported_again_unoptimised(tmp_path, monkeypatch):
+    """onnxscript's optimiser has written graphs onnxruntime cannot load (gemma4_vit_167m): the
+    exporter then writes the unoptimised graph.  The broken optimiser is simulated here."""
+    from compressor.export import onnx as onnx_export
+
+    export = onnx_export._export_dynamo
+    calls = []
+
+    def broken_when_optimised(model, inputs, path, *args, optimize=True):
+        calls.append(optimize)
+        export(model, inputs, path, *args, optimize=optimize)
+        if optimize:
+            path.write_bytes(b"not an onnx graph")
+
+    monkeypatch.setattr(onnx_export, "_export_dynamo", broken_when_optimised)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.RMSNorm(16), torch.nn.Linear(16, 4)).eval()
+    done = export_onnx(model, tmp_path / "m.onnx", torch.randn(2, 8), opset=17)
+    assert calls == [True, False]
+    assert done.exporter == "dynamo" and done.max_rel_diff <= 1e-4
