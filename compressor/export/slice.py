@@ -48,7 +48,7 @@ def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to:
             setattr(module, attr, nn.Parameter(new.clone(), requires_grad=tensor.requires_grad))
         else:
             module._buffers[attr] = new.clone()
-        changed[mod_name][attr] = old_shape
+        changed[mod_name][attr] = (old_shape, index.get(0))
     for mod_name, shapes in changed.items():
         _refresh(out.get_submodule(mod_name), shapes)
     _refresh_reshape_attributes(out, space, keep_ext)
@@ -161,18 +161,24 @@ def _refresh_split_attributes(model: nn.Module, space: Space, keep_ext: np.ndarr
                 setattr(module, attr, type(value)(new))
 
 
-def _refresh(module: nn.Module, old_shapes: dict[str, tuple]) -> None:
-    """Recompute the shape attributes of standard layers from their new weights."""
+def _refresh(module: nn.Module, changed: dict[str, tuple]) -> None:
+    """Recompute the shape attributes of standard layers from their new weights; ``changed``
+    holds, per sliced tensor, its old shape and the rows (dim 0) it kept (None: all)."""
     w = module._parameters.get("weight")
     if isinstance(module, nn.modules.conv._ConvNd) and w is not None:
-        old = old_shapes.get("weight", tuple(w.shape))
+        old, rows = changed.get("weight", (tuple(w.shape), None))
         if module.transposed:
             module.groups = module.groups * w.shape[0] // old[0] if module.groups > 1 else 1
             module.in_channels = w.shape[0]
             module.out_channels = w.shape[1] * module.groups
         else:
-            if module.groups > 1 and w.shape[1] == old[1]:  # whole groups went
-                module.groups = module.groups * w.shape[0] // old[0]
+            if module.groups > 1 and w.shape[1] == old[1] and rows is not None:
+                # Whole groups went, or (few wide groups) the same rows of every group: only the
+                # rows tell, the shapes are alike when the inputs of a group are not pruned.
+                size = old[0] // module.groups
+                per_group = np.bincount(np.asarray(rows) // size, minlength=module.groups)
+                if np.isin(per_group, (0, size)).all():
+                    module.groups = int((per_group > 0).sum())
             module.out_channels = w.shape[0]
             module.in_channels = w.shape[1] * module.groups
     elif isinstance(module, nn.Linear) and w is not None:
