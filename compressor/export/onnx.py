@@ -89,14 +89,19 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple
     return OnnxExport(check_onnx(model, path, example_inputs, atol=atol), exporter, used_opset)
 
 
-def _load_error(path: Path) -> str | None:
-    """Why onnxruntime cannot load the file at ``path`` (None if it can)."""
+def _session(path: str | os.PathLike):
+    """An onnxruntime CPU session of the file at ``path``, its log kept quiet."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _load_error(path: Path) -> str | None:
+    """Why onnxruntime cannot load the file at ``path`` (None if it can)."""
     try:
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        _session(path)
     except Exception as exc:  # noqa: BLE001 - any refusal is the answer
         return one_line(exc)
     return None
@@ -122,11 +127,7 @@ def _export_dynamo(model: nn.Module, example_inputs: tuple, path: Path, opset: i
 
 def check_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple, *, atol: float = 1e-4) -> float:
     """Max abs difference of onnxruntime vs PyTorch over the output scale; raises above ``atol``."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = _session(path)
     feeds = {i.name: x.detach().cpu().numpy() for i, x in zip(sess.get_inputs(), example_inputs)}
     got = sess.run(None, feeds)[0]
     with torch.no_grad():

@@ -43,13 +43,18 @@ def _is_expanded(lab: torch.Tensor) -> bool:
     return any(st == 0 and n > 1 for st, n in zip(lab.stride(), lab.shape))
 
 
+def narrow_repeats(lab: torch.Tensor, keep: tuple[int, ...] = ()) -> torch.Tensor:
+    """``lab`` narrowed to size 1 along every dim it repeats along (stride 0), except ``keep``."""
+    for d in range(lab.dim()):
+        if d not in keep and lab.stride(d) == 0 and lab.shape[d] > 1:
+            lab = lab.narrow(d, 0, 1)
+    return lab
+
+
 def core(lab: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The stored part of ``lab`` (its stride-0 dims narrowed to size 1) and how many elements of
     ``lab`` each of its elements stands for."""
-    small = lab
-    for d in range(lab.dim()):
-        if lab.stride(d) == 0 and lab.shape[d] > 1:
-            small = small.narrow(d, 0, 1)
+    small = narrow_repeats(lab)
     return small, lab.numel() // max(small.numel(), 1)
 
 

@@ -18,7 +18,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..errors import one_line
 from .dsu import DisjointSets
 from .functions import FunctionMode
-from .labels import atom_counts, compact, core, flat_atoms, unlabelled
+from .labels import atom_counts, compact, core, flat_atoms, narrow_repeats, unlabelled
 from .records import (
     CostTerm,
     DenseParam,
@@ -156,9 +156,7 @@ class Trace:
     def vector(self, lab: torch.Tensor, dim: int, op: str) -> np.ndarray:
         """One atom per index of ``dim`` (joining whatever the other dims hold there)."""
         dim = dim % lab.dim() if lab.dim() else dim
-        for d in range(lab.dim()):  # a dim the label repeats along adds nothing to a row
-            if d != dim and lab.stride(d) == 0 and lab.shape[d] > 1:
-                lab = lab.narrow(d, 0, 1)
+        lab = narrow_repeats(lab, keep=(dim,))  # a dim the label repeats along adds nothing to a row
         arr = lab.movedim(dim, 0).reshape(lab.shape[dim], -1).numpy()
         return self.reduce_rows(arr, op)
 

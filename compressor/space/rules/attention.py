@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..labels import narrow_repeats
 from ..tracer import Trace
 from .base import _outputs, aten, merge_rule, register
 
@@ -19,9 +20,7 @@ def _per_batch_index(tr: Trace, tensors: list[torch.Tensor], batch_shape: tuple,
         if lead < len(batch_shape):
             lab = lab.reshape(*([1] * (len(batch_shape) - lead)), *lab.shape)
         lab = lab.expand(*batch_shape, *lab.shape[-2:])
-        for d in (-2, -1):  # the label repeats along it: the row needs it once
-            if lab.stride(d) == 0:
-                lab = lab.narrow(d, 0, 1)
+        lab = narrow_repeats(lab, keep=tuple(range(len(batch_shape))))  # a row needs a repeat once
         rows.append(lab.reshape(nb, -1).numpy())
     roots = tr.reduce_rows(np.concatenate(rows, axis=1), op)
     return torch.from_numpy(roots).reshape(batch_shape)

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..labels import narrow_shared, unlabelled
+from ..labels import narrow_repeats, unlabelled
 from ..tracer import Trace
 
 from .base import _outputs, aten, merge_rule, register
@@ -20,7 +20,7 @@ def _reduce(tr: Trace, lab: torch.Tensor, dims: list[int], op: str) -> torch.Ten
     if not dims:
         return lab
     shape = [lab.shape[d] if d in keep else 1 for d in range(nd)]
-    (small,) = narrow_shared([lab])  # the label repeats along these: the rows do too
+    small = narrow_repeats(lab)  # the label repeats along these: the rows do too
     arr = small.permute(keep + dims).reshape(int(np.prod([small.shape[d] for d in keep] or [1])), -1).numpy()
     roots = tr.reduce_rows(arr, op)
     stored = [small.shape[d] if d in keep else 1 for d in range(nd)]
