@@ -43,6 +43,8 @@ class ResidualBlock:
         params: qualified names of parameters the branch reads directly.
         stage: the stage: a run of consecutive blocks on the same residual stream (set by
             :func:`assign_stages`).
+        branch_inputs: positions of the owner's forward arguments that only the branch reads
+            (GC ViT's global query): removing the block leaves them unread.
     """
 
     name: str
@@ -52,6 +54,7 @@ class ResidualBlock:
     modules: list[str] = field(default_factory=list)
     params: list[str] = field(default_factory=list)
     stage: str = ""
+    branch_inputs: list[int] = field(default_factory=list)
 
     def contains(self, qualname: str) -> bool:
         """True if a module or parameter of this qualified name is inside the branch."""
@@ -143,10 +146,18 @@ def find_blocks(model: nn.Module, owners: list[str], costly: set[int] = frozense
                         "outside the branch: the cost of one call of a shared module cannot be priced"
                 else:
                     mods = [m for m in mods if m not in shared]
-                    blocks.append(ResidualBlock(f"{owner}#{k}", owner, node.name, branch.name, mods, params))
+                    blocks.append(ResidualBlock(f"{owner}#{k}", owner, node.name, branch.name, mods, params,
+                                                branch_inputs=_read_only_by(gm, nodes, live)))
                 k += 1
                 break
     return blocks, skipped, dropped
+
+
+def _read_only_by(gm: fx.GraphModule, nodes: set[fx.Node], live: set[fx.Node]) -> list[int]:
+    """Positions of the forward arguments whose every live use is one of ``nodes``."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return [i for i, p in enumerate(placeholders)
+            if any(u in live for u in p.users) and all(u in nodes for u in p.users if u in live)]
 
 
 def live_nodes(graph: fx.Graph) -> set[fx.Node]:

@@ -13,7 +13,9 @@ from .records import CostTerm
 
 
 class _Terms:
-    """Sum over terms of ``coef * prod_f (sum_u counts[u] * keep[u]) * prod_blocks keep_block``."""
+    """Sum over terms of ``coef * prod_f (sum_u counts[u] * keep[u]) * prod_blocks keep_block * live``,
+    ``live = 1 - prod_{b in live_blocks} (1 - keep_b)`` (1 for a term without live blocks, or one
+    naming a block the space no longer has: that block always stays)."""
 
     def __init__(self, terms: list[CostTerm], blocks, num_units: int) -> None:
         idx, cnt, seg, coef = [], [], [], []
@@ -43,6 +45,12 @@ class _Terms:
         member = [[i for i, b in enumerate(blocks) if b.contains(t.module)] for t in terms]
         bw = max([len(m) for m in member] + [1])
         self.block_of_term = torch.tensor([m + [nb] * (bw - len(m)) for m in member] or [[nb]])
+        # liveness: slot nb holds keep 1 (always live), slot nb + 1 keep 0 (padding)
+        index = {b.name: i for i, b in enumerate(blocks)}
+        alive = [[index[b] for b in sorted(t.live_blocks)]
+                 if t.live_blocks and all(b in index for b in t.live_blocks) else [nb] for t in terms]
+        lw = max([len(a) for a in alive] + [1])
+        self.live_of_term = torch.tensor([a + [nb + 1] * (lw - len(a)) for a in alive] or [[nb]])
         self.empty = not terms
 
     def __call__(self, keep: torch.Tensor, block_keep: torch.Tensor) -> torch.Tensor:
@@ -54,8 +62,9 @@ class _Terms:
         fv = fv.clone()
         fv[self.n_f] = 1.0
         per_term = fv[self.factor_of_term.to(k.device)].prod(dim=1) * self.coef.to(k.device)
-        bk = torch.cat([block_keep.double(), block_keep.new_ones(1, dtype=torch.double)])
+        bk = torch.cat([block_keep.double(), block_keep.new_tensor([1.0, 0.0], dtype=torch.double)])
         per_term = per_term * bk[self.block_of_term.to(k.device)].prod(dim=1)
+        per_term = per_term * (1 - (1 - bk[self.live_of_term.to(k.device)]).prod(dim=1))
         return per_term.sum()
 
 

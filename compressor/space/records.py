@@ -49,13 +49,17 @@ class NormSite:
 class CostTerm:
     """``coef * prod(sum of keep(atom) over each factor)``; an atom of -1 always counts as kept.
 
-    Factors are stored compressed as ``(atoms, counts)`` pairs.
+    Factors are stored compressed as ``(atoms, counts)`` pairs.  ``op_index`` is the traced op
+    that costs this; ``live_blocks``, when set, names the blocks of which one must be kept for the
+    op's result to be used at all (:mod:`compressor.space.liveness`).
     """
 
     op: str
     module: str
     coef: float
     factors: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    op_index: int = -1
+    live_blocks: frozenset[str] | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .blocks import ResidualBlock, assign_stages, find_blocks
+from .liveness import live_blocks
 from .dsu import DisjointSets
 from .records import CostTerm, ReshapeSite, SplitSite
 from .rules import rule_for
@@ -205,6 +206,9 @@ def build_space(model: nn.Module, example_inputs: tuple | torch.Tensor, *, block
         costly = {id(modules[t.module]) for t in tr.costs if t.module in modules}
         space_blocks, skipped, dropped = find_blocks(model, owners, costly)
     flops_terms = [_resolve(t, to_units) for t in tr.costs]
+    live = live_blocks(tr.flow, space_blocks)
+    for t in flops_terms:
+        t.live_blocks = live.get(t.op_index)
     param_terms = _param_terms(model, param_slices)
     splits = [SplitSite(sp.module, sp.sizes, to_units(sp.atoms)) for sp in tr.splits]
     reshapes = [ReshapeSite(r.module, r.shape, r.varying, to_units(r.atoms), r.module_type) for r in tr.reshapes]
@@ -317,7 +321,7 @@ def _resolve(term: CostTerm, to_units) -> CostTerm:
         c = np.zeros(len(u))
         np.add.at(c, inv, counts)
         factors.append((u, c))
-    return CostTerm(term.op, term.module, term.coef, factors)
+    return CostTerm(term.op, term.module, term.coef, factors, op_index=term.op_index)
 
 
 def _param_terms(model: nn.Module, slices: dict[str, ParamSlice]) -> list[CostTerm]:

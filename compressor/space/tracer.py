@@ -19,6 +19,7 @@ from ..errors import one_line
 from .dsu import DisjointSets
 from .functions import FunctionMode
 from .labels import atom_counts, compact, core, flat_atoms, narrow_repeats, unlabelled
+from .liveness import OpFlow
 from .records import (
     CostTerm,
     DenseParam,
@@ -66,6 +67,7 @@ class Trace:
         self._reshape_bytes = 0  # memory held by ``reshapes``, re-rooted past the budget
         self._reshape_budget = 64 * 2**20
         self.op_count = 0
+        self.flow = OpFlow()
         self.functions: list[str] = []  # torch-level functions being run (outermost first)
         self.norm_depth = 0  # > 0 inside a normalisation whose statistics the gates will mask
         # tensors of a weight standardisation (see :mod:`.standardise`), the weights found standardised,
@@ -284,7 +286,7 @@ class Trace:
             else:
                 atoms, counts = np.unique(np.asarray(f).reshape(-1), return_counts=True)
                 packed.append((atoms.astype(np.int64), counts.astype(np.float64)))
-        self.costs.append(CostTerm(op, self.module, float(coef), packed))
+        self.costs.append(CostTerm(op, self.module, float(coef), packed, op_index=self.flow.current))
 
 
 Rule = Callable[[Trace, Any, tuple, dict, Any], None]
@@ -304,6 +306,7 @@ class LabelMode(TorchDispatchMode):
         out = func(*args, **kwargs)
         tr = self.trace
         tr.op_count += 1
+        tr.flow.record(tr.module, args, kwargs, out)
         if tr.quiet:
             return out
         if func in _ADDS and len(args) >= 2 and isinstance(args[1], torch.Tensor) \
@@ -329,10 +332,12 @@ def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Ru
         name = tr.module_names.get(id(mod))
         if name is not None:
             tr.module_stack.append(name)
+            tr.flow.enter(name, args)
 
     def post(mod, args, out):
         if tr.module_names.get(id(mod)) is not None and tr.module_stack:
             tr.module_stack.pop()
+            tr.flow.leave()
 
     h1 = nn.modules.module.register_module_forward_pre_hook(pre)
     h2 = nn.modules.module.register_module_forward_hook(post)
@@ -342,8 +347,10 @@ def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Ru
             # indices) is then a buffer in every trace, whether the model ran before or not.
             model(*example_inputs)
         tr.name_tensors(model)
+        tr.flow.active = True
         with torch.no_grad(), FunctionMode(tr), LabelMode(tr, rules):
             out = model(*example_inputs)
+        tr.flow.active = False
     except TraceError:
         raise
     except Exception as exc:
@@ -355,6 +362,7 @@ def run_trace(model: nn.Module, example_inputs: tuple, rules: Callable[[Any], Ru
         h2.remove()
     tr.enforce_boxes()
     leaves = [t for t in _tensors(out)]
+    tr.flow.mark_outputs(leaves)
     if leaves:
         tr.pinned = np.unique(np.concatenate([flat_atoms(tr.label(t)) for t in leaves]))
         tr.pinned = tr.pinned[tr.pinned >= 0]

@@ -105,3 +105,58 @@ def test_weight_standardised_convolutions_are_costed():
     x = torch.randn(1, 3, 12, 12)
     space = trace(model, x)
     assert float(space.cost.flops()) == pytest.approx(fvcore_flops(model, x), rel=1e-9)
+
+
+class _ContextBlock(torch.nn.Module):
+    """``x + f(x, context)`` where ``f`` may or may not read the context."""
+
+    def __init__(self, c: int, reads: bool) -> None:
+        super().__init__()
+        self.reads = reads
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x, context=None):
+        y = self.conv(x)
+        return x + (y * context if self.reads else y)
+
+
+class _SharedContextStage(torch.nn.Module):
+    """GC ViT's pattern: a context computed once per stage, read inside some blocks' branches."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, c, 3, padding=1)
+        self.context = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.blocks = torch.nn.ModuleList([_ContextBlock(c, reads=i % 2 == 1) for i in range(4)])
+        self.head = torch.nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        context = torch.sigmoid(self.context(x))
+        for blk in self.blocks:
+            x = blk(x, context)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("removed", [[], ["blocks.1#0"], ["blocks.1#0", "blocks.3#0"],
+                                     ["blocks.0#0", "blocks.1#0", "blocks.3#0"]])
+def test_an_op_read_only_by_removed_blocks_costs_nothing(removed):
+    """fvcore (like ONNX) drops an op whose result nothing reads any more: the stage's context once
+    both blocks reading it are gone.  The cost model agrees for every choice of removed blocks."""
+    from compressor.decision import Decision
+
+    model = _SharedContextStage().eval()
+    x = torch.randn(1, 3, 12, 12)
+    space = trace(model, x)
+    assert sorted(b.name for b in space.blocks) == [f"blocks.{i}#0" for i in range(4)]
+    live = {t.live_blocks for t in space.flops_terms if t.module == "context"}
+    assert live == {frozenset({"blocks.1#0", "blocks.3#0"})}
+    d = Decision({g.name: list(range(g.size)) for g in space.groups}, removed)
+    sliced = slice_model(model, space, d)
+    assert d.flops(space) == pytest.approx(fvcore_flops(sliced, x), rel=1e-9)
+    # soft block values: the context is live with probability 1 - (1 - k1)(1 - k3), so keeping
+    # block 1 adds its own conv and the context's share that block 3 does not already pay for
+    conv = 8 * 8 * 9 * 144  # the context conv and each block's conv
+    with_1, without_1 = (torch.tensor([0.5, k1, 0.5, 0.25], dtype=torch.double) for k1 in (1.0, 0.0))
+    assert float(space.cost.flops(block_keep=with_1) - space.cost.flops(block_keep=without_1)) \
+        == pytest.approx(conv + conv * (1 - 0.25), rel=1e-12)
