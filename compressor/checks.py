@@ -90,6 +90,7 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
     res["trace_s"] = round(time.perf_counter() - t0, 2)
     if plain_mb is not None:  # the trace's peak against a plain forward pass, weights included
         res["trace_mem_x"] = round((weights_mb + trace_mb) / (weights_mb + plain_mb), 2)
+        res["trace_peak_mb"] = round(weights_mb + trace_mb)
     res["groups"] = len(space.groups)
     res["prunable"] = sum(g.prunable for g in space.groups)
     res["blocks"] = len(space.blocks)

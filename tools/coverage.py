@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import re
 import resource
@@ -208,6 +209,7 @@ def main() -> None:
     names = args.models.split(",") if args.models else \
         torchvision_models() + torchvision_segmentation_models() + torchvision_detection_models() + timm_names
     rows = []
+    start = time.perf_counter()
     for name in names:
         source = "timm" if name.startswith("timm:") or name not in tv else "torchvision"
         row = {"model": name, "source": source}
@@ -220,12 +222,12 @@ def main() -> None:
             row["tp_macs_ratio"] = tpres.get("macs_ratio", "")
         rows.append(row)
         print(_line(row), flush=True)
-    _summary(rows, args)
+    _summary(rows, args, minutes=(time.perf_counter() - start) / 60)
 
 
 COLUMNS = ["model", "source", "status", "flops_ratio", "inv1", "inv2", "flops_vs_fvcore", "params_exact",
-           "inv4", "onnx_exporter", "inv5", "grow", "groups", "prunable", "blocks", "trace_s", "trace_mem_x",
-           "slice_s", "peak_mb", "error",
+           "inv4", "onnx_exporter", "inv5", "grow", "groups", "prunable", "blocks", "params", "trace_s",
+           "trace_mem_x", "trace_peak_mb", "slice_s", "peak_mb", "error",
            "tp_status", "tp_macs_ratio", "tp_error"]
 
 
@@ -255,7 +257,50 @@ def model_lists(rows: list[dict]) -> list[tuple[str, list[dict]]]:
             ("timm, one per architecture module", pick(timm_per_module_list(), "timm"))]
 
 
-def _summary(rows: list[dict], args) -> None:
+SCALE_BINS = [0, 5e6, 2e7, 5e7, 1e8, 3e8, float("inf")]  # parameter counts
+
+
+def _scale(rows: list[dict]) -> list[str]:
+    """Trace time and trace peak memory against model size: a table by parameter count."""
+    rows = [r for r in rows if r.get("params") not in (None, "") and r.get("trace_peak_mb") not in (None, "")]
+    out = [("| parameters | models | trace_s median | trace_s max | trace peak MB median | trace peak MB max "
+            "| trace_mem_x max |"), "|---|---:|---:|---:|---:|---:|---:|"]
+    for lo, hi in itertools.pairwise(SCALE_BINS):
+        sel = [r for r in rows if lo <= float(r["params"]) < hi]
+        if not sel:
+            continue
+        ts = [float(r["trace_s"]) for r in sel]
+        mb = [float(r["trace_peak_mb"]) for r in sel]
+        label = f"≥ {lo / 1e6:g}M" if hi == float("inf") else f"< {hi / 1e6:g}M" if lo == 0 \
+            else f"{lo / 1e6:g}M–{hi / 1e6:g}M"
+        out.append(f"| {label} | {len(sel)} | {statistics.median(ts):.1f} | {max(ts):.1f} | "
+                   f"{statistics.median(mb):.0f} | {max(mb):.0f} | {max(float(r['trace_mem_x']) for r in sel):.2f} |")
+    return out
+
+
+def _plot_scale(rows: list[dict], path: Path) -> None:
+    """Log-log scatter of trace time and trace peak memory against parameters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("params") not in (None, "") and r.get("trace_peak_mb") not in (None, "")]
+    if not rows:
+        return
+    params = [float(r["params"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "trace_s", "trace time (s, validation included)"),
+                           (axes[1], "trace_peak_mb", "trace peak memory (MB, weights included)")):
+        ax.scatter(params, [float(r[key]) for r in rows], s=10)
+        ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel=label)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _summary(rows: list[dict], args, minutes: float | None = None) -> None:
     lines = []
     for label, sel in model_lists(rows):
         if not sel:
@@ -283,7 +328,12 @@ def _summary(rows: list[dict], args) -> None:
     if args.md:
         cmd = "python tools/coverage.py" + (f" --models {args.models}" if args.models else "") \
             + (f" --size {args.size}" if args.size else "") + (" --no-yardstick" if args.no_yardstick else "")
-        body = ["# Coverage", "", f"Regenerate with `{cmd} --md {args.md}`.", "", *table, "",
+        took = f" The run took {minutes:.0f} minutes." if minutes is not None else ""
+        plot = args.md.with_name(args.md.stem + "_scale.png")
+        _plot_scale(rows, plot)
+        body = ["# Coverage", "", f"Regenerate with `{cmd} --md {args.md}`.{took}", "", *table, "",
+                ("Trace time and peak memory against model size "
+                 f"([{plot.name}]({plot.name}): the same, one point per model):"), "", *_scale(rows), "",
                 "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         for r in rows:
             body.append("| " + " | ".join(str(r.get(k, "")).replace("|", "/") for k in COLUMNS) + " |")
