@@ -9,7 +9,7 @@ import torch
 from ..labels import narrow_repeats, unlabelled
 from ..tracer import Trace
 
-from .base import _outputs, aten, merge_rule, register
+from .base import _outputs, aten, register
 
 # -- reductions ------------------------------------------------------------------------------------
 def _reduce(tr: Trace, lab: torch.Tensor, dims: list[int], op: str) -> torch.Tensor:
@@ -44,11 +44,9 @@ def reduce_rule(tr: Trace, func, args, kwargs, out) -> None:
             tr.set_label(o, unlabelled(o.shape))
         return
     lab = tr.label(x)
-    if func.__name__ in ("norm",) or func.__name__.startswith("linalg_vector_norm"):
-        pos = 2
-    else:
-        pos = 1
-    if func.__name__ in ("max", "min") and len(args) == 1 and "dim" not in kwargs:
+    name = func.__name__.split(".")[0]  # the overload's packet: "norm", not "norm.ScalarOpt_dim"
+    pos = 2 if name in ("norm", "linalg_vector_norm") else 1  # norm(x, p, dim), like linalg_vector_norm
+    if name in ("max", "min") and len(args) == 1 and "dim" not in kwargs:
         dims = list(range(x.dim()))
     else:
         dims = _dims_arg(args, kwargs, pos, x.dim())
@@ -65,7 +63,7 @@ def reduce_rule(tr: Trace, func, args, kwargs, out) -> None:
 def along_dim_rule(tr: Trace, func, args, kwargs, out) -> None:
     x = args[0]
     dim = kwargs.get("dim", args[1] if len(args) > 1 and isinstance(args[1], int) else -1)
-    if func.__name__ == "topk":
+    if func.__name__.split(".")[0] == "topk":  # topk(x, k, dim): args[1] is k
         dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
     red = _reduce(tr, tr.label(x), [dim], str(func))
     for o in _outputs(out):
@@ -93,11 +91,11 @@ def spatial_rule(tr: Trace, func, args, kwargs, out) -> None:
     """Window ops over dims 2.. keep channel identity per (batch, channel)."""
     x = args[0]
     lab = tr.label(x)
-    if func.__name__ in ("im2col", "col2im"):
-        return merge_rule(tr, func, args, kwargs, out)
+    # im2col/col2im (F.unfold/F.fold) mix channel and kernel position in one dim: their outputs get
+    # no label here, so invariant 2 at trace time decides what may change around them.
     nd = lab.dim()
     spatial = list(range(2, nd)) if nd > 2 else []
-    if nd == 3 and func.__name__.endswith("2d"):  # unbatched (C, H, W)
+    if nd == 3 and func.__name__.split(".")[0].endswith("2d"):  # unbatched (C, H, W)
         spatial = [1, 2]
     red = _reduce(tr, lab, spatial, str(func))
     for o in _outputs(out):
