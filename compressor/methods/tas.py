@@ -160,8 +160,11 @@ class TasMethod(Method):
         original = {k: v.detach().clone() for k, v in model.state_dict().items()} \
             if self.config.final_init == "original" else None
         self.attach(model, ctx, (len(weight_set), len(arch_set)))
+        # No eval-mode validation during the search: it would run the argmax shape with batch
+        # statistics gathered under width and depth mixtures, and read near chance whatever the
+        # search does.  The architecture steps' held-out half and the argmax cost are its signals.
         history = ctx.trainer.fit(self.controlled, weight_set, epochs_cfg, stage="search", batch_size=ctx.batch_size,
-                                  val_set=ctx.val_set, hooks=self, checkpoint=checkpoint, resume=resume,
+                                  hooks=self, checkpoint=checkpoint, resume=resume,
                                   arch_set=arch_set, criterion=ctx.criterion)
         decision, summary = self.decide(ctx)
         summary["history"] = [h.row() for h in history]
