@@ -168,7 +168,7 @@ def _param_positions(name, ps, tensor, labels, partner, space):
                           for i in range(len(u))], dtype=np.int64)
         except KeyError:
             raise GrowError(f"'{name}': the two halves of its channel group do not have the same "
-                            "layout along dim {d}, so seed B cannot share seed A's architecture") from None
+                            f"layout along dim {d}, so seed B cannot share seed A's architecture") from None
         if len(u) != tensor.shape[d] or (len(s) and s.max() + 1 != int(in_a.sum())):
             raise GrowError(f"'{name}' dim {d}: {tensor.shape[d]} positions after growth, the seeds "
                             f"have {int(in_a.sum())}; halves are not the same size")
