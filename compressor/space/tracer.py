@@ -211,7 +211,8 @@ class Trace:
         sizes (refreshed at slicing) and each part must keep one channel.  A split along a dim
         that carries no channels (spatial, tokens) is left alone: pruning cannot change it."""
         lab = self.label(x)
-        if lab.dim() == 0 or lab.stride(dim) == 0 or bool((lab == lab.narrow(dim, 0, 1)).all()):
+        if lab.dim() == 0 or lab.shape[dim] == 0 or lab.stride(dim) == 0 \
+                or bool((lab == lab.narrow(dim, 0, 1)).all()):
             return
         vec = self.vector(lab, dim, "split")
         if (vec < 0).all():

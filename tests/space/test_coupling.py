@@ -404,3 +404,23 @@ def test_reductions_along_a_dim_keep_the_channels_of_the_others(cls):
 def test_topk_over_channels_and_positions_ties_them_and_traces():
     space = trace(TopkOverFlatScores().eval(), torch.randn(1, 3, 8, 8))
     assert space.group("conv").size == 1  # which values survive depends on every channel
+
+
+class EmptySelection(nn.Module):
+    """A detector's second stage on zero proposals: ops on a tensor with no elements."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        none = F.interpolate(y[:0], scale_factor=2.0, mode="bilinear")  # (0, 8, 16, 16)
+        parts = none.flatten(2).split([0], dim=0)  # a split of the empty dim (per-image proposals)
+        return self.head(y), parts[0].mean(2)
+
+
+def test_ops_on_tensors_without_elements_trace():
+    space = trace(EmptySelection().eval(), torch.randn(1, 3, 8, 8))
+    assert space.group("conv").prunable

@@ -21,7 +21,8 @@ def _reduce(tr: Trace, lab: torch.Tensor, dims: list[int], op: str) -> torch.Ten
         return lab
     shape = [lab.shape[d] if d in keep else 1 for d in range(nd)]
     small = narrow_repeats(lab)  # the label repeats along these: the rows do too
-    arr = small.permute(keep + dims).reshape(int(np.prod([small.shape[d] for d in keep] or [1])), -1).numpy()
+    rows, cols = (int(np.prod([small.shape[d] for d in ds] or [1])) for ds in (keep, dims))
+    arr = small.permute(keep + dims).reshape(rows, cols).numpy()  # explicit: either may be 0
     roots = tr.reduce_rows(arr, op)
     stored = [small.shape[d] if d in keep else 1 for d in range(nd)]
     return torch.from_numpy(roots).reshape(stored).expand(shape)
