@@ -66,9 +66,9 @@ def live_blocks(flow: OpFlow, blocks) -> dict[int, frozenset[str]]:
     """For each op that is live only while one of some blocks is kept, the names of those blocks
     (blocks that contain the op itself are left out: its cost already goes with them).  Ops not in
     the result are always live.  A reader is inside a block when its module is, or when it reads,
-    during a call of the block's owner, an argument that only the branch reads.  Where a reader sits inside several blocks the op does not, the
-    innermost one stands for them (exact unless the decision removes an inner block and keeps an
-    outer one that holds no other reader)."""
+    during a call of the block's owner, an argument that only the branch reads.  Where a reader
+    sits inside several blocks the op does not, the innermost one stands for them (exact unless the
+    decision removes an inner block and keeps an outer one that holds no other reader)."""
     containing: dict[str, tuple] = {}
 
     def blocks_of(module: str) -> tuple:

@@ -355,54 +355,45 @@ def test_a_model_traces_the_same_before_and_after_its_first_call():
     assert [g.name for g in build_space(used, x).groups] == [g.name for g in fresh.groups]
 
 
-class TopkAlongTokens(nn.Module):
+class ReduceAfterConv(nn.Module):
+    """conv -> ``reduce`` (one of the reductions below) -> a linear head over ``width`` features."""
+
+    def __init__(self, reduce, width: int):
+        super().__init__()
+        self.reduce = reduce
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.head(self.reduce(self.conv(x)))
+
+
+def topk_along_tokens(y):
     """topk(k) over the last dim keeps each channel's row: ``args[1]`` of topk is k, not a dim."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x):
-        top = self.conv(x).flatten(2).topk(4).values  # (N, 8, 4): k=4 would read as dim 1
-        return self.head(top.mean(-1))
+    return y.flatten(2).topk(4).values.mean(-1)  # (N, 8, 4) -> (N, 8): k=4 would read as dim 1
 
 
-class TopkOverFlatScores(nn.Module):
-    """A detector's proposal filter: topk(k, dim=1) over flattened scores, k above the rank."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.head = nn.Linear(20, 2)
-
-    def forward(self, x):
-        return self.head(self.conv(x).flatten(1).topk(20, dim=1).values)
-
-
-class NormOverSpace(nn.Module):
+def norm_over_space(y):
     """torch.norm(x, p, dim) reduces ``dim`` (its third argument), not ``p``."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.head(torch.norm(self.conv(x), 2, dim=(2, 3)))
+    return torch.norm(y, 2, dim=(2, 3))
 
 
-@pytest.mark.parametrize("cls", [TopkAlongTokens, NormOverSpace])
-def test_reductions_along_a_dim_keep_the_channels_of_the_others(cls):
+def topk_over_flat_scores(y):
+    """A detector's proposal filter: topk(k, dim=1) over flattened scores, k above the rank."""
+    return y.flatten(1).topk(20, dim=1).values
+
+
+@pytest.mark.parametrize("reduce", [topk_along_tokens, norm_over_space])
+def test_reductions_along_a_dim_keep_the_channels_of_the_others(reduce):
     x = torch.randn(2, 3, 8, 8)
-    space, _, _, ys, yg = round_trip(cls(), x)
+    space, _, _, ys, yg = round_trip(ReduceAfterConv(reduce, 8), x)
     conv = space.group("conv")
     assert conv.prunable and conv.size == 8
     assert rel_diff(ys, yg) < 1e-5
 
 
 def test_topk_over_channels_and_positions_ties_them_and_traces():
-    space = trace(TopkOverFlatScores().eval(), torch.randn(1, 3, 8, 8))
+    space = trace(ReduceAfterConv(topk_over_flat_scores, 20).eval(), torch.randn(1, 3, 8, 8))
     assert space.group("conv").size == 1  # which values survive depends on every channel
 
 

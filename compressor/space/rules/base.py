@@ -18,6 +18,11 @@ from ..tracer import Rule, Trace
 aten = torch.ops.aten
 _RULES: dict[Any, Rule] = {}
 
+def op_name(func: Any) -> str:
+    """The name of an aten op without its overload: ``"topk"`` for ``aten.topk.default``."""
+    return func.__name__.split(".")[0]
+
+
 def register(*ops: Any):
     """Decorator: use the function as the rule of every overload of the given ops."""
 

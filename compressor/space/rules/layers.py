@@ -10,7 +10,7 @@ from ..labels import flat_atoms, unlabelled
 from ..standardise import WEIGHT
 from ..tracer import Trace
 from .attention import activation_product_rule
-from .base import _outputs, aten, merge_rule, register
+from .base import _outputs, aten, merge_rule, op_name, register
 from .movement import move_rule
 from .reduce import _reduce
 
@@ -207,7 +207,7 @@ def batch_norm_rule(tr: Trace, func, args, kwargs, out) -> None:
     affine = isinstance(args[1], torch.Tensor)
     # Batch statistics computed in the forward (training=True even in eval mode: weight
     # standardisation normalises the weight this way) cost what fvcore counts for them.
-    training = "no_training" not in func.__name__ and next((a for a in args[3:] if isinstance(a, bool)), False)
+    training = "no_training" not in op_name(func) and next((a for a in args[3:] if isinstance(a, bool)), False)
     tr.cost("batch_norm", (5.0 if affine else 4.0) if training else (2.0 if affine else 1.0), out_lab)
 
 
@@ -224,7 +224,7 @@ def _norm_over(tr: Trace, func, x: torch.Tensor, dims: list[int], params: tuple,
         red = torch.from_numpy(np.where(red.numpy() >= 0, tr.ds.find(np.maximum(red.numpy(), 0)), -1))
     out_lab = red.expand(tuple(x.shape))
     tr.set_label(_outputs(out)[0], out_lab)
-    tr.cost(func.__name__.split(".")[0].replace("native_", ""), coef, out_lab)
+    tr.cost(op_name(func).replace("native_", ""), coef, out_lab)
 
 
 def _masked_norm(tr: Trace, func, kind: str, x: torch.Tensor, dim: int, groups: int, params: tuple,

@@ -9,7 +9,7 @@ import torch
 from ..labels import filled, has_atoms, narrow_shared
 from ..tracer import Trace
 
-from .base import _outputs, aten, merge_rule, register
+from .base import _outputs, aten, merge_rule, op_name, register
 
 # t/transpose/permute are registered in layers.py: F.linear reaches us as t(weight).
 _MOVES = [
@@ -36,7 +36,7 @@ def move_rule(tr: Trace, func, args, kwargs, out) -> None:
     lab = tr.label(args[0])
     rest = [_as_cpu(a) for a in args[1:]]
     kw = {k: _as_cpu(v) for k, v in kwargs.items()}
-    name = func.__name__.split(".")[0]
+    name = op_name(func)
     if name in ("view", "_unsafe_view"):  # a stored label need not be viewable as its tensor is
         res = lab.reshape(*rest, **kw)
     else:

@@ -9,7 +9,7 @@ import torch
 from ..labels import narrow_repeats, unlabelled
 from ..tracer import Trace
 
-from .base import _outputs, aten, register
+from .base import _outputs, aten, op_name, register
 
 # -- reductions ------------------------------------------------------------------------------------
 def _reduce(tr: Trace, lab: torch.Tensor, dims: list[int], op: str) -> torch.Tensor:
@@ -45,7 +45,7 @@ def reduce_rule(tr: Trace, func, args, kwargs, out) -> None:
             tr.set_label(o, unlabelled(o.shape))
         return
     lab = tr.label(x)
-    name = func.__name__.split(".")[0]  # the overload's packet: "norm", not "norm.ScalarOpt_dim"
+    name = op_name(func)
     pos = 2 if name in ("norm", "linalg_vector_norm") else 1  # norm(x, p, dim), like linalg_vector_norm
     if name in ("max", "min") and len(args) == 1 and "dim" not in kwargs:
         dims = list(range(x.dim()))
@@ -64,7 +64,7 @@ def reduce_rule(tr: Trace, func, args, kwargs, out) -> None:
 def along_dim_rule(tr: Trace, func, args, kwargs, out) -> None:
     x = args[0]
     dim = kwargs.get("dim", args[1] if len(args) > 1 and isinstance(args[1], int) else -1)
-    if func.__name__.split(".")[0] == "topk":  # topk(x, k, dim): args[1] is k
+    if op_name(func) == "topk":  # topk(x, k, dim): args[1] is k
         dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
     red = _reduce(tr, tr.label(x), [dim], str(func))
     for o in _outputs(out):
@@ -96,13 +96,13 @@ def spatial_rule(tr: Trace, func, args, kwargs, out) -> None:
     # no label here, so invariant 2 at trace time decides what may change around them.
     nd = lab.dim()
     spatial = list(range(2, nd)) if nd > 2 else []
-    if nd == 3 and func.__name__.split(".")[0].endswith("2d"):  # unbatched (C, H, W)
+    if nd == 3 and op_name(func).endswith("2d"):  # unbatched (C, H, W)
         spatial = [1, 2]
     red = _reduce(tr, lab, spatial, str(func))
     for o in _outputs(out):
         if o.dim() == red.dim():
             tr.set_label(o, red.expand(tuple(o.shape)))
-    name = func.__name__
+    name = op_name(func)
     if "adaptive_avg_pool2d" in name:
         tr.cost("adaptive_avg_pool2d", 1.0, lab)
     elif name.startswith("upsample_nearest2d"):
