@@ -260,9 +260,14 @@ def model_lists(rows: list[dict]) -> list[tuple[str, list[dict]]]:
 SCALE_BINS = [0, 5e6, 2e7, 5e7, 1e8, 3e8, float("inf")]  # parameter counts
 
 
+def _sized(rows: list[dict]) -> list[dict]:
+    """The rows that have a parameter count and a trace peak."""
+    return [r for r in rows if r.get("params") not in (None, "") and r.get("trace_peak_mb") not in (None, "")]
+
+
 def _scale(rows: list[dict]) -> list[str]:
     """Trace time and trace peak memory against model size: a table by parameter count."""
-    rows = [r for r in rows if r.get("params") not in (None, "") and r.get("trace_peak_mb") not in (None, "")]
+    rows = _sized(rows)
     out = [("| parameters | models | trace_s median | trace_s max | trace peak MB median | trace peak MB max "
             "| trace_mem_x max |"), "|---|---:|---:|---:|---:|---:|---:|"]
     for lo, hi in itertools.pairwise(SCALE_BINS):
@@ -285,7 +290,7 @@ def _plot_scale(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.get("params") not in (None, "") and r.get("trace_peak_mb") not in (None, "")]
+    rows = _sized(rows)
     if not rows:
         return
     params = [float(r["params"]) for r in rows]
