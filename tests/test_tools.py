@@ -23,6 +23,14 @@ def test_accuracy_equal_epochs(tmp_path, capsys):
     assert {r["variant"] for r in rows} == {"scs", "prune"}
     assert all(float(r["flops_fraction_fvcore"]) <= 0.5 for r in rows)
     assert "| cifar_resnet20 | 0.5 | scs |" in capsys.readouterr().out
+    # --resume keeps the rows written so far (the file is rewritten after every run) and runs the rest
+    accuracy.main(["--models", "cifar_resnet20", "--budgets", "0.5", "--seeds", "0", "--csv", str(out),
+                   "--set", "data.limit_train=128", "--set", "data.input_size=16", "--set", "base.epochs=1",
+                   "--set", "search.epochs=1", "--set", "finetune.epochs=1", "--resume",
+                   "--variants", "scs,prune,prune:distill.teacher=none"])
+    resumed = list(csv.DictReader(out.open()))
+    assert resumed[:2] == rows and resumed[2]["variant"] == "prune:distill.teacher=none"
+    assert "| cifar_resnet20 | 0.5 | prune:distill.teacher=none |" in capsys.readouterr().out
 
 
 def test_grow_against_scratch_rows(tmp_path, capsys):

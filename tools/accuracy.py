@@ -11,10 +11,14 @@ table of test accuracy and fvcore FLOPs fraction, and writes every run to CSV.
     python tools/accuracy.py --variants tas,tas:distill.teacher=none,prune,prune:distill.teacher=original
     python tools/accuracy.py --variants prune --variant tas:mixture=pad,final_init=original
     python tools/accuracy.py --base-set base.epochs=8 --base-set data.limit_train=null   # converged original
+
+The CSV is rewritten after every run, so an interrupted benchmark keeps what it measured; ``--resume``
+reads it back and runs only the missing (model, seed, budget, variant) rows.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import sys
 import tempfile
@@ -46,6 +50,16 @@ def base_weights(model: str, recipe, seed: int, directory: Path) -> tuple[Path, 
     return path, trainer.evaluate(net, test, recipe.data.batch_size)[1]
 
 
+def read_rows(path: str) -> list[dict]:
+    """The rows of an earlier (interrupted) run of this tool, typed as it writes them; none if no file."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        return [{**r, "seed": int(r["seed"]), "budget": float(r["budget"]),
+                 **{k: float(r[k]) for k in ("original_acc", "test_acc", "flops_fraction_fvcore",
+                                             "params_fraction", "seconds")}} for r in csv.DictReader(f)]
+
+
 def parse_variant(spec: str) -> tuple[str, str, dict]:
     """``scs``, ``scs:temperature=global,layers=false`` or ``prune:distill.teacher=original`` ->
     (label, method, overrides); a key without a dot is a key of the method's section."""
@@ -66,33 +80,38 @@ def main(argv: list[str] | None = None) -> int:
                     help="overrides for training the shared original only (e.g. data.limit_train=null and "
                     "base.epochs=8: a converged teacher, as a user's pretrained model is)")
     ap.add_argument("--csv", default="accuracy.csv")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in --csv and run only the others")
     args = ap.parse_args(argv)
     common = {"data.limit_train": 4000, "base.epochs": 3, "search.epochs": 4, "finetune.epochs": 2,
               **QUIET, **parse_sets(args.set)}
     base_only = parse_sets(args.base_set)
     variants = [v for v in args.variants.split(",") if v] + args.variant
-    rows = []
+    rows = read_rows(args.csv) if args.resume else []
+    done = {(r["model"], r["seed"], r["budget"], r["variant"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for model in args.models.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
+                todo = [(budget, *parse_variant(v)) for budget in [float(b) for b in args.budgets.split(",")]
+                        for v in variants if (model, seed, budget, v) not in done]
+                if not todo:
+                    continue
                 base = load_recipe("default", {**common, "model": model, "run.seed": seed, **base_only})
                 weights, base_acc = base_weights(model, base, seed, tmp)
-                for budget in [float(b) for b in args.budgets.split(",")]:
-                    for label, method, extra in map(parse_variant, variants):
-                        o = {**common, "run.seed": seed, "budget": {"flops": budget}, "weights": str(weights),
-                             **method_override(base, method), **extra}
-                        t0 = time.perf_counter()
-                        r = compress(model, load_recipe("default", o), out=tmp / f"{model}-{seed}-{budget}-{label}").report
-                        row = {"model": model, "seed": seed, "budget": budget, "variant": label,
-                               "original_acc": round(base_acc, 4),
-                               "test_acc": round(r["compressed"]["test_accuracy"], 4),
-                               "flops_fraction_fvcore": round(r["compressed"]["flops_fraction_fvcore"], 4),
-                               "params_fraction": round(r["compressed"]["params_fraction"], 4),
-                               "seconds": round(time.perf_counter() - t0, 1)}
-                        rows.append(row)
-                        print(row, flush=True)
-    write_csv(args.csv, rows)
+                for budget, label, method, extra in todo:
+                    o = {**common, "run.seed": seed, "budget": {"flops": budget}, "weights": str(weights),
+                         **method_override(base, method), **extra}
+                    t0 = time.perf_counter()
+                    r = compress(model, load_recipe("default", o), out=tmp / f"{model}-{seed}-{budget}-{label}").report
+                    row = {"model": model, "seed": seed, "budget": budget, "variant": label,
+                           "original_acc": round(base_acc, 4),
+                           "test_acc": round(r["compressed"]["test_accuracy"], 4),
+                           "flops_fraction_fvcore": round(r["compressed"]["flops_fraction_fvcore"], 4),
+                           "params_fraction": round(r["compressed"]["params_fraction"], 4),
+                           "seconds": round(time.perf_counter() - t0, 1)}
+                    rows.append(row)
+                    print(row, flush=True)
+                    write_csv(args.csv, rows)
     print("\n| model | budget | variant | test accuracy (mean ± std) | FLOPs kept (fvcore) | seeds |")
     print("|---|---:|---|---:|---:|---:|")
     keys = sorted({(r["model"], r["budget"], r["variant"]) for r in rows}, key=lambda k: (k[0], -k[1], k[2]))
