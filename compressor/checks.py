@@ -7,8 +7,9 @@ import gc
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,7 +150,15 @@ def check_growth(model: nn.Module, space, x: torch.Tensor, seed: int = 0) -> str
     """The widening invariant on ``model``: two different half-width seeds grown with zero
     off-diagonal blocks give the sum of their outputs.  ``"exact"``, or why not (the groups both
     seeds share, or the measured gap)."""
-    from .export.grow import GrowError, growth_gap, seed_model, shared_groups, split_halves
+    from .export.grow import (
+        GrowError,
+        first_divergence,
+        grow_model,
+        growth_gap,
+        seed_model,
+        shared_groups,
+        split_halves,
+    )
 
     try:
         halves = split_halves(space)
@@ -168,6 +177,9 @@ def check_growth(model: nn.Module, space, x: torch.Tensor, seed: int = 0) -> str
     if gap <= TOL_GROW:
         return "exact"
     shared = shared_groups(space, halves)
-    why = "; ".join(f"'{k}' shared ({v})" for k, v in list(shared.items())[:2]) if shared else \
-        "every group grows, so an operation mixes channels (a norm over channels?)"
+    if shared:
+        why = "; ".join(f"'{k}' shared ({v})" for k, v in list(shared.items())[:2])
+    else:
+        grown = grow_model(model, space, halves, seed_a, seed_b)
+        why = first_divergence(grown, seed_a, seed_b, x) or "every module's output is exact, the model's is not"
     return f"not the sum of the seeds (gap {gap:.1e}): {why}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 
 from ..decision import Decision
 from ..space import Space
+from ..space.space import REACHES_OUTPUT
 from .slice import _get, slice_model
 
 # Labels of a parameter position: shared by both seeds, A's half, B's half, or dropped.
@@ -286,13 +288,13 @@ def _set(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def shared_groups(space: Space, halves: Halves) -> dict[str, str]:
-    """Channel groups both seeds hold whole although they are neither the image input nor the
-    class outputs, with the reason: where they exist, the grown model cannot be the sum of its
+    """Channel groups both seeds hold whole although they are not the class outputs (frozen groups
+    included), with the reason: where they exist, the grown model cannot be the sum of its
     seeds (both seeds' layers write into one set of channels)."""
     out = {}
     normalised = normalised_groups(space)
     for g in space.groups:
-        if g.name in halves.a or g.pinned.all():
+        if g.name in halves.a or g.frozen == REACHES_OUTPUT:
             continue
         out[g.name] = g.frozen or normalised.get(g.name) or "fewer than two free units"
     return out
@@ -322,6 +324,72 @@ def growth_gap(target: nn.Module, space: Space, halves: Halves, seed_a: nn.Modul
         want = _logits(copy.deepcopy(seed_a).eval()(x)) + _logits(copy.deepcopy(seed_b).eval()(x))
         got = _logits(grown(x))
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def first_divergence(grown: nn.Module, seed_a: nn.Module, seed_b: nn.Module, x: torch.Tensor,
+                     tol: float = 1e-4) -> str | None:
+    """Where growth stops being exact: the first module, in the order modules finish, whose output
+    in ``grown`` is neither the seeds' outputs side by side (the same values in any layout, compared
+    by power sums) nor their elementwise sum; ``None`` if there is none. Eval mode, no gradients."""
+    sig_a, sig_b = _signatures(seed_a, x), _signatures(seed_b, x)
+    found = []
+
+    def check(name, module, _args, out):
+        y, a, b = _first_tensor(out), sig_a.get(name), sig_b.get(name)
+        if found or y is None or a is None or b is None:
+            return
+        if y.numel() == a[0] + b[0]:
+            s = _power_sums(y)
+            ok = all(abs(s[k] - a[1][k] - b[1][k]) <= tol * (s[k + 3] + a[1][k + 3] + b[1][k + 3]) for k in range(3))
+        elif a[2] is not None and b[2] is not None and y.shape == a[2].shape == b[2].shape:
+            want = a[2] + b[2]
+            ok = float((y.double() - want).abs().max()) <= tol * float(want.abs().max().clamp_min(1e-12))
+        else:
+            return
+        if not ok:
+            found.append(f"'{name}' ({type(module).__name__}) gives neither the seeds' outputs side by "
+                         "side nor their sum")
+
+    handles = [m.register_forward_hook(partial(check, n)) for n, m in grown.named_modules() if n]
+    try:
+        with torch.no_grad():
+            grown.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
+
+
+def _signatures(model: nn.Module, x: torch.Tensor, keep: int = 1 << 20) -> dict[str, tuple]:
+    """Per module (first call): (numel, power sums, the output itself when at most ``keep`` elements)."""
+    sigs = {}
+
+    def record(name, _module, _args, out):
+        y = _first_tensor(out)
+        if y is not None and name not in sigs:
+            sigs[name] = (y.numel(), _power_sums(y), y.double() if y.numel() <= keep else None)
+
+    handles = [m.register_forward_hook(partial(record, n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sigs
+
+
+def _power_sums(y: torch.Tensor) -> tuple[float, ...]:
+    v = y.detach().double().flatten()
+    return tuple(float((v ** k).sum()) for k in (1, 2, 3)) + tuple(float((v.abs() ** k).sum()) for k in (1, 2, 3))
+
+
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out if out.is_floating_point() else None
+    if isinstance(out, (tuple, list)):
+        return next((t for t in map(_first_tensor, out) if t is not None), None)
+    return None
 
 
 def _logits(out):

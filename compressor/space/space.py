@@ -19,6 +19,9 @@ from .tracer import TraceError, run_trace
 __all__ = ["ChannelGroup", "ResidualBlock", "Space", "build_space", "TraceError"]
 
 
+REACHES_OUTPUT = "reaches the model output"
+"""The frozen reason of a group the model's output reads: its units are the output's, not the model's."""
+
 @dataclass
 class ChannelGroup:
     """Output channels that must be removed together, split into *units* (the smallest removable
@@ -286,7 +289,7 @@ def _groups(tr, roots: np.ndarray) -> tuple[list[ChannelGroup], np.ndarray]:
         used_names.add(name)
         frozen = None
         if pinned.all():
-            frozen = "reaches the model output" if np.isin(units, output_roots).any() else \
+            frozen = REACHES_OUTPUT if np.isin(units, output_roots).any() else \
                 "every channel is the first of a split or reshape part (one must stay in each)"
         elif len(units) < 2:
             why = "; ".join(merge_reasons[gid][:3]) or "a single channel"

@@ -70,6 +70,34 @@ def test_odd_groups_drop_a_unit_and_layernorm_streams_are_named_as_the_limit():
     assert growth_gap(target, space, halves, seed_a, seed_b, x) > 1e-2
 
 
+class ScalarAffine(torch.nn.Module):
+    """timm's LearnableAffineBlock: one scale for every channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.scale * x
+
+
+@pytest.mark.parametrize("tail, why", [
+    ((torch.nn.Identity(), torch.nn.ReLU()), "'3' (ReLU) gives neither the seeds' outputs side by side nor their sum"),
+    ((ScalarAffine(), torch.nn.Identity()), "'1.scale' shared"),
+])
+def test_check_growth_names_where_the_sum_breaks(tail, why):
+    """squeezenet's ReLU after its classifier conv and hgnetv2's scalar affine, as small models."""
+    from compressor.checks import check_growth
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), tail[0], torch.nn.Conv2d(8, 4, 1), tail[1],
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert why in check_growth(model, trace(model, x[:1]), x)
+    plain = torch.nn.Sequential(*[m for m in model if not isinstance(m, (torch.nn.ReLU, ScalarAffine))])
+    assert check_growth(plain, trace(plain, x[:1]), x) == "exact"
+
+
 def test_a_model_with_nothing_to_split_is_refused():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 3), torch.nn.Flatten(), torch.nn.LazyLinear(4))
     model(torch.randn(1, 3, 8, 8))
