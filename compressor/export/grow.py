@@ -350,13 +350,7 @@ def first_divergence(grown: nn.Module, seed_a: nn.Module, seed_b: nn.Module, x: 
             found.append(f"'{name}' ({type(module).__name__}) gives neither the seeds' outputs side by "
                          "side nor their sum")
 
-    handles = [m.register_forward_hook(partial(check, n)) for n, m in grown.named_modules() if n]
-    try:
-        with torch.no_grad():
-            grown.eval()(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(grown, x, check)
     return found[0] if found else None
 
 
@@ -369,14 +363,19 @@ def _signatures(model: nn.Module, x: torch.Tensor, keep: int = 1 << 20) -> dict[
         if y is not None and name not in sigs:
             sigs[name] = (y.numel(), _power_sums(y), y.double() if y.numel() <= keep else None)
 
-    handles = [m.register_forward_hook(partial(record, n)) for n, m in model.named_modules() if n]
+    _run_hooked(model, x, record)
+    return sigs
+
+
+def _run_hooked(model: nn.Module, x: torch.Tensor, hook) -> None:
+    """One eval-mode forward without gradients, ``hook(name, module, args, output)`` on every submodule."""
+    handles = [m.register_forward_hook(partial(hook, n)) for n, m in model.named_modules() if n]
     try:
         with torch.no_grad():
             model.eval()(x)
     finally:
         for h in handles:
             h.remove()
-    return sigs
 
 
 def _power_sums(y: torch.Tensor) -> tuple[float, ...]:
@@ -385,11 +384,8 @@ def _power_sums(y: torch.Tensor) -> tuple[float, ...]:
 
 
 def _first_tensor(out):
-    if isinstance(out, torch.Tensor):
-        return out if out.is_floating_point() else None
-    if isinstance(out, (tuple, list)):
-        return next((t for t in map(_first_tensor, out) if t is not None), None)
-    return None
+    y = _logits(out)
+    return y if isinstance(y, torch.Tensor) and y.is_floating_point() else None
 
 
 def _logits(out):
