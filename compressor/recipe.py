@@ -109,12 +109,23 @@ class ScsConfig(_Strict):
     lambda_interval: int | None = Field(None, ge=1, description="Also re-measure du every N steps on the expected "
                                         "cost of the next draw; None = once per epoch (the paper).")
     init_logit: float = Field(3.0, gt=0, description="|s| at the start (prune: +s for all; grow: +s for seeds).")
+    init: Literal["constant", "importance"] = Field(
+        "constant", description="Channel logits at the start. constant: +init_logit for every unit (the paper). "
+        "importance (prune mode): the magnitude-pruning decision at the budget sets the sign, the unit's rank "
+        "inside the kept or the dropped units the size, from 0 at the cut to init_logit.")
     logit_lr: float = Field(0.1, gt=0, description="SGD learning rate of the gate logits.")
     logit_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of the gate logits.")
     logit_weight_decay: float = Field(1e-6, ge=0, description="Weight decay of the gate logits.")
     sparse_epochs: bool = Field(False, description="Train only the units the epoch's draw switched on (the "
                                 "sliced active network, weights written back after the epoch): a sparse "
                                 "epoch costs less wall-clock. Off: the whole network runs with zeros in it.")
+
+    @model_validator(mode="after")
+    def _init_needs_weights(self) -> ScsConfig:
+        if self.init == "importance" and self.mode == "grow":
+            raise ValueError("init: importance ranks a trained original's units; grow mode starts from fresh "
+                             "weights (use init: constant)")
+        return self
 
     @property
     def lambda1(self) -> float:

@@ -25,6 +25,9 @@ Choices the paper leaves open, recorded here: q is drawn at the start of each ep
 generator seeded by (seed, epoch), so every DDP process and every resumed run draws the same
 masks; u(q) is measured with the cost model on the sampled architecture; in grow mode a unit
 switched on for the first time gets fresh random weights (normal with its tensor's initial std).
+The paper starts every logit at the same value; ``init: importance`` (ours, prune mode) starts
+them from the ``prune`` baseline's decision instead (:func:`importance_prior`), so the search
+refines a good architecture rather than deriving one from logits that fall in lockstep.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from ..budget import fit_to_budget
 from ..decision import Decision
 from ..export.subnet import sub_network
 from ..gates import ControlledModel, GateController, PartController, attach_gates
+from ..importance import get_importance
 from ..recipe import ScsConfig
 from ..space import Space
 from ..train.part import EpochNetwork
@@ -49,13 +53,16 @@ from .base import Method, SearchContext, register_method
 class ScsLogits(GateController):
     """Gate logits ``s``, per-gate temperature counters ``t`` and the epoch's draw ``q``."""
 
-    def __init__(self, space: Space, cfg: ScsConfig, epochs: int) -> None:
+    def __init__(self, space: Space, cfg: ScsConfig, epochs: int, prior: np.ndarray | None = None) -> None:
+        """``prior``: one value in [-1, 1] per free unit, scaling ``init_logit`` (``init: importance``)."""
         super().__init__()
         self.num_units, self.num_blocks = space.num_units, len(space.blocks)
         free = np.flatnonzero(space.prunable_mask()) if cfg.channels else np.zeros(0, dtype=np.int64)
         nb = self.num_blocks if cfg.layers else 0
         self.register_buffer("free", torch.from_numpy(free).long())
         sign_c, sign_l = torch.ones(len(free)), torch.ones(nb)
+        if prior is not None and len(free):
+            sign_c = torch.as_tensor(prior, dtype=torch.float32).clone()
         if cfg.mode == "grow":  # one active unit per group and one active block per stage
             sign_c.fill_(-1)
             first: dict[int, int] = {}
@@ -217,8 +224,12 @@ class ScsMethod(Method):
         self.seed, self.budget = ctx.seed, ctx.budget
         self.init_std = {n: float(p.detach().float().std()) for n, p in model.named_parameters() if p.dim() > 1}
         self.plain = copy.deepcopy(model).cpu() if self.config.sparse_epochs else None
+        prior = None
+        if self.config.init == "importance" and self.config.channels:
+            prior = importance_prior(model, self.space, ctx.budget.target, what=ctx.budget.what,
+                                     round_to=ctx.round_to)
         gates = attach_gates(model, self.space)
-        self.logits = ScsLogits(self.space, self.config, epochs_cfg.epochs)
+        self.logits = ScsLogits(self.space, self.config, epochs_cfg.epochs, prior)
         controlled = ControlledModel(gates, self.logits)
         self.net = controlled.net
         history = ctx.trainer.fit(controlled, ctx.train_set, epochs_cfg, stage="search", batch_size=ctx.batch_size,
@@ -273,6 +284,34 @@ class ScsMethod(Method):
                     shape[d] = len(idx)
                     fresh = torch.randn(shape, generator=g) * self.init_std[name]
                     tensor.index_copy_(d, idx, fresh.to(tensor.dtype).to(tensor.device))
+
+
+def importance_prior(model: nn.Module, space: Space, target: float, *, what: str = "flops",
+                     round_to: int | None = None) -> np.ndarray:
+    """One value in [-1, 1] per free unit (``space.prunable_mask()``), for ``init: importance``.
+
+    The sign is the ``prune`` baseline's decision at the budget (magnitude, normalised per group):
+    + kept, - dropped.  The size is the unit's rank by that score inside its side, counted from the
+    cut: the kept unit with the lowest score gets 1/n_kept, the best one 1; the dropped unit with
+    the highest score gets -1/n_dropped, the worst one -1.  Units next to the cut start undecided
+    (sigma(beta * s) near 1/2), units far from it start near 0 or 1.
+    """
+    scores = get_importance("magnitude")(model, space)
+    keep = fit_to_budget(space, scores, target, what=what, round_to=round_to,
+                         normalize=True).keep_vector(space).numpy() > 0.5
+    normalised = scores.copy()
+    for g in space.groups:
+        sl = slice(g.offset, g.offset + g.size)
+        mean = normalised[sl].mean()
+        if mean > 0:
+            normalised[sl] /= mean
+    free = np.flatnonzero(space.prunable_mask())
+    prior = np.zeros(len(free))
+    for side, sign in ((keep[free], 1.0), (~keep[free], -1.0)):
+        idx = np.flatnonzero(side)
+        order = np.argsort(sign * normalised[free[idx]], kind="stable")  # nearest the cut first
+        prior[idx[order]] = sign * np.arange(1, len(idx) + 1) / max(len(idx), 1)
+    return prior
 
 
 def _tensors(model: nn.Module):

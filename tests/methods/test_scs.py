@@ -1,10 +1,12 @@
 import numpy as np
+import pytest
 import torch
 
 from compressor.budget import fit_to_budget
 from compressor.methods.base import SearchContext
-from compressor.methods.scs import ScsLogits, ScsMethod
-from compressor.recipe import BudgetConfig, RunConfig, ScsConfig, TrainConfig
+from compressor.importance import get_importance
+from compressor.methods.scs import ScsLogits, ScsMethod, importance_prior
+from compressor.recipe import BudgetConfig, RecipeError, RunConfig, ScsConfig, TrainConfig, load_recipe
 from compressor.frontend import trace
 from compressor.train import Trainer
 from tests.tiny import TinyNet
@@ -110,6 +112,33 @@ def test_grow_mode_search_draws_fresh_weights_for_new_units():
     assert newly, "sigma(0.5) = 0.62: some stem units must have been drawn on in two epochs"
     after = plain.stem[0].weight.detach()
     assert not torch.allclose(after[newly], before[newly])
+
+
+def test_importance_init_starts_from_the_prune_decision():
+    """init: importance: the logits' signs are magnitude pruning's decision at the budget, their
+    sizes grow away from the cut, so ranking them again gives that same decision."""
+    model, space = _space()
+    budget = 0.4
+    prior = importance_prior(model, space, budget)
+    free = np.flatnonzero(space.prunable_mask())
+    scores = get_importance("magnitude")(model, space)
+    pruned = fit_to_budget(space, scores, budget, normalize=True)
+    kept = pruned.keep_vector(space).numpy()[free] > 0.5
+    assert np.array_equal(prior > 0, kept) and (prior != 0).all() and np.abs(prior).max() == 1
+    lg = ScsLogits(space, ScsConfig(init="importance"), epochs=4, prior=prior)
+    assert torch.equal(lg.s_c.detach() > 0, torch.from_numpy(kept))
+    logits = np.zeros(space.num_units)
+    logits[free] = lg.s_c.detach().numpy()
+    assert fit_to_budget(space, logits, budget) == pruned
+    # inside the kept side, a higher normalised magnitude never gets a smaller logit
+    group_of = space.unit_group()
+    for gi, g in enumerate(space.groups):
+        mine = kept & (group_of[free] == gi)
+        if mine.sum() > 1:
+            order = np.argsort(scores[free][mine], kind="stable")
+            assert np.all(np.diff(prior[mine][order]) > 0)
+    with pytest.raises(RecipeError, match="grow mode"):
+        load_recipe({"method": {"name": "scs", "mode": "grow", "init": "importance"}})
 
 
 def test_channels_only_has_no_empty_parameters():
