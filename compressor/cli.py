@@ -270,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--budget-flops", type=float, metavar="F", help="keep at most this fraction of FLOPs")
     budget.add_argument("--budget-params", type=float, metavar="F", help="keep at most this fraction of params")
     p.add_argument("--method", choices=["scs", "prune", "tas", "grow"],
-                   help="compression method (default: the recipe's, scs)")
+                   help="compression method (default: the recipe's, scs); with a trained original and "
+                   "a short schedule, prune with --set distill.teacher=original was the most accurate "
+                   "(docs/accuracy.md)")
     p.add_argument("--recipe", default="default", help="built-in recipe name or YAML file (default: default)")
     p.add_argument("--data", metavar="PATH", help="ImageFolder tree or CIFAR folder (default: embedded MNIST subset)")
     p.add_argument("--weights", metavar="PATH", help="trained weights of the original (skips base training)")
