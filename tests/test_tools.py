@@ -33,6 +33,25 @@ def test_accuracy_equal_epochs(tmp_path, capsys):
     assert "| cifar_resnet20 | 0.5 | prune:distill.teacher=none |" in capsys.readouterr().out
 
 
+def test_accuracy_against_total_epochs(tmp_path, monkeypatch):
+    """--epochs E runs every variant with E epochs split 2:1 into search and fine-tune, labelled @E."""
+    assert accuracy.parse_variant("scs:init=importance@12") == ("scs:init=importance@12", "scs",
+                                                                 {"method.init": "importance"})
+    seen = []
+    real = accuracy.compress
+
+    def spy(model, recipe, **kw):
+        seen.append((recipe.method.name, recipe.search.epochs, recipe.finetune.epochs))
+        return real(model, recipe, **kw)
+    monkeypatch.setattr(accuracy, "compress", spy)
+    out = tmp_path / "acc.csv"
+    accuracy.main(["--models", "cifar_resnet20", "--budgets", "0.5", "--seeds", "0", "--csv", str(out),
+                   "--set", "data.limit_train=128", "--set", "data.input_size=16", "--set", "base.epochs=1",
+                   "--variants", "prune", "--epochs", "3,6"])
+    assert [r["variant"] for r in csv.DictReader(out.open())] == ["prune@3", "prune@6"]
+    assert seen == [("prune", 2, 1), ("prune", 4, 2)]
+
+
 def test_grow_against_scratch_rows(tmp_path, capsys):
     out = tmp_path / "grow.csv"
     grow_cost.main(["--models", "cifar_resnet20", "--seeds", "0", "--csv", str(out), "--variants",

@@ -11,6 +11,7 @@ table of test accuracy and fvcore FLOPs fraction, and writes every run to CSV.
     python tools/accuracy.py --variants tas,tas:distill.teacher=none,prune,prune:distill.teacher=original
     python tools/accuracy.py --variants prune --variant tas:mixture=pad,final_init=original
     python tools/accuracy.py --base-set base.epochs=8 --base-set data.limit_train=null   # converged original
+    python tools/accuracy.py --epochs 6,12,24                       # accuracy against total epochs
 
 The CSV is rewritten after every run, so an interrupted benchmark keeps what it measured; ``--resume``
 reads it back and runs only the missing (model, seed, budget, variant) rows.
@@ -62,8 +63,9 @@ def read_rows(path: str) -> list[dict]:
 
 def parse_variant(spec: str) -> tuple[str, str, dict]:
     """``scs``, ``scs:temperature=global,layers=false`` or ``prune:distill.teacher=original`` ->
-    (label, method, overrides); a key without a dot is a key of the method's section."""
-    method, _, rest = spec.partition(":")
+    (label, method, overrides); a key without a dot is a key of the method's section.  A trailing
+    ``@E`` (the ``--epochs`` schedule) stays in the label only."""
+    method, _, rest = spec.partition("@")[0].partition(":")
     return spec, method, parse_overrides(rest)
 
 
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-set", action="append", default=[], metavar="KEY=VALUE",
                     help="overrides for training the shared original only (e.g. data.limit_train=null and "
                     "base.epochs=8: a converged teacher, as a user's pretrained model is)")
+    ap.add_argument("--epochs", default="", help="comma-separated total epochs per variant (e.g. 6,12,24), split "
+                    "2:1 into search and fine-tune as the default 4 + 2; each variant's label gets @E")
     ap.add_argument("--csv", default="accuracy.csv")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --csv and run only the others")
     args = ap.parse_args(argv)
@@ -86,20 +90,25 @@ def main(argv: list[str] | None = None) -> int:
               **QUIET, **parse_sets(args.set)}
     base_only = parse_sets(args.base_set)
     variants = [v for v in args.variants.split(",") if v] + args.variant
+    schedules = {"": {}}
+    if args.epochs:
+        schedules = {f"@{e}": {"search.epochs": round(2 * e / 3), "finetune.epochs": e - round(2 * e / 3)}
+                     for e in (int(x) for x in args.epochs.split(","))}
     rows = read_rows(args.csv) if args.resume else []
     done = {(r["model"], r["seed"], r["budget"], r["variant"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for model in args.models.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
-                todo = [(budget, *parse_variant(v)) for budget in [float(b) for b in args.budgets.split(",")]
-                        for v in variants if (model, seed, budget, v) not in done]
+                todo = [(budget, *parse_variant(v + at), epochs) for budget in [float(b) for b in args.budgets.split(",")]
+                        for at, epochs in schedules.items() for v in variants
+                        if (model, seed, budget, v + at) not in done]
                 if not todo:
                     continue
                 base = load_recipe("default", {**common, "model": model, "run.seed": seed, **base_only})
                 weights, base_acc = base_weights(model, base, seed, tmp)
-                for budget, label, method, extra in todo:
-                    o = {**common, "run.seed": seed, "budget": {"flops": budget}, "weights": str(weights),
+                for budget, label, method, extra, epochs in todo:
+                    o = {**common, **epochs, "run.seed": seed, "budget": {"flops": budget}, "weights": str(weights),
                          **method_override(base, method), **extra}
                     t0 = time.perf_counter()
                     r = compress(model, load_recipe("default", o), out=tmp / f"{model}-{seed}-{budget}-{label}").report
