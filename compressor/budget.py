@@ -17,6 +17,18 @@ class BudgetError(ValueError):
     """The budget cannot be met by any decision over the space."""
 
 
+def normalise_by_group(space: Space, scores: np.ndarray) -> np.ndarray:
+    """``scores`` divided by the mean score of each unit's group (a group whose mean is not
+    positive is left as it is): scores of different layers become comparable."""
+    s = np.asarray(scores, dtype=np.float64).copy()
+    for g in space.groups:
+        sl = slice(g.offset, g.offset + g.size)
+        mean = s[sl].mean()
+        if mean > 0:
+            s[sl] /= mean
+    return s
+
+
 def fit_to_budget(space: Space, scores: np.ndarray, target: float, *, what: str = "flops",
                   round_to: int | None = None, removed_blocks: list[str] | tuple[str, ...] = (),
                   normalize: bool = False) -> Decision:
@@ -40,11 +52,10 @@ def fit_to_budget(space: Space, scores: np.ndarray, target: float, *, what: str 
     s = np.asarray(scores, dtype=np.float64).copy()
     removable = space.prunable_mask()
     groups = [g for g in space.groups if g.prunable and removable[g.offset:g.offset + g.size].any()]
+    if normalize:
+        s = normalise_by_group(space, s)
     for g in groups:
         sl = slice(g.offset, g.offset + g.size)
-        if normalize:
-            mean = s[sl].mean()
-            s[sl] = s[sl] / mean if mean > 0 else s[sl]
         free = np.flatnonzero(removable[sl])
         removable[g.offset + free[np.argmax(s[sl][free])]] = False  # the best unit always stays
     order = np.flatnonzero(removable)[np.argsort(s[removable], kind="stable")]

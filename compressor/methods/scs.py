@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..budget import fit_to_budget
+from ..budget import fit_to_budget, normalise_by_group
 from ..decision import Decision
 from ..export.subnet import sub_network
 from ..gates import ControlledModel, GateController, PartController, attach_gates
@@ -299,12 +299,7 @@ def importance_prior(model: nn.Module, space: Space, target: float, *, what: str
     scores = get_importance("magnitude")(model, space)
     keep = fit_to_budget(space, scores, target, what=what, round_to=round_to,
                          normalize=True).keep_vector(space).numpy() > 0.5
-    normalised = scores.copy()
-    for g in space.groups:
-        sl = slice(g.offset, g.offset + g.size)
-        mean = normalised[sl].mean()
-        if mean > 0:
-            normalised[sl] /= mean
+    normalised = normalise_by_group(space, scores)
     free = np.flatnonzero(space.prunable_mask())
     prior = np.zeros(len(free))
     for side, sign in ((keep[free], 1.0), (~keep[free], -1.0)):
