@@ -90,17 +90,18 @@ def main(argv: list[str] | None = None) -> int:
               **QUIET, **parse_sets(args.set)}
     base_only = parse_sets(args.base_set)
     variants = [v for v in args.variants.split(",") if v] + args.variant
-    schedules = {"": {}}
+    budgets = [float(b) for b in args.budgets.split(",")]
+    schedules = {"": {}}  # label suffix -> epoch overrides
     if args.epochs:
-        schedules = {f"@{e}": {"search.epochs": round(2 * e / 3), "finetune.epochs": e - round(2 * e / 3)}
-                     for e in (int(x) for x in args.epochs.split(","))}
+        search = {int(e): round(2 * int(e) / 3) for e in args.epochs.split(",")}
+        schedules = {f"@{e}": {"search.epochs": s, "finetune.epochs": e - s} for e, s in search.items()}
     rows = read_rows(args.csv) if args.resume else []
     done = {(r["model"], r["seed"], r["budget"], r["variant"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for model in args.models.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
-                todo = [(budget, *parse_variant(v + at), epochs) for budget in [float(b) for b in args.budgets.split(",")]
+                todo = [(budget, *parse_variant(v + at), epochs) for budget in budgets
                         for at, epochs in schedules.items() for v in variants
                         if (model, seed, budget, v + at) not in done]
                 if not todo:
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 base = load_recipe("default", {**common, "model": model, "run.seed": seed, **base_only})
                 weights, base_acc = base_weights(model, base, seed, tmp)
                 for budget, label, method, extra, epochs in todo:
-                    o = {**common, **epochs, "run.seed": seed, "budget": {"flops": budget}, "weights": str(weights),
-                         **method_override(base, method), **extra}
+                    o = {**common, **epochs, "run.seed": seed, "budget": {"flops": budget},
+                         "weights": str(weights), **method_override(base, method), **extra}
                     t0 = time.perf_counter()
                     r = compress(model, load_recipe("default", o), out=tmp / f"{model}-{seed}-{budget}-{label}").report
                     row = {"model": model, "seed": seed, "budget": budget, "variant": label,

@@ -296,10 +296,8 @@ def importance_prior(model: nn.Module, space: Space, target: float, *, what: str
     the highest score gets -1/n_dropped, the worst one -1.  Units next to the cut start undecided
     (sigma(beta * s) near 1/2), units far from it start near 0 or 1.
     """
-    scores = get_importance("magnitude")(model, space)
-    keep = fit_to_budget(space, scores, target, what=what, round_to=round_to,
-                         normalize=True).keep_vector(space).numpy() > 0.5
-    normalised = normalise_by_group(space, scores)
+    normalised = normalise_by_group(space, get_importance("magnitude")(model, space))
+    keep = fit_to_budget(space, normalised, target, what=what, round_to=round_to).keep_vector(space).numpy() > 0.5
     free = np.flatnonzero(space.prunable_mask())
     prior = np.zeros(len(free))
     for side, sign in ((keep[free], 1.0), (~keep[free], -1.0)):
