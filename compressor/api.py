@@ -150,10 +150,10 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
                                                                 checkpoint=ckpt / "finetune.pt", resume=resume,
                                                                 criterion=kd.get("finetune"))]
     compressed_eval = trainer.evaluate(compressed, test_set, batch)
+    own = clock.seconds.get("search", 0.0) + clock.seconds.get("finetune", 0.0)  # the method's own training
     with clock("baseline"):
-        baseline = method.baseline(ctx, test_set, finetune.epochs)
-    if baseline is not None:  # side by side with the method's own training (search + fine-tune)
-        own = clock.seconds.get("search", 0.0) + clock.seconds.get("finetune", 0.0)
+        baseline = method.baseline(ctx, test_set, finetune.epochs, own)
+    if baseline is not None:  # side by side with the method's own training
         summary["baseline"] = {**baseline, "method_seconds": round(own, 1),
                                "method_test_top1": compressed_eval.top1,
                                "wall_clock_ratio": round(own / max(baseline["seconds"], 1e-9), 3)}

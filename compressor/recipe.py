@@ -226,6 +226,15 @@ class GrowConfig(_Strict):
     noise: float = Field(1.0, ge=0, description="Scale of the random and copy coefficient inits.")
     scratch_baseline: bool = Field(False, description="Also train the target from scratch for the same total "
                                    "epochs (search + fine-tune, search stage settings) and report both side by side.")
+    equal_time_baselines: bool = Field(False, description="With scratch_baseline: also train the target from scratch "
+                                       "and the first seed alone (no growth) for as many epochs as fit in the grow "
+                                       "path's wall-clock, each at its per-epoch seconds measured in this run.")
+
+    @model_validator(mode="after")
+    def _equal_time_needs_scratch(self):
+        if self.equal_time_baselines and not self.scratch_baseline:
+            raise ValueError("equal_time_baselines needs scratch_baseline: the target's epoch time is measured there")
+        return self
 
 
 MethodConfig = Annotated[Union[ScsConfig, PruneConfig, TasConfig, GrowConfig], Field(discriminator="name")]

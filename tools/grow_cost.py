@@ -9,6 +9,7 @@ wall-clock and counted training FLOPs (grow / scratch) and writes every run to C
     python tools/grow_cost.py --models resnet18 --seeds 0 --variants grow,grow:new_coefficients=copy
     python tools/grow_cost.py --variants grow,grow:fusion=false,grow:second_seed=0.8   # ablations
     python tools/grow_cost.py --set method.scratch_baseline=false ...   # ablations without the baseline
+    python tools/grow_cost.py --set method.equal_time_baselines=true    # + target and seed at grow's wall-clock
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                            "training_flops_ratio": b["training_flops_ratio"] if b else "",
                            "val_top1_after_growth": r["method_summary"].get("val_top1", {}).get("grown", ""),
                            "flops_fraction_fvcore": round(r["compressed"]["flops_fraction_fvcore"], 4),
+                           **_equal_time(b),
                            "epochs": sum(r["method_summary"]["seed_epochs"]) + recipe.finetune.epochs,
                            "seconds": round(time.perf_counter() - t0, 1)}
                     rows.append(row)
@@ -80,7 +82,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {model} | {variant} | {ms('grow_acc', 100)} | {ms('val_top1_after_growth', 100, 1)} | "
               f"{ms('scratch_acc', 100)} | {ms('wall_clock_ratio')} | {ms('training_flops_ratio', 1, 3)} | "
               f"{statistics.mean(r['flops_fraction_fvcore'] for r in sel):.3f} | {len(sel)} |")
+    if any(r["equal_time_target_acc"] != "" for r in rows):
+        print("\nAt the grow path's wall-clock (epochs that fit, each at its own measured epoch time):\n\n"
+              "| model | variant | grow test acc | target from scratch | its epochs | seed alone | its epochs |"
+              " seeds |\n|---|---|---:|---:|---:|---:|---:|---:|")
+        for model, variant in dict.fromkeys((r["model"], r["variant"]) for r in rows):
+            sel = [r for r in rows if (r["model"], r["variant"]) == (model, variant)
+                   and r["equal_time_target_acc"] != ""]
+            if sel:
+                print(f"| {model} | {variant} | {mean_std([100 * r['grow_acc'] for r in sel])} | "
+                      f"{mean_std([100 * r['equal_time_target_acc'] for r in sel])} | "
+                      f"{'/'.join(str(r['equal_time_target_epochs']) for r in sel)} | "
+                      f"{mean_std([100 * r['equal_time_seed_acc'] for r in sel])} | "
+                      f"{'/'.join(str(r['equal_time_seed_epochs']) for r in sel)} | {len(sel)} |")
     return 0
+
+
+def _equal_time(baseline: dict | None) -> dict:
+    """The equal-wall-clock columns (empty without ``method.equal_time_baselines``)."""
+    eq = (baseline or {}).get("equal_wall_clock", {})
+    t, s = eq.get("target from scratch", {}), eq.get("seed alone", {})
+    return {"equal_time_target_acc": round(t["test_top1"], 4) if t else "", "equal_time_target_epochs": t.get("epochs", ""),
+            "equal_time_seed_acc": round(s["test_top1"], 4) if s else "", "equal_time_seed_epochs": s.get("epochs", "")}
 
 
 if __name__ == "__main__":

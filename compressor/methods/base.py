@@ -83,7 +83,9 @@ class Method(TrainHooks):
         """The sliced model before its final training (a method may re-initialise it)."""
         return model
 
-    def baseline(self, ctx: SearchContext, test_set: Dataset, finetune_epochs: int) -> dict | None:
+    def baseline(self, ctx: SearchContext, test_set: Dataset, finetune_epochs: int,
+                 method_seconds: float) -> dict | None:
         """Optionally train a comparison run after the pipeline (``grow``: the target from scratch
-        for the same total epochs) and return what it measured; None when there is none."""
+        for the same total epochs) and return what it measured; None when there is none.
+        ``method_seconds`` is the wall-clock of the method's own search and fine-tune."""
         return None

@@ -17,13 +17,15 @@ from __future__ import annotations
 import copy
 import math
 import time
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..decision import Decision
-from ..export.grow import grow_model, growth_gap, seed_model, shared_groups, split_halves
+from ..export.grow import Halves, grow_model, growth_gap, seed_model, shared_groups, split_halves
 from ..export.slice import slice_model
 from ..frontend import trace
 from ..gates.templates import (
@@ -33,7 +35,7 @@ from ..gates.templates import (
     mixable_weights,
     orthogonal_rows,
 )
-from ..recipe import GrowConfig
+from ..recipe import GrowConfig, TrainConfig
 from ..space import Space
 from .base import Method, SearchContext, register_method
 
@@ -84,8 +86,10 @@ class GrowMethod(Method):
         self.grown = grow_model(target, tspace, halves, plain[0], plain[1] if cfg.fusion else None, fill=fill)
         decision = _compose(self.space, cut, halves.grown_decision(tspace))
         full = float(tspace.cost.flops())
-        self._scratch = (target, epochs_cfg, epochs, checkpoint, resume,
-                         float(halves.seed_decision(tspace).flops(tspace)) / full)
+        seed_a_seconds = [h["seconds"] for h in history if h["stage"] == "seed_a"]
+        self._scratch = _Scratch(target, tspace, halves, rows, epochs_cfg, epochs, checkpoint, resume,
+                                 float(halves.seed_decision(tspace).flops(tspace)) / full,
+                                 float(np.median(seed_a_seconds)) if seed_a_seconds else 0.0)
         summary = {
             "target": cfg.target, "fusion": cfg.fusion, "new_coefficients": cfg.new_coefficients,
             "seed_epochs": epochs, "templates": cfg.templates, "mixture_weights": len(names),
@@ -112,25 +116,47 @@ class GrowMethod(Method):
         model.load_state_dict(self.grown.state_dict())
         return model
 
-    def baseline(self, ctx: SearchContext, test_set, finetune_epochs: int) -> dict | None:
+    def baseline(self, ctx: SearchContext, test_set, finetune_epochs: int, method_seconds: float) -> dict | None:
         """With ``scratch_baseline``: the target re-initialised and trained for the grow path's
         total epochs, with the counted training FLOPs of both paths (forward MACs per sample x
-        epochs; the seeds cost their share of the target's)."""
+        epochs; the seeds cost their share of the target's).  With ``equal_time_baselines`` also
+        the target and the first seed alone, each for as many epochs as fit in ``method_seconds``
+        at its own per-epoch seconds of this run (not checkpointed: a resumed run retrains them)."""
         if not self.config.scratch_baseline:
             return None
-        target, cfg, seed_epochs, checkpoint, resume, seed_share = self._scratch
-        total = sum(seed_epochs) + finetune_epochs
-        net = copy.deepcopy(target)
-        _reinitialise(net, ctx.seed * 2 + 7)
+        s = self._scratch
+        total = sum(s.seed_epochs) + finetune_epochs
+        ck = s.checkpoint.with_name("scratch.pt") if s.checkpoint is not None else None
+        scratch = self._train_fresh(ctx, test_set, copy.deepcopy(s.target), total, ck, s.resume)
+        grow_flops = sum(s.seed_epochs) * s.seed_share + finetune_epochs
+        out = {"name": "target from scratch", **scratch,
+               "training_flops_ratio": round(grow_flops / total, 3), "seed_flops_share": round(s.seed_share, 4)}
+        if self.config.equal_time_baselines:
+            target_epoch = scratch["seconds"] / total
+            seed = seed_model(s.target, s.tspace, s.halves)
+            _reinitialise(seed, ctx.seed * 2)  # seed A's initialisation, trained on instead of grown
+            attach_templates(seed, {n: r[0] for n, r in s.rows.items()}, num_templates=self.config.templates,
+                             generator=torch.Generator().manual_seed(ctx.seed))
+            out["equal_wall_clock"] = {
+                "target from scratch": self._train_fresh(ctx, test_set, copy.deepcopy(s.target),
+                                                         _fit(method_seconds, target_epoch)),
+                "seed alone": self._train_fresh(ctx, test_set, seed, _fit(method_seconds, s.seed_epoch_seconds),
+                                                reinitialise=False)}
+        return out
+
+    def _train_fresh(self, ctx: SearchContext, test_set, net: nn.Module, epochs: int, checkpoint=None,
+                     resume: bool = False, reinitialise: bool = True) -> dict:
+        """``net`` (re-initialised unless told) trained ``epochs`` with the search stage's settings:
+        its epochs, seconds and test top-1."""
+        if reinitialise:
+            _reinitialise(net, ctx.seed * 2 + 7)
         t0 = time.perf_counter()
-        ctx.trainer.fit(net, ctx.train_set, cfg.model_copy(update={"epochs": total}), stage="scratch",
-                        batch_size=ctx.batch_size, val_set=ctx.val_set, resume=resume,
-                        checkpoint=checkpoint.with_name("scratch.pt") if checkpoint is not None else None)
+        ctx.trainer.fit(net, ctx.train_set, self._scratch.epochs_cfg.model_copy(update={"epochs": epochs}),
+                        stage="scratch", batch_size=ctx.batch_size, val_set=ctx.val_set, resume=resume,
+                        checkpoint=checkpoint)
         seconds = time.perf_counter() - t0
-        grow_flops = sum(seed_epochs) * seed_share + finetune_epochs
-        return {"name": "target from scratch", "epochs": total, "seconds": round(seconds, 1),
-                "test_top1": ctx.trainer.evaluate(net, test_set, ctx.batch_size).top1,
-                "training_flops_ratio": round(grow_flops / total, 3), "seed_flops_share": round(seed_share, 4)}
+        return {"epochs": epochs, "seconds": round(seconds, 1),
+                "test_top1": ctx.trainer.evaluate(net, test_set, ctx.batch_size).top1}
 
     def _target_decision(self, ctx: SearchContext) -> Decision:
         if self.config.target == "model":
@@ -180,6 +206,26 @@ def _compose(space: Space, first: Decision, second: Decision) -> Decision:
         if len(kept) != g.size:
             groups[g.name] = sorted(kept)
     return Decision(groups, list(first.removed_blocks))
+
+
+class _Scratch(NamedTuple):
+    """What the baselines need from the search: the target, its halves and the seeds' schedule."""
+
+    target: nn.Module
+    tspace: Space
+    halves: Halves
+    rows: dict[str, torch.Tensor]
+    epochs_cfg: TrainConfig
+    seed_epochs: list[int]
+    checkpoint: Path | None
+    resume: bool
+    seed_share: float
+    seed_epoch_seconds: float
+
+
+def _fit(seconds: float, epoch_seconds: float) -> int:
+    """How many whole epochs of ``epoch_seconds`` come closest to ``seconds`` (at least one)."""
+    return max(1, round(seconds / max(epoch_seconds, 1e-9)))
 
 
 def _seed_epochs(total: int, cfg: GrowConfig) -> list[int]:

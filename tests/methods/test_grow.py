@@ -37,7 +37,8 @@ def test_grow_meets_the_budget_and_the_grown_model_starts_as_the_sum_of_its_seed
 
 def test_grow_into_the_model_itself_without_fusion_beside_the_target_from_scratch(tmp_path):
     torch.manual_seed(0)
-    recipe = _recipe(target="model", fusion=False, new_coefficients="copy", scratch_baseline=True)
+    recipe = _recipe(target="model", fusion=False, new_coefficients="copy", scratch_baseline=True,
+                     equal_time_baselines=True)
     result = compressor.compress(TinyNet(), recipe, out=tmp_path)
     s = result.report["method_summary"]
     assert result.report["compressed"]["flops_fraction_fvcore"] == pytest.approx(1.0)
@@ -48,6 +49,17 @@ def test_grow_into_the_model_itself_without_fusion_beside_the_target_from_scratc
     assert base["training_flops_ratio"] == pytest.approx((2 * base["seed_flops_share"] + 1) / 3, abs=1e-3)
     assert 0.2 < base["seed_flops_share"] < 0.3   # half the width: about a quarter of the MACs
     assert (tmp_path / "checkpoints" / "scratch.pt").exists()
+    # at the grow path's wall-clock: the target for the epochs its measured epoch time fits, and the seed alone
+    eq = base["equal_wall_clock"]
+    target_epoch = base["seconds"] / base["epochs"]
+    assert abs(eq["target from scratch"]["epochs"] - max(1, round(base["method_seconds"] / target_epoch))) <= 1
+    for run in eq.values():
+        assert run["epochs"] >= 1 and run["seconds"] > 0 and 0 <= run["test_top1"] <= 1
+
+
+def test_equal_time_baselines_need_the_scratch_baseline(tmp_path):
+    with pytest.raises(RecipeError, match="equal_time_baselines needs scratch_baseline"):
+        compressor.compress(TinyNet(), _recipe(equal_time_baselines=True), out=tmp_path)
 
 
 def test_fusion_needs_an_epoch_per_seed(tmp_path):
