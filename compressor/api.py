@@ -140,7 +140,7 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
     original = net  # trained weights of the full-size model (gates removed)
     compressed = method.finalize(slice_model(original.cpu().eval(), space, decision))
 
-    finetune = recipe.finetune
+    finetune = method.finetune_config(recipe.finetune, recipe.search)
     if not method.trains_in_search:  # equal total epochs for every method
         finetune = finetune.model_copy(update={"epochs": finetune.epochs + recipe.search.epochs})
     if finetune.epochs:

@@ -160,7 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {r['method']}: {100 * base['method_test_top1']:.2f}% in {base['method_seconds']:.0f} s; "
                   f"{base['name']} ({base['epochs']} epochs): {100 * base['test_top1']:.2f}% in "
                   f"{base['seconds']:.0f} s; wall-clock {base['wall_clock_ratio']:.2f}x, "
-                  f"training FLOPs {base['training_flops_ratio']:.2f}x")
+                  f"training FLOPs {base['training_flops_ratio']:.2f}x (--set method.scratch_baseline=false skips "
+                  "the baseline)")
             for what, b in base.get("equal_wall_clock", {}).items():
                 print(f"  at equal wall-clock, {what} ({b['epochs']} epochs): {100 * b['test_top1']:.2f}% in "
                       f"{b['seconds']:.0f} s")

@@ -224,8 +224,13 @@ class GrowConfig(_Strict):
         "the grown model the sum of its seeds and won the ablation on resnet18 and mobilenet_v2 (docs/grow.md); "
         "orthogonal is the paper's.")
     noise: float = Field(1.0, ge=0, description="Scale of the random and copy coefficient inits.")
-    scratch_baseline: bool = Field(False, description="Also train the target from scratch for the same total "
-                                   "epochs (search + fine-tune, search stage settings) and report both side by side.")
+    grown_lr: Literal["search", "finetune"] = Field(
+        "search", description="Learning rate of the grown model in the fine-tune stage: the search stage's, as "
+        "its seeds trained (won on resnet18 and mobilenet_v2 at the default recipe's epochs, docs/grow.md), or "
+        "the fine-tune stage's (the reference code's low rate after converged seeds).")
+    scratch_baseline: bool = Field(True, description="Also train the target from scratch for the same total "
+                                   "epochs (search + fine-tune, search stage settings) and report both side by side "
+                                   "(what growth saved; about doubles the run: false skips it).")
     equal_time_baselines: bool = Field(False, description="With scratch_baseline: also train the target from scratch "
                                        "and the first seed alone (no growth) for as many epochs as fit in the grow "
                                        "path's wall-clock, each at its per-epoch seconds measured in this run.")

@@ -1,7 +1,7 @@
 """Invariant 6: a run killed (SIGKILL) in the middle of an epoch and resumed ends with the same
 decision and the same weights as an uninterrupted run with the same seed (scs, tas with its
 architecture optimizer and voting-teacher buffers in the checkpoint, grow killed while its
-second seed trains, and scs in grow mode with sparse epochs)."""
+second seed trains and after growth, and scs in grow mode with sparse epochs)."""
 import json
 import os
 import subprocess
@@ -25,8 +25,10 @@ def kill_mid_epoch(stage, epoch, step):
 recipe = dict(TINY_RECIPE)
 if sys.argv[3] == "tas":
     recipe["method"] = {"name": "tas", "self_distill": {"enabled": True, "warmup": 0.3}}
-if sys.argv[3] == "grow":
-    recipe["method"] = {"name": "grow"}
+if sys.argv[3].startswith("grow"):
+    recipe["method"] = {"name": "grow", "scratch_baseline": False}
+if sys.argv[3] == "grow-finetune":  # killed after growth: the seeds' checkpoints grow the same model again
+    recipe["finetune"] = {**recipe["finetune"], "epochs": 2}
 if sys.argv[3] == "scs-grow":  # grow mode, sparse epochs: the epoch's sub-network is rebuilt on resume
     recipe["method"] = {"name": "scs", "mode": "grow", "sparse_epochs": True, "init_logit": 0.5}
 torch.manual_seed(0)  # the user's model: its initial weights are the caller's to seed
@@ -35,7 +37,8 @@ compressor.compress(TinyNet(), recipe, out=sys.argv[1], resume=sys.argv[2] == "r
 """
 
 
-STAGE = {"scs": "search", "tas": "search", "grow": "seed_b", "scs-grow": "search"}  # where the kill lands
+STAGE = {"scs": "search", "tas": "search", "grow": "seed_b", "grow-finetune": "finetune",
+         "scs-grow": "search"}  # where the kill lands
 
 
 def _run(out, mode, method):
@@ -44,7 +47,7 @@ def _run(out, mode, method):
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("method", ["scs", "tas", "grow", "scs-grow"])
+@pytest.mark.parametrize("method", ["scs", "tas", "grow", "grow-finetune", "scs-grow"])
 def test_killed_run_resumes_to_the_same_result(tmp_path, method):
     straight = _run(tmp_path / "a", "plain", method)
     assert straight.returncode == 0, straight.stderr[-2000:]

@@ -67,7 +67,7 @@ def test_grow_against_scratch_rows(tmp_path, capsys):
     assert "| cifar_resnet20 | grow:fusion=false,scratch_baseline=false |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("method", ["scs", "tas"])
+@pytest.mark.parametrize("method", ["scs", "tas", "grow"])
 def test_overhead_rows(tmp_path, method):
     out = tmp_path / "overhead.csv"
     overhead.main(["--models", "cifar_resnet20", "--size", "16", "--batch", "4", "--steps", "2", "--warmup", "1",

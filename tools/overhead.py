@@ -16,6 +16,12 @@ and tracing the model cannot hide what the steps use), on CUDA the growth of ``t
     python tools/overhead.py --models resnet18 --size 64 --batch 16 --steps 5 --csv overhead.csv
     python tools/overhead.py --method tas --models resnet50 --size 32 --batch 64   # the default recipe's step
     python tools/overhead.py --method tas --method-set mixture=pad --models resnet50 --size 32 --batch 64
+    python tools/overhead.py --method grow --models resnet18,mobilenet_v2 --size 32 --batch 64
+
+``--method grow``: the reference ("plain") is grow's target, the model cut to half its FLOPs
+keeping the same share of every group (``method.target: budget``); the method's step is a seed
+(half the target's width, conv and linear weights as template mixtures) with a plain SGD step.
+Their ratio is what a seed epoch costs against a target epoch, the grow path's saving per epoch.
 """
 from __future__ import annotations
 
@@ -32,10 +38,14 @@ import torch
 from torch import nn
 
 from compressor.gates import ControlledModel, attach_gates
+from compressor.export.grow import seed_model, split_halves
+from compressor.export.slice import slice_model
+from compressor.gates.templates import attach_templates
 from compressor.methods.base import SearchContext
+from compressor.methods.grow import uniform_decision
 from compressor.methods.scs import ScsLogits
 from compressor.methods.tas import TasMethod
-from compressor.recipe import BudgetConfig, RunConfig, ScsConfig, TasConfig
+from compressor.recipe import BudgetConfig, GrowConfig, RunConfig, ScsConfig, TasConfig
 from compressor.frontend import trace
 from compressor.train import Trainer
 from compressor.zoo import create_model_for_size
@@ -48,7 +58,8 @@ except ModuleNotFoundError:
 
 def build(name: str, size: int, method: str, device: str,
           options: dict | None = None) -> tuple[nn.Module, object | None]:
-    """The model to train and what the method adds to a step (``method``: plain, scs or tas;
+    """The model to train and what the method adds to a step (``method``: plain, scs, tas, grow's
+    ``target`` or a ``grow`` seed;
     ``options``: fields of the method's config, e.g. ``{"mixture": "pad"}``)."""
     options = options or {}
     torch.manual_seed(0)
@@ -56,6 +67,14 @@ def build(name: str, size: int, method: str, device: str,
     if method == "plain":
         return model.to(device), None
     space = trace(model.eval(), torch.randn(1, 3, size, size))
+    if method in ("target", "grow"):  # grow's target (the reference) or one of its seeds
+        target = slice_model(model, space, uniform_decision(space, 0.5))
+        if method == "target":
+            return target.to(device), None
+        tspace = trace(target, torch.randn(1, 3, size, size))
+        seed = seed_model(target, tspace, split_halves(tspace))
+        attach_templates(seed, num_templates=GrowConfig(**options).templates)
+        return seed.to(device), None
     if method == "scs":
         logits = ScsLogits(space, ScsConfig(**options), epochs=10)
         return ControlledModel(attach_gates(model.train(), space), logits).to(device), logits
@@ -95,7 +114,7 @@ def step_times(name: str, size: int, batch: int, steps: int, warmup: int, device
     """Median milliseconds per training step, plain and gated stepped alternately."""
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    fns = {"plain": make_step(*build(name, size, "plain", device), x, y),
+    fns = {"plain": make_step(*build(name, size, _reference(method), device), x, y),
            "gated": make_step(*build(name, size, method, device, options), x, y)}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(warmup + steps):
@@ -107,6 +126,11 @@ def step_times(name: str, size: int, batch: int, steps: int, warmup: int, device
             if i >= warmup:
                 times[k].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _reference(method: str) -> str:
+    """What a method's step is measured against: the plain original, or for grow its target."""
+    return "target" if method == "grow" else "plain"
 
 
 def _peak_child(name: str, size: int, batch: int, method: str, device: str, steps: int, out,
@@ -159,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per model (after warm-up)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--method", choices=["scs", "tas"], default="scs", help="whose search step is measured")
+    ap.add_argument("--method", choices=["scs", "tas", "grow"], default="scs",
+                    help="whose search step is measured (grow: a seed against the target)")
     ap.add_argument("--method-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a field of the method's config, e.g. mixture=pad (tas)")
     ap.add_argument("--csv")
@@ -169,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<26} {'plain ms':>9} {'gated ms':>9} {'time x':>7} {'plain MiB':>10} {'gated MiB':>10} {'mem x':>6}")
     for name in args.models.split(","):
         ms = step_times(name, args.size, args.batch, args.steps, args.warmup, args.device, args.method, options)
-        mem = {k: peak_memory(name, args.size, args.batch, args.method if k == "gated" else "plain", args.device,
+        mem = {k: peak_memory(name, args.size, args.batch, args.method if k == "gated" else _reference(args.method),
+                              args.device,
                               options=options) for k in ("plain", "gated")}
         row = {"model": name, "method": args.method, "options": ",".join(args.method_set), "size": args.size, "batch": args.batch, "device": args.device,
                "plain_ms": round(ms["plain"], 2), "gated_ms": round(ms["gated"], 2),

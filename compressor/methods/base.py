@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..decision import Decision
-from ..recipe import BudgetConfig
+from ..recipe import BudgetConfig, TrainConfig
 from ..space import Space
 from ..train import Trainer, TrainHooks
 from ..train.trainer import Criterion
@@ -82,6 +82,10 @@ class Method(TrainHooks):
     def finalize(self, model: nn.Module) -> nn.Module:
         """The sliced model before its final training (a method may re-initialise it)."""
         return model
+
+    def finetune_config(self, finetune: TrainConfig, search: TrainConfig) -> TrainConfig:
+        """The settings the decided model trains with in the fine-tune stage (default: the recipe's)."""
+        return finetune
 
     def baseline(self, ctx: SearchContext, test_set: Dataset, finetune_epochs: int,
                  method_seconds: float) -> dict | None:

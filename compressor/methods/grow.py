@@ -8,7 +8,8 @@
     grow ×2: the seeds on the diagonal blocks, the off-diagonal blocks new coefficients over the
              trained templates (rows 2, 3: orthogonal | random | copy), norms concatenated,
              the classifier the sum of both heads
-    fine-tune the grown model (the pipeline's fine-tune stage, its learning rate)
+    fine-tune the grown model (the pipeline's fine-tune stage, at the search stage's learning rate
+             unless grown_lr says finetune)
 
 No original is trained; the search stage's epochs train the seeds.
 """
@@ -92,6 +93,7 @@ class GrowMethod(Method):
                                  float(np.median(seed_a_seconds)) if seed_a_seconds else 0.0)
         summary = {
             "target": cfg.target, "fusion": cfg.fusion, "new_coefficients": cfg.new_coefficients,
+            "grown_lr": cfg.grown_lr,
             "seed_epochs": epochs, "templates": cfg.templates, "mixture_weights": len(names),
             "coefficients": sum(p.numel() for n, p in seeds[0].named_parameters() if n.endswith("coefficients")),
             "seed_params": sum(p.numel() for p in plain[0].parameters()),
@@ -115,6 +117,11 @@ class GrowMethod(Method):
             raise RuntimeError("grow: finalize before search")
         model.load_state_dict(self.grown.state_dict())
         return model
+
+    def finetune_config(self, finetune: TrainConfig, search: TrainConfig) -> TrainConfig:
+        """The grown model trains at the search stage's learning rate (``grown_lr: search``), as its
+        seeds did, or at the fine-tune stage's (``finetune``)."""
+        return finetune.model_copy(update={"lr": search.lr}) if self.config.grown_lr == "search" else finetune
 
     def baseline(self, ctx: SearchContext, test_set, finetune_epochs: int, method_seconds: float) -> dict | None:
         """With ``scratch_baseline``: the target re-initialised and trained for the grow path's

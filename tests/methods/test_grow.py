@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import compressor
-from compressor.methods.grow import uniform_decision
-from compressor.recipe import RecipeError
+from compressor.methods.grow import GrowMethod, uniform_decision
+from compressor.recipe import GrowConfig, RecipeError, TrainConfig
 from compressor.frontend import trace
 from tests.tiny import TINY_RECIPE, TinyNet
 
@@ -59,7 +59,15 @@ def test_grow_into_the_model_itself_without_fusion_beside_the_target_from_scratc
 
 def test_equal_time_baselines_need_the_scratch_baseline(tmp_path):
     with pytest.raises(RecipeError, match="equal_time_baselines needs scratch_baseline"):
-        compressor.compress(TinyNet(), _recipe(equal_time_baselines=True), out=tmp_path)
+        compressor.compress(TinyNet(), _recipe(equal_time_baselines=True, scratch_baseline=False), out=tmp_path)
+
+
+@pytest.mark.parametrize("grown_lr, expected", [("search", 0.05), ("finetune", 0.01)])
+def test_the_grown_model_trains_at_the_chosen_stage_learning_rate(grown_lr, expected):
+    space = trace(TinyNet().eval(), torch.randn(1, 3, 16, 16))
+    method = GrowMethod(GrowConfig(grown_lr=grown_lr), space)
+    finetune = method.finetune_config(TrainConfig(epochs=3, lr=0.01, warmup_epochs=1), TrainConfig(epochs=6, lr=0.05))
+    assert finetune.lr == expected and finetune.epochs == 3 and finetune.warmup_epochs == 1  # only the rate moves
 
 
 def test_fusion_needs_an_epoch_per_seed(tmp_path):
