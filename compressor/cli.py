@@ -15,7 +15,8 @@ EXAMPLES = """examples:
   compress mobilenet_v2 --budget-params 0.3 --method prune --out runs/mnv2
   compress resnet50 --method prune --set method.blocks=4   also drop the 4 blocks whose loss cost is least
   compress resnet50 --method tas            search widths and depths, then train with KD from the original
-  compress resnet18 --method grow           train two half-width seeds and grow them x2 into the budget's shape
+  compress resnet18 --method grow           train two half-width seeds and grow them x2 into the budget's shape,
+                                            then that shape from scratch beside it (docs/grow.md)
   compress resnet18 --method tas --set method.order=2 --set method.self_distill.enabled=true
   compress mobilenet_v2 --method prune --set distill.teacher=original   fine-tune with KD
   compress cifar_resnet56 --recipe tas-resnet56-cifar10 --data ~/cifar-10-batches-py
