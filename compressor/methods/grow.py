@@ -134,7 +134,7 @@ class GrowMethod(Method):
         s = self._scratch
         total = sum(s.seed_epochs) + finetune_epochs
         ck = s.checkpoint.with_name("scratch.pt") if s.checkpoint is not None else None
-        scratch = self._train_fresh(ctx, test_set, copy.deepcopy(s.target), total, ck, s.resume)
+        scratch = self._train_fresh(ctx, test_set, copy.deepcopy(s.target), total, "scratch", ck, s.resume)
         grow_flops = sum(s.seed_epochs) * s.seed_share + finetune_epochs
         out = {"name": "target from scratch", **scratch,
                "training_flops_ratio": round(grow_flops / total, 3), "seed_flops_share": round(s.seed_share, 4)}
@@ -146,20 +146,20 @@ class GrowMethod(Method):
                              generator=torch.Generator().manual_seed(ctx.seed))
             out["equal_wall_clock"] = {
                 "target from scratch": self._train_fresh(ctx, test_set, copy.deepcopy(s.target),
-                                                         _fit(method_seconds, target_epoch)),
+                                                         _fit(method_seconds, target_epoch), "scratch_equal_time"),
                 "seed alone": self._train_fresh(ctx, test_set, seed, _fit(method_seconds, s.seed_epoch_seconds),
-                                                reinitialise=False)}
+                                                "seed_alone", reinitialise=False)}
         return out
 
-    def _train_fresh(self, ctx: SearchContext, test_set, net: nn.Module, epochs: int, checkpoint=None,
-                     resume: bool = False, reinitialise: bool = True) -> dict:
-        """``net`` (re-initialised unless told) trained ``epochs`` with the search stage's settings:
-        its epochs, seconds and test top-1."""
+    def _train_fresh(self, ctx: SearchContext, test_set, net: nn.Module, epochs: int, stage: str,
+                     checkpoint: Path | None = None, resume: bool = False, reinitialise: bool = True) -> dict:
+        """``net`` (re-initialised unless told) trained ``epochs`` with the search stage's settings
+        as ``stage`` (its log and progress label): its epochs, seconds and test top-1."""
         if reinitialise:
             _reinitialise(net, ctx.seed * 2 + 7)
         t0 = time.perf_counter()
         ctx.trainer.fit(net, ctx.train_set, self._scratch.epochs_cfg.model_copy(update={"epochs": epochs}),
-                        stage="scratch", batch_size=ctx.batch_size, val_set=ctx.val_set, resume=resume,
+                        stage=stage, batch_size=ctx.batch_size, val_set=ctx.val_set, resume=resume,
                         checkpoint=checkpoint)
         seconds = time.perf_counter() - t0
         return {"epochs": epochs, "seconds": round(seconds, 1),
