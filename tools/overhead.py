@@ -38,11 +38,8 @@ import torch
 from torch import nn
 
 from compressor.gates import ControlledModel, attach_gates
-from compressor.export.grow import seed_model, split_halves
-from compressor.export.slice import slice_model
-from compressor.gates.templates import attach_templates
 from compressor.methods.base import SearchContext
-from compressor.methods.grow import uniform_decision
+from compressor.methods.grow import grow_target, mixture_seed, uniform_decision
 from compressor.methods.scs import ScsLogits
 from compressor.methods.tas import TasMethod
 from compressor.recipe import BudgetConfig, GrowConfig, RunConfig, ScsConfig, TasConfig
@@ -68,13 +65,10 @@ def build(name: str, size: int, method: str, device: str,
         return model.to(device), None
     space = trace(model.eval(), torch.randn(1, 3, size, size))
     if method in ("target", "grow"):  # grow's target (the reference) or one of its seeds
-        target = slice_model(model, space, uniform_decision(space, 0.5))
+        target, tspace, halves = grow_target(model, space, uniform_decision(space, 0.5), torch.randn(1, 3, size, size))
         if method == "target":
             return target.to(device), None
-        tspace = trace(target, torch.randn(1, 3, size, size))
-        seed = seed_model(target, tspace, split_halves(tspace))
-        attach_templates(seed, num_templates=GrowConfig(**options).templates)
-        return seed.to(device), None
+        return mixture_seed(target, tspace, halves, None, init=0, templates=GrowConfig(**options).templates).to(device), None
     if method == "scs":
         logits = ScsLogits(space, ScsConfig(**options), epochs=10)
         return ControlledModel(attach_gates(model.train(), space), logits).to(device), logits
@@ -195,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         ms = step_times(name, args.size, args.batch, args.steps, args.warmup, args.device, args.method, options)
         mem = {k: peak_memory(name, args.size, args.batch, args.method if k == "gated" else _reference(args.method),
-                              args.device,
-                              options=options) for k in ("plain", "gated")}
+                              args.device, options=options) for k in ("plain", "gated")}
         row = {"model": name, "method": args.method, "options": ",".join(args.method_set), "size": args.size, "batch": args.batch, "device": args.device,
                "plain_ms": round(ms["plain"], 2), "gated_ms": round(ms["gated"], 2),
                "time_ratio": round(ms["gated"] / ms["plain"], 3),

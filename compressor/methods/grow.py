@@ -58,19 +58,17 @@ class GrowMethod(Method):
                resume: bool = False) -> tuple[nn.Module, Decision, dict]:
         cfg = self.config
         cut = self._target_decision(ctx)
-        target = slice_model(model.cpu().eval(), self.space, cut)
         example = torch.randn(*self.space.input_shapes[0])
-        tspace = trace(target, example)
-        halves = split_halves(tspace)
+        target, tspace, halves = grow_target(model, self.space, cut, example)
         gen = torch.Generator().manual_seed(ctx.seed)
-        seeds = [seed_model(target, tspace, halves) for _ in range(2 if cfg.fusion else 1)]
-        names = [n for n, _ in mixable_weights(seeds[0])]
+        names = [n for n, _ in mixable_weights(target)]  # a seed is the target sliced: the same layers
         rows = {n: orthogonal_rows(4, cfg.templates, gen) for n in names}
         epochs = _seed_epochs(epochs_cfg.epochs, cfg)
-        history, evals = [], {}
-        for i, seed in enumerate(seeds):
-            _reinitialise(seed, ctx.seed * 2 + i)
-            attach_templates(seed, {n: r[i] for n, r in rows.items()}, num_templates=cfg.templates, generator=gen)
+        history, evals, seeds = [], {}, []
+        for i in range(2 if cfg.fusion else 1):
+            seed = mixture_seed(target, tspace, halves, {n: r[i] for n, r in rows.items()}, init=ctx.seed * 2 + i,
+                                templates=cfg.templates, generator=gen)
+            seeds.append(seed)
             stage = "seed_" + "ab"[i]
             ck = checkpoint.with_name(f"{stage}.pt") if checkpoint is not None else None
             rows_ = [dict(h.row(), stage=stage) for h in ctx.trainer.fit(
@@ -140,10 +138,9 @@ class GrowMethod(Method):
                "training_flops_ratio": round(grow_flops / total, 3), "seed_flops_share": round(s.seed_share, 4)}
         if self.config.equal_time_baselines:
             target_epoch = scratch["seconds"] / total
-            seed = seed_model(s.target, s.tspace, s.halves)
-            _reinitialise(seed, ctx.seed * 2)  # seed A's initialisation, trained on instead of grown
-            attach_templates(seed, {n: r[0] for n, r in s.rows.items()}, num_templates=self.config.templates,
-                             generator=torch.Generator().manual_seed(ctx.seed))
+            seed = mixture_seed(s.target, s.tspace, s.halves, {n: r[0] for n, r in s.rows.items()},
+                                init=ctx.seed * 2, templates=self.config.templates,  # seed A's initialisation
+                                generator=torch.Generator().manual_seed(ctx.seed))
             out["equal_wall_clock"] = {
                 "target from scratch": self._train_fresh(ctx, test_set, copy.deepcopy(s.target),
                                                          _fit(method_seconds, target_epoch), "scratch_equal_time"),
@@ -169,6 +166,23 @@ class GrowMethod(Method):
         if self.config.target == "model":
             return Decision({})
         return uniform_decision(self.space, ctx.budget.target, ctx.budget.what)
+
+
+def grow_target(model: nn.Module, space: Space, cut: Decision, example: torch.Tensor) -> tuple[nn.Module, Space, Halves]:
+    """The target (``model`` cut by ``cut``), its space traced on ``example`` and the halves its seeds take."""
+    target = slice_model(model.cpu().eval(), space, cut)
+    tspace = trace(target, example)
+    return target, tspace, split_halves(tspace)
+
+
+def mixture_seed(target: nn.Module, tspace: Space, halves: Halves, coefficients: dict[str, torch.Tensor] | None,
+                 *, init: int, templates: int = 2, generator: torch.Generator | None = None) -> nn.Module:
+    """A seed of ``target`` (half of every prunable group), freshly initialised with seed ``init``,
+    its conv and linear weights template mixtures starting from ``coefficients``."""
+    seed = seed_model(target, tspace, halves)
+    _reinitialise(seed, init)
+    attach_templates(seed, coefficients, num_templates=templates, generator=generator)
+    return seed
 
 
 def uniform_decision(space: Space, target: float, what: str = "flops") -> Decision:
