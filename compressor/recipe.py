@@ -108,7 +108,9 @@ class ScsConfig(_Strict):
     temperature: Literal["per_gate", "global"] = Field("per_gate", description="Per-gate counters or t = epoch.")
     lambda_interval: int | None = Field(None, ge=1, description="Also re-measure du every N steps on the expected "
                                         "cost of the next draw; None = once per epoch (the paper).")
-    init_logit: float = Field(3.0, gt=0, description="|s| at the start (prune: +s for all; grow: +s for seeds).")
+    init_logit: float | None = Field(None, gt=0, description="|s| at the start (prune: +s for all; grow: +s for "
+                                     "seeds; importance: the size farthest from the cut). None = 3.0 (the paper's), "
+                                     "100.0 with init: importance (only the units next to the cut start undecided).")
     init: Literal["constant", "importance"] = Field(
         "constant", description="Channel logits at the start. constant: +init_logit for every unit (the paper). "
         "importance (prune mode): the magnitude-pruning decision at the budget sets the sign, the unit's rank "
@@ -132,6 +134,13 @@ class ScsConfig(_Strict):
         if self.lambda1_base is not None:
             return self.lambda1_base
         return 1.0 if self.layers else 0.5
+
+    @property
+    def start_logit(self) -> float:
+        """``init_logit`` or its default for ``init`` (docs/accuracy.md: the band near the cut)."""
+        if self.init_logit is not None:
+            return self.init_logit
+        return 100.0 if self.init == "importance" else 3.0
 
 
 class PruneConfig(_Strict):

@@ -54,7 +54,7 @@ class ScsLogits(GateController):
     """Gate logits ``s``, per-gate temperature counters ``t`` and the epoch's draw ``q``."""
 
     def __init__(self, space: Space, cfg: ScsConfig, epochs: int, prior: np.ndarray | None = None) -> None:
-        """``prior``: one value in [-1, 1] per free unit, scaling ``init_logit`` (``init: importance``)."""
+        """``prior``: one value in [-1, 1] per free unit, scaling ``start_logit`` (``init: importance``)."""
         super().__init__()
         self.num_units, self.num_blocks = space.num_units, len(space.blocks)
         free = np.flatnonzero(space.prunable_mask()) if cfg.channels else np.zeros(0, dtype=np.int64)
@@ -76,7 +76,7 @@ class ScsLogits(GateController):
                 for i, b in enumerate(space.blocks):
                     seeds.setdefault(b.stage, i)
                 sign_l[list(seeds.values())] = 1
-        for name, init in (("s_c", cfg.init_logit * sign_c), ("s_l", cfg.init_logit * sign_l)):
+        for name, init in (("s_c", cfg.start_logit * sign_c), ("s_l", cfg.start_logit * sign_l)):
             if init.numel():
                 setattr(self, name, nn.Parameter(init))
             else:  # nothing to learn: an empty buffer keeps DDP free of unused parameters

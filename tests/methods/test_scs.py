@@ -127,6 +127,9 @@ def test_importance_init_starts_from_the_prune_decision():
     assert np.array_equal(prior > 0, kept) and (prior != 0).all() and np.abs(prior).max() == 1
     lg = ScsLogits(space, ScsConfig(init="importance"), epochs=4, prior=prior)
     assert torch.equal(lg.s_c.detach() > 0, torch.from_numpy(kept))
+    # only the units next to the cut start undecided: the farthest sit at 100, blocks too
+    assert lg.s_c.detach().abs().max() == 100 and (lg.s_l.detach() == 100).all()
+    assert ScsConfig().start_logit == ScsConfig(init="importance", init_logit=3).start_logit == 3
     logits = np.zeros(space.num_units)
     logits[free] = lg.s_c.detach().numpy()
     assert fit_to_budget(space, logits, budget) == pruned
