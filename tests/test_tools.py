@@ -3,7 +3,18 @@ import csv
 
 import pytest
 
-from tools import accuracy, cuda_matrix, frozen_share, gate_cost, grow_cost, latency, overhead, pipelines, sparse_epochs
+from tools import (
+    ablations,
+    accuracy,
+    cuda_matrix,
+    frozen_share,
+    gate_cost,
+    grow_cost,
+    latency,
+    overhead,
+    pipelines,
+    sparse_epochs,
+)
 
 
 def test_latency_rows():
@@ -12,6 +23,18 @@ def test_latency_rows():
     for r in rows:
         assert 0.4 < r["flops_fraction"] <= 0.5 and r["original_ms"] > 0 and r["compressed_ms"] > 0
         assert abs(r["ratio"] - r["compressed_ms"] / r["original_ms"]) < 0.01
+
+
+def test_ablations_variants(monkeypatch):
+    """--scs settings reach both temperature variants; accuracy.py's own options pass through."""
+    seen = []
+    monkeypatch.setattr(accuracy, "main", lambda argv: seen.append(argv) or 0)
+    ablations.main(["--scs", "init=importance", "--epochs", "12", "--budgets", "0.25"])
+    argv = seen[0]
+    assert argv[argv.index("--epochs") + 1] == "12" and argv[argv.index("--budgets") + 1] == "0.25"
+    assert [a for a in argv if a.startswith("--variant=")] == [
+        "--variant=scs:init=importance,temperature=per_gate", "--variant=scs:init=importance,temperature=global"]
+    assert argv[argv.index("--variants") + 1] == "" and "--scs" not in argv
 
 
 def test_accuracy_equal_epochs(tmp_path, capsys):

@@ -3,25 +3,35 @@ against the global schedule (t = epoch), on the embedded data, several seeds.
 
     python tools/ablations.py                       # resnet18, 50% FLOPs, seeds 0-2
     python tools/ablations.py --models mobilenet_v2 --budgets 0.25
+    python tools/ablations.py --scs init=importance # both variants with scs's other settings
 
-It is tools/accuracy.py with the variants fixed; every option of that tool applies.
+It is tools/accuracy.py with the variants fixed; every other option of that tool applies.
 """
 from __future__ import annotations
 
 import sys
 
-from accuracy import main as accuracy_main  # run as a script: tools/ is on the path
+try:  # as part of the tools package (tests) or as a script (python tools/X.py)
+    from tools import accuracy
+except ModuleNotFoundError:
+    import accuracy
 
-VARIANTS = "scs:temperature=per_gate,scs:temperature=global"
+TEMPERATURES = ("per_gate", "global")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []  # --scs KEY=VALUE, repeatable: added to both variants
+    while "--scs" in argv:
+        i = argv.index("--scs")
+        extra.append(argv[i + 1])
+        del argv[i:i + 2]
     defaults = {"--models": "resnet18", "--budgets": "0.5", "--csv": "ablations.csv"}
     for flag, value in defaults.items():
         if flag not in argv:
             argv += [flag, value]
-    return accuracy_main([*argv, "--variants", VARIANTS])
+    variants = [f"--variant=scs:{','.join([*extra, f'temperature={t}'])}" for t in TEMPERATURES]
+    return accuracy.main([*argv, "--variants", "", *variants])
 
 
 if __name__ == "__main__":
