@@ -275,9 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--budget-flops", type=float, metavar="F", help="keep at most this fraction of FLOPs")
     budget.add_argument("--budget-params", type=float, metavar="F", help="keep at most this fraction of params")
     p.add_argument("--method", choices=["scs", "prune", "tas", "grow"],
-                   help="compression method (default: the recipe's, scs); with a trained original and "
-                   "a short schedule, prune with --set distill.teacher=original was the most accurate "
-                   "(docs/accuracy.md)")
+                   help="compression method (default: the recipe's, scs with its logits started from "
+                   "magnitude pruning's decision: level with or ahead of prune at 6 epochs on 3 of the 4 "
+                   "rows of docs/accuracy.md, behind on mobilenet_v2 at 25%% FLOPs); with a trained "
+                   "original, prune with --set distill.teacher=original was the most accurate at 25%%")
     p.add_argument("--recipe", default="default", help="built-in recipe name or YAML file (default: default)")
     p.add_argument("--data", metavar="PATH", help="ImageFolder tree or CIFAR folder (default: embedded MNIST subset)")
     p.add_argument("--weights", metavar="PATH", help="trained weights of the original (skips base training)")

@@ -126,7 +126,7 @@ class ScsConfig(_Strict):
     def _init_needs_weights(self) -> ScsConfig:
         if self.init == "importance" and self.mode == "grow":
             raise ValueError("init: importance ranks a trained original's units; grow mode starts from fresh "
-                             "weights (use init: constant)")
+                             "weights: set method.init=constant (the scs-grow recipe does)")
         return self
 
     @property
