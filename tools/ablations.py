@@ -9,6 +9,7 @@ It is tools/accuracy.py with the variants fixed; every other option of that tool
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 try:  # as part of the tools package (tests) or as a script (python tools/X.py)
@@ -20,12 +21,10 @@ TEMPERATURES = ("per_gate", "global")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []  # --scs KEY=VALUE, repeatable: added to both variants
-    while "--scs" in argv:
-        i = argv.index("--scs")
-        extra.append(argv[i + 1])
-        del argv[i:i + 2]
+    ap = argparse.ArgumentParser(add_help=False)  # the rest, --help included, is tools/accuracy.py's
+    ap.add_argument("--scs", action="append", default=[], metavar="KEY=VALUE", help="added to both variants")
+    args, argv = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
+    extra = args.scs
     defaults = {"--models": "resnet18", "--budgets": "0.5", "--csv": "ablations.csv"}
     for flag, value in defaults.items():
         if flag not in argv:

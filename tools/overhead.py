@@ -65,10 +65,12 @@ def build(name: str, size: int, method: str, device: str,
         return model.to(device), None
     space = trace(model.eval(), torch.randn(1, 3, size, size))
     if method in ("target", "grow"):  # grow's target (the reference) or one of its seeds
-        target, tspace, halves = grow_target(model, space, uniform_decision(space, 0.5), torch.randn(1, 3, size, size))
+        example = torch.randn(1, 3, size, size)
+        target, tspace, halves = grow_target(model, space, uniform_decision(space, 0.5), example)
         if method == "target":
             return target.to(device), None
-        return mixture_seed(target, tspace, halves, None, init=0, templates=GrowConfig(**options).templates).to(device), None
+        seed = mixture_seed(target, tspace, halves, None, init=0, templates=GrowConfig(**options).templates)
+        return seed.to(device), None
     if method == "scs":
         logits = ScsLogits(space, ScsConfig(**options), epochs=10)
         return ControlledModel(attach_gates(model.train(), space), logits).to(device), logits

@@ -66,7 +66,8 @@ class GrowMethod(Method):
         epochs = _seed_epochs(epochs_cfg.epochs, cfg)
         history, evals, seeds = [], {}, []
         for i in range(2 if cfg.fusion else 1):
-            seed = mixture_seed(target, tspace, halves, {n: r[i] for n, r in rows.items()}, init=ctx.seed * 2 + i,
+            coefficients = {n: r[i] for n, r in rows.items()}
+            seed = mixture_seed(target, tspace, halves, coefficients, init=ctx.seed * 2 + i,
                                 templates=cfg.templates, generator=gen)
             seeds.append(seed)
             stage = "seed_" + "ab"[i]
@@ -143,7 +144,8 @@ class GrowMethod(Method):
                                 generator=torch.Generator().manual_seed(ctx.seed))
             out["equal_wall_clock"] = {
                 "target from scratch": self._train_fresh(ctx, test_set, copy.deepcopy(s.target),
-                                                         _fit(method_seconds, target_epoch), "scratch_equal_time"),
+                                                         _fit(method_seconds, target_epoch),
+                                                         "scratch_equal_time"),
                 "seed alone": self._train_fresh(ctx, test_set, seed, _fit(method_seconds, s.seed_epoch_seconds),
                                                 "seed_alone", reinitialise=False)}
         return out
@@ -168,15 +170,18 @@ class GrowMethod(Method):
         return uniform_decision(self.space, ctx.budget.target, ctx.budget.what)
 
 
-def grow_target(model: nn.Module, space: Space, cut: Decision, example: torch.Tensor) -> tuple[nn.Module, Space, Halves]:
-    """The target (``model`` cut by ``cut``), its space traced on ``example`` and the halves its seeds take."""
+def grow_target(model: nn.Module, space: Space, cut: Decision,
+                example: torch.Tensor) -> tuple[nn.Module, Space, Halves]:
+    """The target (``model`` cut by ``cut``), its space traced on ``example`` and the halves its
+    seeds take."""
     target = slice_model(model.cpu().eval(), space, cut)
     tspace = trace(target, example)
     return target, tspace, split_halves(tspace)
 
 
-def mixture_seed(target: nn.Module, tspace: Space, halves: Halves, coefficients: dict[str, torch.Tensor] | None,
-                 *, init: int, templates: int = 2, generator: torch.Generator | None = None) -> nn.Module:
+def mixture_seed(target: nn.Module, tspace: Space, halves: Halves,
+                 coefficients: dict[str, torch.Tensor] | None, *, init: int, templates: int = 2,
+                 generator: torch.Generator | None = None) -> nn.Module:
     """A seed of ``target`` (half of every prunable group), freshly initialised with seed ``init``,
     its conv and linear weights template mixtures starting from ``coefficients``."""
     seed = seed_model(target, tspace, halves)
