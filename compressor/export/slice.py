@@ -10,7 +10,7 @@ from torch import fx, nn
 
 from ..decision import Decision
 from ..space import Space
-from ..space.blocks import trace_owner
+from ..space.blocks import cut_branches, trace_owner
 
 
 class SliceError(RuntimeError):
@@ -61,18 +61,7 @@ def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to:
     for owner, blocks in by_owner.items():
         mod = out.get_submodule(owner) if owner else out
         gm = trace_owner(mod)
-        nodes = {n.name: n for n in gm.graph.nodes}
-        for b in blocks:
-            add = nodes[b.add_node]
-            skip = next(a for a in add.args if a is not nodes[b.branch_node])
-            # A fresh tensor, as the add made: ops after it may work in place (``out += x;
-            # relu_(out)``), and must not overwrite the block's input, which autograd or the
-            # caller may still need.  onnxruntime drops the copy (an Identity node).
-            with gm.graph.inserting_before(add):
-                fresh = gm.graph.call_method("clone", (skip,))
-            add.replace_all_uses_with(fresh)
-            gm.graph.erase_node(add)
-        _drop_unused(gm.graph)
+        cut_branches(gm, blocks)
         gm.recompile()
         gm = fx.GraphModule(mod, gm.graph, class_name=type(mod).__name__)  # drops modules no longer called
         if owner:
@@ -80,17 +69,6 @@ def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to:
         else:
             out = gm
     return out
-
-
-def _drop_unused(graph: fx.Graph) -> None:
-    """Remove every node the output no longer depends on, shape asserts of the removed branch
-    included (``eliminate_dead_code`` keeps those as impure)."""
-    from ..space.blocks import live_nodes
-
-    live = live_nodes(graph)
-    for node in reversed(list(graph.nodes)):
-        if node not in live and node.op != "placeholder" and not node.users:
-            graph.erase_node(node)
 
 
 def _get(model: nn.Module, name: str) -> torch.Tensor | None:

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from ..space import Space
-from ..space.blocks import trace_owner
+from ..space.blocks import cut_branches, trace_owner
 from .modules import ChannelMask, ChannelMix, DepthGate, GateValues, InputGate
 from .norms import NormMask
 from .standardised import StandardisedMask
@@ -65,7 +66,7 @@ class Gates:
 
 
 def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = None,
-                 owners: set[str] | None = None) -> Gates:
+                 owners: set[str] | None = None, cut: Collection[int] = ()) -> Gates:
     """Gate ``model`` in place (owners of residual blocks become fx GraphModules with a
     :class:`DepthGate` on each branch; consumer weights get a :class:`ChannelMask`).  A weight
     whose gated units are all frozen or pinned gets no mask (its gates could only ever be 1); a
@@ -73,21 +74,35 @@ def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = No
     The weights of normalisations over channels get a :class:`NormMask` (statistics over kept
     channels).
     ``params``/``owners`` restrict the gates to those weights / block owners (for checks).
+    ``cut``: indices of blocks whose value stays 0 while the gates are on: their branches are left
+    out of the graph (with their modules), so they cost nothing and take no gradient.
 
     Returns the :class:`Gates` handle; use ``gates.model`` (the root itself may be replaced when
     the model's own forward holds a residual add).
     """
     gates = Gates(model, space)
+    cut = set(cut)
+    cut_blocks = [space.blocks[i] for i in sorted(cut)]
+
+    def is_cut(name: str) -> bool:
+        return any(b.contains(name) for b in cut_blocks)
+
     by_owner: dict[str, list[int]] = defaultdict(list)
     for i, b in enumerate(space.blocks):
-        if owners is None or b.owner in owners:
+        if (owners is None or b.owner in owners) and not is_cut(b.owner):
             by_owner[b.owner].append(i)
     for owner, idxs in by_owner.items():
         original = gates.model.get_submodule(owner) if owner else gates.model
         gm = trace_owner(original)
+        cut_here = [space.blocks[i] for i in idxs if i in cut]
+        if cut_here:
+            cut_branches(gm, cut_here)
+            gm = fx.GraphModule(original, gm.graph, class_name=type(original).__name__)  # drops their modules
         nodes = {n.name: n for n in gm.graph.nodes}
         for i in idxs:
             b = space.blocks[i]
+            if i in cut:
+                continue
             add, branch = nodes[b.add_node], nodes[b.branch_node]
             gate_name = f"depth_gate_{i}"
             gm.add_submodule(gate_name, DepthGate(gates.values, i))
@@ -100,7 +115,7 @@ def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = No
 
     per_param: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     for name, dim, units in space.gate_sites:
-        if (units >= 0).any() and (params is None or name in params):
+        if (units >= 0).any() and (params is None or name in params) and not is_cut(name):
             per_param[name].append((dim, units))
     free = space.prunable_mask()
     per_param = {name: dims for name, dims in per_param.items()
@@ -129,6 +144,8 @@ def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = No
             gates._hooks.append(module.register_forward_pre_hook(gate.pre))
             gates._hooks.append(module.register_forward_hook(gate.post, always_call=True))
     for name, idx, groups in norm_masks(space, params):
+        if is_cut(name):
+            continue
         mod_name, _, attr = name.rpartition(".")
         module = gates.model.get_submodule(mod_name)
         gates.parametrize(module, attr, NormMask(gates.values, idx, groups))

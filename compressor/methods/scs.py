@@ -161,7 +161,8 @@ class ScsMethod(Method):
 
     def epoch_network(self, model: nn.Module) -> EpochNetwork | None:  # noqa: ARG002
         """Sparse epochs: the network sliced to the units this epoch's draw switched on (a group
-        whose draw is all off keeps its best unit, at gate value 0), gated like the whole one."""
+        whose draw is all off keeps its best unit, at gate value 0) and without the branches of the
+        blocks it switched off, gated like the whole one."""
         if self.plain is None:
             return None
         keep = np.ones(self.space.num_units, dtype=bool)
@@ -173,23 +174,25 @@ class ScsMethod(Method):
             if not keep[g.offset:g.offset + g.size].any():
                 mine = np.flatnonzero(group_of[free] == gi)
                 keep[free[mine[np.argmax(scores[mine])]]] = True
-        if keep.all():
+        cut = np.flatnonzero(self.logits.q_l.cpu().numpy() == 0).tolist()  # drawn-off blocks
+        if keep.all() and not cut:
             return None
         raw = {name: _raw_param(self.net, name) for name, _ in _tensors(self.plain)}
         with torch.no_grad():
             for name, t in _tensors(self.plain):
                 t.copy_(raw[name])
         sub = sub_network(self.plain, self.space, keep)
-        gates = attach_gates(sub.module, sub.space)
+        gates = attach_gates(sub.module, sub.space, cut=cut)
         part = ControlledModel(gates, PartController(self.logits, torch.from_numpy(sub.old_units)))
-        part_raw = {name: _raw_param(part.net, name) for name in raw}
+        # a cut branch's tensors are not in the part: they stay as they are for the epoch
+        part_raw = {name: t for name in raw if (t := _raw_param(part.net, name, missing_ok=True)) is not None}
         pairs = [(raw[n], part_raw[n], lambda t, n=n: sub.gather(n, t), lambda w, p, n=n: sub.scatter(n, w, p))
-                 for n, p in self.plain.named_parameters() if p.requires_grad]
+                 for n, p in self.plain.named_parameters() if p.requires_grad and n in part_raw]
         pairs += [(p, p, lambda t: t, lambda w, p_: w.copy_(p_)) for p in self.logits.parameters()]
 
         def finish() -> None:
-            for name, whole in raw.items():
-                sub.scatter(name, whole, part_raw[name])
+            for name, part_tensor in part_raw.items():
+                sub.scatter(name, raw[name], part_tensor)
             part.release()
         return EpochNetwork(part, pairs, finish)
 
@@ -313,10 +316,16 @@ def _tensors(model: nn.Module):
     yield from ((n, b) for n, b in model.named_buffers() if b.is_floating_point())
 
 
-def _raw_param(net: nn.Module, name: str) -> torch.Tensor:
-    """The stored tensor behind ``name``, under a parametrization if there is one."""
+def _raw_param(net: nn.Module, name: str, missing_ok: bool = False) -> torch.Tensor | None:
+    """The stored tensor behind ``name``, under a parametrization if there is one (None for a
+    module ``net`` does not hold, if ``missing_ok``)."""
     mod_name, _, attr = name.rpartition(".")
-    module = net.get_submodule(mod_name)
+    try:
+        module = net.get_submodule(mod_name)
+    except AttributeError:
+        if missing_ok:
+            return None
+        raise
     if parametrize.is_parametrized(module, attr):
         return module.parametrizations[attr].original
     return getattr(module, attr)

@@ -172,6 +172,30 @@ def live_nodes(graph: fx.Graph) -> set[fx.Node]:
     return live
 
 
+def cut_branches(gm: fx.GraphModule, blocks: list[ResidualBlock]) -> None:
+    """Remove the branch of each of ``blocks`` (all of one owner) from ``gm``, that owner's
+    :func:`trace_owner` graph (node names shift on a re-trace): the add becomes a copy of its
+    skip operand, and every node the output no longer needs goes.  The caller recompiles."""
+    graph = gm.graph
+    nodes = {n.name: n for n in graph.nodes}
+    for b in blocks:
+        add = nodes[b.add_node]
+        skip = next(a for a in add.args if a is not nodes[b.branch_node])
+        # A fresh tensor, as the add made: ops after it may work in place (``out += x;
+        # relu_(out)``), and must not overwrite the block's input, which autograd or the
+        # caller may still need.  onnxruntime drops the copy (an Identity node).
+        with graph.inserting_before(add):
+            fresh = graph.call_method("clone", (skip,))
+        add.replace_all_uses_with(fresh)
+        graph.erase_node(add)
+    # what the output no longer depends on, the removed branches' shape asserts included
+    # (``eliminate_dead_code`` keeps those as impure)
+    live = live_nodes(graph)
+    for node in reversed(list(graph.nodes)):
+        if node not in live and node.op != "placeholder" and not node.users:
+            graph.erase_node(node)
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else str(name)
 

@@ -1,4 +1,6 @@
 """Gates attach and detach cleanly and keep the model an ordinary nn.Module."""
+import copy
+
 import pytest
 import torch
 from torch.nn.utils import parametrize
@@ -178,3 +180,45 @@ def test_gated_model_trains_under_ddp_with_gloo():
     result = mp.Manager().dict()
     mp.spawn(_ddp_worker, args=(2, port, result), nprocs=2, join=True)
     assert result[0] == pytest.approx(result[1]) and result[0] > 0  # gradients were all-reduced
+
+
+@pytest.mark.parametrize("name, kwargs, size, cut", [
+    ("resnet18", {}, 32, [1]),
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8}, 32, [0, 3]),  # one of two in an owner
+])
+def test_cut_blocks_compute_what_a_zero_block_gate_does(name, kwargs, size, cut):
+    """A block cut out while gating (a sparse scs epoch's drawn-off blocks) gives the outputs and
+    the gradients of the same block at gate value 0, without its branch's modules; detaching
+    restores the original model."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, **kwargs).eval()
+    x = torch.randn(2, 3, size, size)
+    space = trace(model, x[:1])
+    with torch.no_grad():
+        before = model(x)
+    units = torch.rand(space.num_units, generator=torch.Generator().manual_seed(1))
+    blocks = torch.ones(len(space.blocks))
+    blocks[cut] = 0
+
+    def run(gates):
+        values = units.clone().requires_grad_()
+        gates.set(units=values, blocks=blocks)
+        out = gates.model(x)
+        out.square().sum().backward()
+        grads = {n.replace(".parametrizations", "").replace(".original", ""): p.grad
+                 for n, p in gates.model.named_parameters() if p.grad is not None}
+        return out.detach(), grads, values.grad
+
+    whole = attach_gates(copy.deepcopy(model), space)
+    part = attach_gates(model, space, cut=cut)
+    out_w, grads_w, units_w = run(whole)
+    out_p, grads_p, units_p = run(part)
+    assert torch.allclose(out_w, out_p, atol=1e-5) and torch.allclose(units_w, units_p, atol=1e-5)
+    in_cut = {n for n in grads_w if any(space.blocks[i].contains(n) for i in cut)}
+    assert in_cut and set(grads_p) == set(grads_w) - in_cut  # the cut branches hold no parameter
+    assert not any(space.blocks[i].contains(m) for i in cut for m, _ in part.model.named_modules())
+    for n, g in grads_p.items():
+        assert torch.allclose(g, grads_w[n], atol=1e-5), n
+    model = part.remove()
+    with torch.no_grad():
+        assert torch.equal(model(x), before)

@@ -191,3 +191,9 @@ def test_sparse_epoch_freezes_drawn_off_units_under_momentum_and_weight_decay():
     on[sparse_method.logits.free] = sparse_method.logits.q_c.bool()
     on = on[stem.offset:stem.offset + stem.size]
     assert torch.equal(plain.stem[0].weight.detach()[~on], before["stem.0.weight"][~on])
+    # blocks drawn off are cut out of the epoch's network: their branches do not move either
+    off = [b for b, q in zip(space.blocks, sparse_method.logits.q_l.tolist()) if q == 0]
+    assert off, "the test's draw should switch a block off"
+    for name, p in plain.named_parameters():
+        if any(b.contains(name) for b in off):
+            assert torch.equal(p.detach(), before[name]), name
