@@ -121,12 +121,19 @@ class ScsConfig(_Strict):
     sparse_epochs: bool = Field(False, description="Train only the units the epoch's draw switched on (the "
                                 "sliced active network, weights written back after the epoch): a sparse "
                                 "epoch costs less wall-clock. Off: the whole network runs with zeros in it.")
+    grow_epochs: int | None = Field(None, ge=1, description="Grow mode (ours): the cost the penalty aims the "
+                                    "next draw at rises linearly to the budget over this many search epochs, "
+                                    "so the first epochs train a small network. None = the budget from the "
+                                    "first epoch (the paper).")
 
     @model_validator(mode="after")
     def _init_needs_weights(self) -> ScsConfig:
         if self.init == "importance" and self.mode == "grow":
             raise ValueError("init: importance ranks a trained original's units; grow mode starts from fresh "
                              "weights: set method.init=constant (the scs-grow recipe does)")
+        if self.grow_epochs is not None and self.mode != "grow":
+            raise ValueError("grow_epochs paces the growth of grow mode; prune mode starts at full size: "
+                             "set method.mode=grow or drop method.grow_epochs")
         return self
 
     @property

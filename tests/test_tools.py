@@ -115,6 +115,8 @@ def test_sparse_epoch_rows(tmp_path):
 def test_gate_cost_rows():
     ms = gate_cost.measure("cifar_resnet20", 0.5, size=16, batch=8, repeats=1, warmup=0)
     assert set(ms) == {"plain", "weights", "inputs"} and all(v > 0 for v in ms.values())
+    ms = gate_cost.measure("cifar_resnet20", 0.5, size=16, batch=8, repeats=1, warmup=0, blocks_off=2)
+    assert set(ms) == {"plain", "weights", "inputs", "cut"} and all(v > 0 for v in ms.values())
 
 
 def test_pipeline_rows(tmp_path, capsys):

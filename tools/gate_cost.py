@@ -8,13 +8,20 @@ instead whenever the input is the smaller tensor (the default).  A step is forwa
 and backward with soft gate values that need gradients; each figure is the median over the rounds
 after ``--warmup``.
 
+With ``--blocks-off N``, N of the model's residual blocks (a seeded random choice) are drawn off
+too: the plain network goes without them, the two gated variants compute them at gate value 0
+(as a sparse scs epoch did before bc50cda), and a fourth, ``cut``, is ``inputs`` with their
+branches cut out of the graph (``attach_gates(cut=...)``, what a sparse epoch trains now).
+
     python tools/gate_cost.py                                  # resnet18 at 32 px, shares 0.5 and 0.7
     python tools/gate_cost.py --models resnet18,mobilenet_v2 --shares 1,0.5 --size 64 --batch 32
+    python tools/gate_cost.py --shares 0.7 --blocks-off 1      # a drawn-off block: computed or cut
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import random
 import statistics
 import sys
 import time
@@ -22,6 +29,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from compressor.decision import Decision
+from compressor.export.slice import slice_model
 from compressor.export.subnet import sub_network
 from compressor.frontend import trace
 from compressor.gates import attach_gates
@@ -32,7 +41,7 @@ try:  # as part of the tools package (tests) or as a script (python tools/X.py)
 except ModuleNotFoundError:
     from _bench import share_of_units
 
-VARIANTS = ("plain", "weights", "inputs")
+VARIANTS = ("plain", "weights", "inputs", "cut")
 
 
 def part_of(model: torch.nn.Module, x: torch.Tensor, share: float, seed: int = 0):
@@ -41,28 +50,43 @@ def part_of(model: torch.nn.Module, x: torch.Tensor, share: float, seed: int = 0
     return sub_network(model, space, share_of_units(space, share, seed))
 
 
-def measure(name: str, share: float, *, size: int, batch: int, repeats: int, warmup: int) -> dict[str, float]:
+def measure(name: str, share: float, *, size: int, batch: int, repeats: int, warmup: int,
+            blocks_off: int = 0) -> dict[str, float]:
+    """Median milliseconds of a step per variant (``cut`` only when ``blocks_off``)."""
     torch.manual_seed(0)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
     sub = part_of(create_model(name, num_classes=10), x, share)
-    plain = sub.module.train()
-    gates = attach_gates(copy.deepcopy(plain), sub.space)
-    gated = gates.model.train()
+    n_blocks = len(sub.space.blocks)
+    off = sorted(random.Random(0).sample(range(n_blocks), min(blocks_off, n_blocks)))
+    plain = sub.module
+    if off:  # the plain network simply goes without them
+        full = Decision({g.name: list(range(g.size)) for g in sub.space.groups},
+                        [sub.space.blocks[i].name for i in off])
+        plain = slice_model(plain, sub.space, full)
+    plain = plain.train()
+    nets = {"weights": attach_gates(copy.deepcopy(sub.module), sub.space)}
+    nets["inputs"] = nets["weights"]
+    if off:
+        nets["cut"] = attach_gates(copy.deepcopy(sub.module), sub.space, cut=off)
     values = torch.full((sub.space.num_units,), 0.8, requires_grad=True)
+    blocks = torch.ones(n_blocks)
+    blocks[off] = 0
 
     def step(variant: str) -> float:
         net = plain
         if variant != "plain":
-            gates.values.gate_inputs = variant == "inputs"
-            gates.set(units=values * 1.0)
-            net = gated
+            gates = nets[variant]
+            gates.values.gate_inputs = variant != "weights"
+            gates.set(units=values * 1.0, blocks=blocks)
+            net = gates.model.train()
         t = time.perf_counter()
         F.cross_entropy(net(x), y).backward()
         return time.perf_counter() - t
 
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    variants = [v for v in VARIANTS if v == "plain" or v in nets]
+    times: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(warmup + repeats):
-        for v in VARIANTS:
+        for v in variants:
             dt = step(v)
             if r >= warmup:
                 times[v].append(dt)
@@ -77,14 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--blocks-off", type=int, default=0, help="residual blocks drawn off (a seeded choice)")
     args = ap.parse_args(argv)
-    print(f"{'model':16} {'share':>5} {'plain ms':>9} {'weights ms':>11} {'inputs ms':>10} {'weights x':>10} "
-          f"{'inputs x':>9}")
+    shown = [v for v in VARIANTS if v != "cut" or args.blocks_off]
+    print(f"{'model':16} {'share':>5} " + " ".join(f"{v + ' ms':>10}" for v in shown) + " "
+          + " ".join(f"{v + ' x':>10}" for v in shown[1:]))
     for name in args.models.split(","):
         for share in (float(s) for s in args.shares.split(",")):
-            ms = measure(name, share, size=args.size, batch=args.batch, repeats=args.repeats, warmup=args.warmup)
-            print(f"{name:16} {share:5.2f} {ms['plain']:9.1f} {ms['weights']:11.1f} {ms['inputs']:10.1f} "
-                  f"{ms['weights'] / ms['plain']:10.3f} {ms['inputs'] / ms['plain']:9.3f}", flush=True)
+            ms = measure(name, share, size=args.size, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
+                         blocks_off=args.blocks_off)
+            print(f"{name:16} {share:5.2f} " + " ".join(f"{ms[v]:10.1f}" for v in shown if v in ms) + " "
+                  + " ".join(f"{ms[v] / ms['plain']:10.3f}" for v in shown[1:] if v in ms), flush=True)
     return 0
 
 

@@ -19,7 +19,10 @@ at the keep probabilities), with beta' the temperatures that draw will use: this
 plus q.  Measured on q alone, du cannot change within an epoch, and every logit, pushed by the
 same penalty, crossed zero in the first epoch (docs/compress.md); measured at the current
 temperatures, the cost held at the budget within each epoch and every draw overshot it, since
-beta grows by gamma between epochs (docs/accuracy.md, grow mode).
+beta grows by gamma between epochs (docs/accuracy.md, grow mode).  With that controller grow mode
+reaches the budget in its first epoch; ``grow_epochs`` k (ours) paces it: during epoch e the
+penalty aims the next draw at budget * min(1, (e + 1) / k), so the first k epochs train a smaller
+network (the paper's 160 epochs grow gradually by themselves).
 
 Choices the paper leaves open, recorded here: q is drawn at the start of each epoch from a
 generator seeded by (seed, epoch), so every DDP process and every resumed run draws the same
@@ -131,6 +134,7 @@ class ScsMethod(Method):
         self.net: nn.Module | None = None
         self.init_std: dict[str, float] = {}
         self.steps = 0
+        self.epoch = 0
         self.plain: nn.Module | None = None  # gate-free copy of the network (sparse epochs)
 
     @property
@@ -146,6 +150,7 @@ class ScsMethod(Method):
         q_c, q_l = torch.bernoulli(soft_c, generator=g), torch.bernoulli(soft_l, generator=g)
         lg.q_c.copy_(q_c)
         lg.q_l.copy_(q_l)
+        self.epoch = epoch
         if self.config.mode == "grow":
             self._fresh_init(q_c.bool() & ~lg.ever_on.cpu(), g)
             lg.ever_on |= lg.q_c.bool()
@@ -153,9 +158,17 @@ class ScsMethod(Method):
         self.steps = 0
         return {"sampled_cost": kept, "lambda1": self.lambda1}
 
+    def target(self, epoch: int) -> float:
+        """The kept cost the draw of ``epoch`` should have: the budget, or with ``grow_epochs`` k
+        its share min(1, epoch / k)."""
+        k = self.config.grow_epochs
+        return self.budget.target * (1.0 if k is None else min(1.0, epoch / k))
+
     def _set_lambda(self, q_c: torch.Tensor, q_l: torch.Tensor) -> float:
+        """du for the rest of the epoch: the cost of ``q`` (this draw, or the next one's keep
+        probabilities) against the target of the next draw."""
         kept = self.kept = self._cost_fraction(*self.logits.keep(q_c, q_l))
-        du = (1 - self.budget.target) - (1 - kept)
+        du = (1 - self.target(self.epoch + 1)) - (1 - kept)
         self.lambda1, self.lambda2 = self.config.lambda1 * du, self.config.lambda2_base * du
         return kept
 

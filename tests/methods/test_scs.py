@@ -54,6 +54,25 @@ def test_epoch_updates_temperature_lambda_and_masks():
     assert torch.all(method.logits.t_c == 2)
 
 
+def test_grow_epochs_paces_the_target_of_each_draw():
+    """grow_epochs k: during epoch e the penalty aims the next draw at budget * min(1, (e+1)/k);
+    the draw of epoch 0 is the seed, so the penalty grows it towards budget / k, not the budget."""
+    _, space = _space()
+    method = ScsMethod(ScsConfig(mode="grow", grow_epochs=4), space)
+    method.budget, method.seed = BudgetConfig(flops=0.6), 0
+    assert [method.target(e) for e in range(6)] == pytest.approx([0, 0.15, 0.3, 0.45, 0.6, 0.6])
+    method.logits = ScsLogits(space, method.config, epochs=8)
+    method.begin_epoch(0, 8)
+    paced = method.lambda1
+    assert paced == pytest.approx(method.config.lambda1 * (method.kept - 0.15)) and paced < 0
+    method.config = ScsConfig(mode="grow")  # unpaced: the whole budget at once, a stronger push
+    method.begin_epoch(0, 8)
+    assert method.lambda1 == pytest.approx(method.config.lambda1 * (method.kept - 0.6))
+    assert method.lambda1 < paced
+    with pytest.raises(ValueError, match="grow_epochs paces the growth of grow mode"):
+        ScsConfig(grow_epochs=3)
+
+
 def test_controller_measures_the_next_draw_at_the_next_temperatures():
     """soft(ahead=True) is what soft() gives once end_epoch has advanced the counters, for both
     temperature schedules: the controller prices the draw the next epoch will really make."""
