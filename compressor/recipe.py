@@ -332,6 +332,10 @@ class Recipe(_Strict):
             self.__dict__["pretrained"] = True  # a file of pretrained weights means: start from it
         if self.weights and self.pretrained:
             raise ValueError("weights and pretrained both say where the original's weights come from; set one")
+        k = getattr(self.method, "grow_epochs", None)
+        if k is not None and k > self.search.epochs:
+            raise ValueError(f"method.grow_epochs ({k}) is more than search.epochs ({self.search.epochs}): the "
+                             "growth would never reach the budget; lower it or lengthen the search")
         return self
 
     def to_dict(self) -> dict[str, Any]:

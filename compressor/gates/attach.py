@@ -80,6 +80,8 @@ def attach_gates(model: nn.Module, space: Space, *, params: set[str] | None = No
     Returns the :class:`Gates` handle; use ``gates.model`` (the root itself may be replaced when
     the model's own forward holds a residual add).
     """
+    if cut and owners is not None:
+        raise ValueError("attach_gates: cut and owners do not combine (a check gates some owners, a part cuts)")
     gates = Gates(model, space)
     cut = set(cut)
     cut_blocks = [space.blocks[i] for i in sorted(cut)]
