@@ -122,9 +122,9 @@ class ScsConfig(_Strict):
                                 "sliced active network, weights written back after the epoch): a sparse "
                                 "epoch costs less wall-clock. Off: the whole network runs with zeros in it.")
     grow_epochs: int | None = Field(None, ge=1, description="Grow mode (ours): the cost the penalty aims the "
-                                    "next draw at rises linearly to the budget over this many search epochs, "
-                                    "so the first epochs train a small network. None = the budget from the "
-                                    "first epoch (the paper).")
+                                    "next draw at rises linearly to the budget over this many search epochs "
+                                    "(at most the search's), so the first epochs train a small network. "
+                                    "None = the budget from the first epoch (the paper).")
 
     @model_validator(mode="after")
     def _init_needs_weights(self) -> ScsConfig:
@@ -332,10 +332,6 @@ class Recipe(_Strict):
             self.__dict__["pretrained"] = True  # a file of pretrained weights means: start from it
         if self.weights and self.pretrained:
             raise ValueError("weights and pretrained both say where the original's weights come from; set one")
-        k = getattr(self.method, "grow_epochs", None)
-        if k is not None and k > self.search.epochs:
-            raise ValueError(f"method.grow_epochs ({k}) is more than search.epochs ({self.search.epochs}): the "
-                             "growth would never reach the budget; lower it or lengthen the search")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -134,7 +134,7 @@ class ScsMethod(Method):
         self.net: nn.Module | None = None
         self.init_std: dict[str, float] = {}
         self.steps = 0
-        self.epoch = 0
+        self.epoch = self.epochs = 0
         self.plain: nn.Module | None = None  # gate-free copy of the network (sparse epochs)
 
     @property
@@ -150,7 +150,7 @@ class ScsMethod(Method):
         q_c, q_l = torch.bernoulli(soft_c, generator=g), torch.bernoulli(soft_l, generator=g)
         lg.q_c.copy_(q_c)
         lg.q_l.copy_(q_l)
-        self.epoch = epoch
+        self.epoch, self.epochs = epoch, epochs
         if self.config.mode == "grow":
             self._fresh_init(q_c.bool() & ~lg.ever_on.cpu(), g)
             lg.ever_on |= lg.q_c.bool()
@@ -160,9 +160,12 @@ class ScsMethod(Method):
 
     def target(self, epoch: int) -> float:
         """The kept cost the draw of ``epoch`` should have: the budget, or with ``grow_epochs`` k
-        its share min(1, epoch / k)."""
+        its share min(1, epoch / k), k at most the search's epochs (a short smoke run still
+        reaches the budget)."""
         k = self.config.grow_epochs
-        return self.budget.target * (1.0 if k is None else min(1.0, epoch / k))
+        if k is None:
+            return self.budget.target
+        return self.budget.target * min(1.0, epoch / max(1, min(k, self.epochs or k)))
 
     def _set_lambda(self, q_c: torch.Tensor, q_l: torch.Tensor) -> float:
         """du for the rest of the epoch: the cost of ``q`` (this draw, or the next one's keep
