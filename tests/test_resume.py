@@ -30,7 +30,8 @@ if sys.argv[3].startswith("grow"):
 if sys.argv[3] == "grow-finetune":  # killed after growth: the seeds' checkpoints grow the same model again
     recipe["finetune"] = {**recipe["finetune"], "epochs": 2}
 if sys.argv[3] == "scs-grow":  # grow mode, sparse epochs: the epoch's sub-network is rebuilt on resume
-    recipe["method"] = {"name": "scs", "mode": "grow", "sparse_epochs": True, "init_logit": 0.5}
+    recipe["method"] = {"name": "scs", "mode": "grow", "sparse_epochs": True, "init_logit": 0.5,
+                        "grow_epochs": 2}  # paced as the scs-grow recipe is
 torch.manual_seed(0)  # the user's model: its initial weights are the caller's to seed
 compressor.compress(TinyNet(), recipe, out=sys.argv[1], resume=sys.argv[2] == "resume",
                     callbacks=(kill_mid_epoch,))
