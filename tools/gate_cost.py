@@ -59,10 +59,8 @@ def measure(name: str, share: float, *, size: int, batch: int, repeats: int, war
     n_blocks = len(sub.space.blocks)
     off = sorted(random.Random(0).sample(range(n_blocks), min(blocks_off, n_blocks)))
     plain = sub.module
-    if off:  # the plain network simply goes without them
-        full = Decision({g.name: list(range(g.size)) for g in sub.space.groups},
-                        [sub.space.blocks[i].name for i in off])
-        plain = slice_model(plain, sub.space, full)
+    if off:  # the plain network simply goes without them (every unit kept)
+        plain = slice_model(plain, sub.space, Decision({}, [sub.space.blocks[i].name for i in off]))
     plain = plain.train()
     nets = {"weights": attach_gates(copy.deepcopy(sub.module), sub.space)}
     nets["inputs"] = nets["weights"]
@@ -110,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         for share in (float(s) for s in args.shares.split(",")):
             ms = measure(name, share, size=args.size, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
                          blocks_off=args.blocks_off)
-            print(f"{name:16} {share:5.2f} " + " ".join(f"{ms[v]:10.1f}" for v in shown if v in ms) + " "
-                  + " ".join(f"{ms[v] / ms['plain']:10.3f}" for v in shown[1:] if v in ms), flush=True)
+            print(f"{name:16} {share:5.2f} " + " ".join(f"{ms[v]:10.1f}" for v in shown) + " "
+                  + " ".join(f"{ms[v] / ms['plain']:10.3f}" for v in shown[1:]), flush=True)
     return 0
 
 

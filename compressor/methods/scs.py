@@ -165,7 +165,9 @@ class ScsMethod(Method):
         k = self.config.grow_epochs
         if k is None:
             return self.budget.target
-        return self.budget.target * min(1.0, epoch / max(1, min(k, self.epochs or k)))
+        if self.epochs:  # known once the search has begun
+            k = min(k, self.epochs)
+        return self.budget.target * min(1.0, epoch / k)
 
     def _set_lambda(self, q_c: torch.Tensor, q_l: torch.Tensor) -> float:
         """du for the rest of the epoch: the cost of ``q`` (this draw, or the next one's keep
