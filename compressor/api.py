@@ -22,17 +22,21 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .budget import fit_to_budget
-from .data import IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD, ImageSpec, load_dataset, split_dataset
+from .data import (IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD, ImageSpec, count_classes, load_dataset,
+                   split_dataset)
 from .decision import Decision
 from .export import export_onnx, save_compressed, slice_model
 from .export.save import ARCH_FILE
+from .machine import input_shape_problem
 from .methods import SearchContext, get_method
 from .recipe import Recipe, RecipeError, load_recipe
 from .frontend import trace
+from .space import Space
 from .train import Trainer, load_checkpoint
 from .train.distill import Distillation
 from .train.distributed import launched_as_main, resolve_device
-from .weights import load_weights
+from .weights import check_finite, load_weights
+from .zoo import UnknownModelError, import_factory, is_code_reference
 
 
 class OutputError(ValueError):
@@ -81,29 +85,14 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
     """
     from .report import Stopwatch, build_report, write_report
 
-    recipe = load_recipe(recipe, overrides)
-    if isinstance(model, str):
-        recipe = load_recipe(recipe, {"model": model})
-    name = recipe.model if isinstance(model, str) else type(model).__name__
-    torch.manual_seed(recipe.run.seed)
-    resolve_device(recipe.run.device)  # a device that is not here fails now
-    train_set, val_set, test_set, num_classes = _datasets(recipe, data, model)
-    net, source, source_kwargs, start = _build(model, recipe, num_classes)
-    size = image_spec(recipe, None if isinstance(data, tuple) else (data or recipe.data.path), model).size
-    example = torch.randn(1, 3, size, size)
-    if recipe.weights:
-        load_weights(net, recipe.weights, num_classes=num_classes)
     clock = Stopwatch()
-    with clock("trace"):
-        space = trace(net.cpu().eval(), example)
-        method = get_method(recipe.method.name)(recipe.method, space)  # bad settings fail now
-        if recipe.search.epochs < method.min_search_epochs():
-            raise RecipeError(f"search.epochs: {recipe.method.name} trains in the search stage and needs at least "
-                              f"{method.min_search_epochs()} epoch(s) there, got {recipe.search.epochs}")
-        fit_to_budget(space, torch.zeros(space.num_units).numpy(), recipe.budget.target, what=recipe.budget.what,
-                      removed_blocks=method.removable_blocks())  # and so does an unreachable budget
-        teacher = _named_teacher(recipe, num_classes)  # and a teacher that cannot be built
-    out = Path(out) if out else default_out(name, recipe)
+    with clock("prepare"):
+        run = prepare(model, recipe, data, out=out, overrides=overrides)
+    recipe, name, net, space, method, teacher, out = (run.recipe, run.name, run.net, run.space, run.method,
+                                                      run.teacher, run.out)
+    train_set, val_set, test_set = run.sets
+    num_classes, example, source, source_kwargs, start = (run.num_classes, run.example, run.source,
+                                                          run.source_kwargs, run.start)
     if launched_as_main():  # one process owns the output directory; the others only train
         _claim(out, resume, need=SPACE_PER_PARAM_BYTE * sum(p.numel() * p.element_size() for p in net.parameters()))
         if not (out / "recipe.yaml").exists():
@@ -181,6 +170,60 @@ def compress(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike |
     return CompressResult(compressed, decision, report, out)
 
 
+@dataclass
+class Prepared:
+    """A run checked and ready to start: everything :func:`compress` could refuse has been
+    refused, and nothing has been written."""
+
+    recipe: Recipe
+    name: str  # how the report names the model
+    net: nn.Module  # the original, with the weights the run starts from
+    source: str  # how a saved model rebuilds it (zoo name or package.module:factory)
+    source_kwargs: dict[str, Any]
+    start: str  # where its weights come from, in words
+    sets: tuple[Dataset, Dataset | None, Dataset]  # train, held-out, test
+    num_classes: int
+    example: torch.Tensor
+    space: Space
+    method: Any
+    teacher: nn.Module | None  # a teacher the recipe names (built now so a bad one fails now)
+    out: Path
+
+
+def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | None = None,
+            data: str | os.PathLike | tuple[Dataset, Dataset] | None = None, *,
+            out: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Prepared:
+    """Check everything a run could refuse (recipe, model, data, weights, method settings, budget,
+    teacher) and build what it starts from: the data, the original and its traced space.  Writes
+    nothing; ``compress --check`` stops here."""
+    recipe = load_recipe(recipe, overrides)
+    if isinstance(model, str):
+        recipe = load_recipe(recipe, {"model": model})
+    name = recipe.model if isinstance(model, str) else type(model).__name__
+    torch.manual_seed(recipe.run.seed)
+    resolve_device(recipe.run.device)  # a device that is not here fails now
+    size = image_spec(recipe, None if isinstance(data, tuple) else (data or recipe.data.path), model).size
+    problem = input_shape_problem((1, 3, size, size))
+    if problem:
+        raise RecipeError(f"data.input_size {size}: {problem}")
+    train_set, val_set, test_set, num_classes = _datasets(recipe, data, model)
+    net, source, source_kwargs, start = _build(model, recipe, num_classes)
+    if recipe.weights:
+        load_weights(net, recipe.weights, num_classes=num_classes)
+    check_finite(net, f"the weights of {name} ({start})")
+    space = trace(net.cpu().eval(), torch.randn(1, 3, size, size))
+    method = get_method(recipe.method.name)(recipe.method, space)  # bad settings fail now
+    if recipe.search.epochs < method.min_search_epochs():
+        raise RecipeError(f"search.epochs: {recipe.method.name} trains in the search stage and needs at least "
+                          f"{method.min_search_epochs()} epoch(s) there, got {recipe.search.epochs}")
+    fit_to_budget(space, torch.zeros(space.num_units).numpy(), recipe.budget.target, what=recipe.budget.what,
+                  removed_blocks=method.removable_blocks())  # and so does an unreachable budget
+    teacher = _named_teacher(recipe, num_classes)  # and a teacher that cannot be built
+    return Prepared(recipe, name, net, source, source_kwargs, start, (train_set, val_set, test_set), num_classes,
+                    torch.randn(1, 3, size, size), space, method, teacher,
+                    Path(out) if out else default_out(name, recipe))
+
+
 def default_out(name: str, recipe: Recipe) -> Path:
     """``runs/<model>-<method>-<budget>``, where a run goes without ``out``."""
     return Path("runs") / f"{name}-{recipe.method.name}-{recipe.budget.what}{recipe.budget.target:g}"
@@ -199,6 +242,7 @@ def _named_teacher(recipe: Recipe, num_classes: int) -> nn.Module | None:
         raise RecipeError(f"distill.teacher: {cfg.teacher!r} needs distill.teacher_weights (a teacher must be trained)")
     teacher, _ = create_model_for_size(cfg.teacher, recipe.data.input_size, num_classes=num_classes)
     load_weights(teacher, cfg.teacher_weights)
+    check_finite(teacher, f"distill.teacher_weights {cfg.teacher_weights}")
     return teacher.eval()
 
 
@@ -211,7 +255,7 @@ def _datasets(recipe: Recipe, data, model) -> tuple[Dataset, Dataset | None, Dat
         spec = image_spec(recipe, path, model)
         train = load_dataset(path, "train", spec, augment=cfg.augment)
         test = load_dataset(path, "test", spec, augment=False)
-    num_classes = _num_classes(train)
+    num_classes = count_classes(train)
     val = None
     if cfg.val_fraction > 0 and (hasattr(train, "labels") or hasattr(train, "samples")):
         plain = train  # the held-out part is read without augmentation
@@ -245,15 +289,6 @@ def image_spec(recipe: Recipe, path, model) -> ImageSpec:
                      interpolation=interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear")
 
 
-def _num_classes(ds: Dataset) -> int:
-    while isinstance(ds, torch.utils.data.Subset):
-        ds = ds.dataset
-    n = getattr(ds, "num_classes", None)
-    if n is None:
-        raise ValueError("the training dataset does not say how many classes it has (set .num_classes)")
-    return int(n)
-
-
 def _build(model: nn.Module | str, recipe: Recipe, num_classes: int) -> tuple[nn.Module, str, dict, str]:
     """The original model, how to rebuild it (zoo name or ``module:Class`` plus kwargs) and where
     its starting weights come from (in words, for the report)."""
@@ -261,19 +296,17 @@ def _build(model: nn.Module | str, recipe: Recipe, num_classes: int) -> tuple[nn
     if recipe.pretrained and not isinstance(model, str):
         raise RecipeError("pretrained: needs a model name (timm or torchvision); load the weights into your "
                           "nn.Module yourself")
-    if isinstance(model, str) and ":" in model and not model.startswith(("timm:", "tv:", "torchvision:")):
-        from .export.save import build_source
-
+    if isinstance(model, str) and is_code_reference(model):  # typed by the user: "package.module:factory"
         if recipe.pretrained:
             raise RecipeError(f"pretrained: {model!r} is not a timm or torchvision model name")
-        try:  # "package.module:factory", as saved models record their source
-            return build_source(model, {"num_classes": num_classes}), model, {"num_classes": num_classes}, start
+        try:
+            factory = import_factory(model)
         except (ImportError, AttributeError) as exc:
-            from .zoo import UnknownModelError
-
             raise UnknownModelError(f"cannot build {model!r}: {exc}") from None
+        try:
+            return factory(num_classes=num_classes), model, {"num_classes": num_classes}, start
         except TypeError:
-            return build_source(model, {}), model, {}, start
+            return factory(), model, {}, start
     if isinstance(model, str):
         from .zoo import create_model_for_size
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .decision import Decision, round_up_group
+from .errors import distinct_figures, figure_at_least
 from .space import Space
 
 
@@ -73,8 +74,10 @@ def fit_to_budget(space: Space, scores: np.ndarray, target: float, *, what: str 
 
     smallest = fraction(keep_after(len(order)))
     if smallest > target:
-        raise BudgetError(f"budget {target:.3f} of the {what} cannot be met: removing every removable channel "
-                          f"keeps {smallest:.3f} (frozen groups and pinned outputs carry the rest)")
+        want, floor = distinct_figures(target, smallest)
+        raise BudgetError(f"budget {want} of the {what} cannot be met: the smallest decision keeps {floor} "
+                          f"(every removable channel removed; frozen groups and pinned outputs carry the rest): "
+                          f"ask for at least {figure_at_least(smallest, floor)}")
     lo, hi = 0, len(order)
     while lo < hi:
         mid = (lo + hi) // 2

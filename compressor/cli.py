@@ -30,7 +30,8 @@ EXAMPLES = """examples:
   compress inspect resnet50                 groups, blocks and their share of FLOPs/params
   compress list 'convnext*'                 known model names (torchvision, then timm)
 
-exit status: 0 success, 2 bad input (nothing written), 1 failure
+exit status: 0 success; 2 bad input (one line says why; nothing written) or a loss that became NaN
+(finished epochs stay checkpointed); 130 Ctrl-C, 143 SIGTERM (rerun with --resume); 1 failure
 """
 
 def _fmt(n: float) -> str:
@@ -111,7 +112,11 @@ def _overrides(args: argparse.Namespace) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"--set expects KEY=VALUE (e.g. search.epochs=3), got {item!r}")
-        o[key] = yaml.safe_load(value)
+        try:
+            o[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"--set {key}: the value {value!r} is not a YAML value "
+                              f"({getattr(exc, 'problem', None) or type(exc).__name__})") from None
     if args.budget_flops is not None:
         o["budget"] = {"flops": args.budget_flops}
     if args.budget_params is not None:
@@ -141,6 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     switch = method_override(recipe, args.method) if args.method else {}
     recipe = load_recipe(recipe, {"model": args.model, **switch, **_overrides(args)})
     out = args.out or default_out(args.model, recipe)
+    if args.check:
+        return _check_only(args.model, recipe, out)
     with _warnings_to_log(out):
         result = compress(args.model, recipe, out=out, resume=args.resume)
     r = result.report
@@ -170,6 +177,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_only(model: str, recipe, out) -> int:
+    """``--check``: everything ``compress`` would refuse is refused; nothing is trained or written."""
+    from .api import prepare
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = prepare(model, recipe, out=out)
+    train, _, test = run.sets
+    prunable = sum(g.prunable for g in run.space.groups)
+    print(f"{model}: the recipe, model, data ({len(train)} training and {len(test)} test images, "
+          f"{run.num_classes} classes), weights and {run.recipe.budget.what} budget "
+          f"{run.recipe.budget.target:g} check out; {prunable} prunable channel groups, "
+          f"{len(run.space.blocks)} removable blocks; the run would write to {run.out}/")
+    return 0
+
+
 @contextlib.contextmanager
 def _warnings_to_log(out):
     """Python warnings raised by our dependencies during the run (deprecations...) go to
@@ -195,37 +218,53 @@ def _warnings_to_log(out):
                                      for w in caught)
 
 
-def _run_dir(path: str):
-    from pathlib import Path
+def _saved_run(path: str):
+    """The run directory ``path`` checked as untrusted input (the manifest and weights file; the
+    report's recipe when there is one): ``(SavedModel, recipe dict or None)``."""
+    import json
 
-    from .export.save import ARCH_FILE
-    from .recipe import RecipeError
+    from .export.manifest import SavedModelError, read_saved
 
-    d = Path(path)
-    if not (d / ARCH_FILE).exists():
-        raise RecipeError(f"{d} is not an output directory of `compress` ({ARCH_FILE} missing)")
-    return d
+    saved = read_saved(path)
+    report_path = saved.directory / "report.json"
+    if not report_path.exists():
+        return saved, None
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SavedModelError(f"{report_path}: not readable JSON ({type(exc).__name__})") from None
+    recipe = report.get("recipe") if isinstance(report, dict) else None
+    if recipe is not None and not isinstance(recipe, dict):
+        raise SavedModelError(f"{report_path}: recipe: must be a mapping of recipe keys, got {type(recipe).__name__}")
+    return saved, recipe
+
+
+def _load_saved(saved, trust: bool):
+    from .export import load_compressed
+
+    return load_compressed(saved.directory, trust_source=trust)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
     from .api import _datasets
-    from .gates.outputs import first_output
     from .data import DataError
-    from .export import load_compressed
-    from .export.onnx import check_onnx
-    from .recipe import load_recipe
+    from .export.manifest import SavedModelError
+    from .export.onnx import check_onnx, check_onnx_file
+    from .gates.outputs import first_output
+    from .recipe import RecipeError, load_recipe
     from .train import Trainer
 
-    d = _run_dir(args.dir)
-    report = json.loads((d / "report.json").read_text()) if (d / "report.json").exists() else {}
-    recipe = load_recipe(report.get("recipe"), {"data.path": args.data} if args.data else None)
-    model = load_compressed(d)
+    saved, recipe_dict = _saved_run(args.dir)
+    d = saved.directory
+    try:
+        recipe = load_recipe(recipe_dict, {"data.path": args.data} if args.data else None)
+    except RecipeError as exc:
+        raise SavedModelError(f"{d / 'report.json'}: recipe: {exc}") from None
+    model = _load_saved(saved, args.trust_source)
     _, _, test, num_classes = _datasets(recipe, None, recipe.model or model)
-    shape = report.get("input_shape", [1, 3, recipe.data.input_size or 224, recipe.data.input_size or 224])
+    x = torch.randn(*saved.manifest.input_shape)
     with torch.no_grad():
-        predicts = first_output(model.eval()(torch.zeros(*shape))).shape[-1]
+        predicts = first_output(model.eval()(x)).shape[-1]
     if predicts != num_classes:
         raise DataError(f"the data has {num_classes} classes but the model in {d} predicts {predicts}")
     trainer = Trainer(recipe.run.model_copy(update={"device": args.device or recipe.run.device}),
@@ -233,32 +272,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     loss, top1, top5 = trainer.evaluate(model, test, recipe.data.batch_size)
     print(f"{d}: test accuracy top-1 {100 * top1:.2f}%, top-5 {100 * top5:.2f}% (loss {loss:.4f}) on {len(test)} images")
     if (d / "model.onnx").exists():
-        x = torch.randn(*report.get("input_shape", [1, 3, recipe.data.input_size, recipe.data.input_size]))
-        print(f"model.onnx: onnxruntime vs PyTorch max relative difference {check_onnx(model.cpu().eval(), d / 'model.onnx', (x,)):.1e}")
+        check_onnx_file(d / "model.onnx")
+        print(f"model.onnx: onnxruntime vs PyTorch max relative difference "
+              f"{check_onnx(model.cpu().eval(), d / 'model.onnx', (x,)):.1e}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import json
-
-    from .export import export_onnx, load_compressed
-
+    from .export import export_onnx
     from .recipe import ONNX_OPSETS, RecipeError
 
-    d = _run_dir(args.dir)
     low, high = ONNX_OPSETS
     if not low <= args.opset <= high:
         raise RecipeError(f"--opset {args.opset}: the ONNX exporter writes opsets {low} to {high}")
-    arch = json.loads((d / "compressor.json").read_text())
-    model = load_compressed(d)
-    x = torch.randn(*arch["input_shape"])
-    path = args.output or d / "model.onnx"
+    saved, _ = _saved_run(args.dir)
+    model = _load_saved(saved, args.trust_source)
+    x = torch.randn(*saved.manifest.input_shape)
+    path = args.output or saved.directory / "model.onnx"
     done = export_onnx(model, path, x, opset=args.opset, dynamic_batch=True)
     print(f"wrote {path} ({done.exporter} exporter, opset {done.opset}); onnxruntime vs PyTorch max relative "
           f"difference {done.max_rel_diff:.1e}")
     return 0
 
 
+TRUST_HELP = ("run the code DIR/compressor.json names to rebuild the original (a package.module:factory "
+              "source): only for a directory you or someone you trust wrote")
 SUBCOMMANDS = ("inspect", "list", "eval", "export", "run")
 
 
@@ -291,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any recipe key, e.g. run.amp=bf16")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--check", action="store_true", help="check the recipe, model, data, weights and budget, "
+                   "then stop: nothing is trained or written")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("inspect", help="show what can change in a model", epilog=EXAMPLES, formatter_class=fmt)
     p.add_argument("model", help="a torchvision or timm model name")
@@ -304,11 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="output directory of a run")
     p.add_argument("--data", metavar="PATH", help="evaluate on this data instead of the run's")
     p.add_argument("--device", metavar="D")
+    p.add_argument("--trust-source", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="(re-)export a compressed model to ONNX")
     p.add_argument("dir", help="output directory of a run")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--output", metavar="FILE", help="ONNX path (default: DIR/model.onnx)")
+    p.add_argument("--trust-source", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=cmd_export)
     return ap
 
@@ -318,14 +360,39 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     from .api import OutputError
     from .budget import BudgetError
     from .data import DataError
+    from .export import OnnxFileError, SavedModelError
     from .recipe import RecipeError
-    from .train import CheckpointError
+    from .train import CheckpointError, DivergedError
     from .train.distributed import DeviceError
     from .weights import WeightsError
     from .zoo import UnknownModelError
 
     return (UnknownModelError, RecipeError, DataError, WeightsError, CheckpointError, BudgetError,
-            OutputError, DeviceError)
+            OutputError, DeviceError, SavedModelError, OnnxFileError, DivergedError)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (what schedulers and containers send to stop a job)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM unwinds the run as Ctrl-C does, so it ends with the same word on resuming."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,9 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "run")
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _sigterm_as_interrupt():
+            return args.func(args)
     except _bad_input_errors() as exc:
-        print(f"compress: error: {exc}", file=sys.stderr)
+        print(f"compress: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
@@ -354,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         print("compress: interrupted; the last finished epoch is checkpointed: rerun with --resume",
               file=sys.stderr)
         return 130
+    except Terminated:
+        print("compress: terminated (SIGTERM); the last finished epoch is checkpointed: rerun with --resume",
+              file=sys.stderr)
+        return 143
     except BrokenPipeError:  # `compress inspect ... | head`: the reader left, nothing is wrong
         import os
 

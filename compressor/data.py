@@ -126,6 +126,7 @@ def _read_rgb(path: str):
     """An image file as RGB (grey, palette, alpha, CMYK and 16-bit images converted); a file that
     cannot be decoded is a :class:`DataError` naming it."""
     from PIL import Image, UnidentifiedImageError
+    from PIL.Image import DecompressionBombError
 
     try:
         with Image.open(path) as img:
@@ -134,7 +135,7 @@ def _read_rgb(path: str):
                 arr = arr * (255.0 / 65535.0) if img.mode.startswith("I;16") or arr.max() > 255 else arr
                 img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read image {path}: {one_line(exc, 160)}") from None
 
 
@@ -214,3 +215,21 @@ def split_dataset(ds: Dataset, fraction: float, seed: int = 0) -> tuple[Subset, 
     """Stratified (train, held-out) split: ``fraction`` of every class goes to the second part."""
     a, b = stratified_split(dataset_labels(ds), fraction, seed)
     return Subset(ds, a.tolist()), Subset(ds, b.tolist())
+
+
+def count_classes(train: Dataset) -> int:
+    """How many classes a training set is for (its ``num_classes``), refusing fewer than two, or
+    training images that show fewer than two of them: a classifier needs two or more."""
+    base = train
+    while isinstance(base, Subset):
+        base = base.dataset
+    n = getattr(base, "num_classes", None)
+    where = f"the training data in {base.root}" if getattr(base, "root", None) else "the training data"
+    if n is None:
+        raise DataError(f"{where} does not say how many classes it has (give the dataset a num_classes attribute)")
+    seen = int(n)
+    if seen >= 2 and (getattr(base, "labels", None) is not None or getattr(base, "samples", None) is not None):
+        seen = len(np.unique(dataset_labels(train)))
+    if min(int(n), seen) < 2:
+        raise DataError(f"{where} has images of {min(int(n), seen)} class(es): a classifier needs at least 2")
+    return int(n)

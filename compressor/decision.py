@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import distinct_figures
 from .space import Space
 
 
@@ -164,5 +165,5 @@ def decision_for_budget(space: Space, target: float, *, blocks: bool = True, see
             else:
                 hi = mid
         return best
-    raise ValueError(f"budget {target:.3f} cannot be met: the smallest decision keeps {smallest:.3f} "
-                     f"of the {what}")
+    want, floor = distinct_figures(target, smallest)
+    raise ValueError(f"budget {want} of the {what} cannot be met: the smallest decision keeps {floor}")

@@ -127,6 +127,9 @@ def _torchvision(name: str, num_classes: int, file, **kwargs) -> tuple[nn.Module
         raise PretrainedError(f"pretrained weights {label} are not in the cache ({cached}) and HF_HUB_OFFLINE=1 "
                               f"forbids downloading {weights.url}; put the file there (TORCH_HOME moves the "
                               "cache) or pass it: --pretrained FILE")
+    held = Path(file) if file else cached
+    if held.is_file():  # torchvision unpickles it fully; it must hold nothing but tensors
+        _tensors_only(held, label)
     try:
         if file:  # torchvision's own loading, with the file as its cache entry
             with tempfile.TemporaryDirectory() as hub:
@@ -147,6 +150,17 @@ def _torchvision(name: str, num_classes: int, file, **kwargs) -> tuple[nn.Module
         replace_head(model, classes, num_classes)
     location = str(file) if file else str(cached)
     return model, PretrainedInfo("torchvision", label, location, classes, num_classes != classes)
+
+
+def _tensors_only(path: Path, label: str) -> None:
+    """torchvision loads its weights files with ``torch.load(weights_only=False)``, which runs any
+    code a pickle names: read ``path`` first with the unpickler that allows tensors and containers
+    only, and refuse it if that fails."""
+    try:
+        torch.load(path, map_location="meta", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any refusal of the safe unpickler
+        raise PretrainedError(f"pretrained weights file {path} for torchvision's {label} is not a plain state_dict "
+                              f"of tensors ({one_line(exc, 120)}); refusing to unpickle it") from None
 
 
 def replace_head(model: nn.Module, old_classes: int, num_classes: int) -> str:

@@ -55,3 +55,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike, num_classes: int | N
     except RuntimeError as exc:
         first = str(exc).splitlines()
         raise WeightsError(f"weights file {path} does not fit the model: {' '.join(first[:2])[:300]}") from None
+
+
+def check_finite(model: nn.Module, what: str) -> None:
+    """Refuse a model whose parameters or floating-point buffers hold NaN or inf, naming the first
+    such tensor: nothing trained, measured or pruned from it would mean anything."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise WeightsError(f"{what}: {name} holds {bad} non-finite value(s) (NaN or inf) of {t.numel()}")

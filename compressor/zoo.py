@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 from functools import lru_cache
+from typing import Callable
 
 import torch
 from torch import nn
@@ -33,6 +35,19 @@ def list_models(filter: str = "*") -> list[str]:  # noqa: A002 - mirrors timm.li
 
     names = list(MODELS) + list(_torchvision_names()) + [n for n in _timm_names() if n not in set(_torchvision_names())]
     return [n for n in names if fnmatch.fnmatch(n, filter)]
+
+
+def is_code_reference(name: str) -> bool:
+    """``"package.module:factory"``: a name that imports code, not a zoo model (``timm:``,
+    ``tv:`` and ``torchvision:`` prefixes pick a zoo)."""
+    return ":" in name and not name.startswith(("timm:", "tv:", "torchvision:"))
+
+
+def import_factory(reference: str) -> Callable[..., nn.Module]:
+    """The callable a ``"package.module:factory"`` reference names (imports the module: only for
+    references the user wrote, or trusts).  Raises ImportError or AttributeError."""
+    module_name, _, attr = reference.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def _split(name: str) -> tuple[str | None, str]:

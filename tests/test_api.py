@@ -32,7 +32,7 @@ def test_compress_user_module(result):
     assert set(report["latency_ms"]) == {"1", "8"}
     with torch.no_grad():
         want = result.model(x)
-        loaded = load_compressed(out)(x)
+        loaded = load_compressed(out, trust_source=True)(x)  # TinyNet: a module:factory source
     assert torch.allclose(want, loaded, atol=1e-6)
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
@@ -44,12 +44,13 @@ def test_compress_user_module(result):
 def test_eval_and_export_subcommands(result, capsys, tmp_path):
     from compressor.cli import main
 
-    assert main(["eval", str(result.out)]) == 0
+    assert main(["eval", str(result.out), "--trust-source"]) == 0
     printed = capsys.readouterr().out
     acc = 100 * result.report["compressed"]["test_accuracy"]
     top5 = 100 * result.report["compressed"]["test_top5"]
     assert f"test accuracy top-1 {acc:.2f}%, top-5 {top5:.2f}%" in printed and "model.onnx: onnxruntime vs PyTorch" in printed
-    assert main(["export", str(result.out), "--opset", "18", "--output", str(tmp_path / "m18.onnx")]) == 0
+    assert main(["export", str(result.out), "--opset", "18", "--output", str(tmp_path / "m18.onnx"),
+                 "--trust-source"]) == 0
     assert (tmp_path / "m18.onnx").stat().st_size > 0
     assert main(["eval", str(tmp_path)]) == 2  # not a run directory
     capsys.readouterr()
@@ -60,7 +61,7 @@ def test_eval_and_export_refuse_bad_input(result, capsys, tmp_path):
     from tests.images import write_image_folder
 
     folder = write_image_folder(tmp_path / "three", classes=3, per_class=2, size=16)
-    assert main(["eval", str(result.out), "--data", str(folder)]) == 2
+    assert main(["eval", str(result.out), "--data", str(folder), "--trust-source"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"compress: error: the data has 3 classes but the model in {result.out} predicts 10"
     assert main(["export", str(result.out), "--opset", "23", "--output", str(tmp_path / "m.onnx")]) == 2

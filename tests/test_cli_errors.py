@@ -60,6 +60,19 @@ def _head_mismatch(tmp):
     return ["resnet18", "--weights", str(tmp / "imagenet.pth")]
 
 
+def _one_class(tmp):
+    return ["resnet18", "--data", str(write_image_folder(tmp / "images", classes=1, per_class=2, size=8))]
+
+
+def _nan_weights(tmp):
+    import torchvision
+
+    state = torchvision.models.resnet18(num_classes=10).state_dict()
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp / "nan.pth")
+    return ["resnet18", "--weights", str(tmp / "nan.pth")]
+
+
 CASES = {
     "malformed-yaml": (_bad_yaml, "not valid YAML at line 2"),
     "unknown-key": (_unknown_key, "search.epoch: unknown key"),
@@ -96,6 +109,10 @@ CASES = {
     "pretrained-missing-file": (lambda tmp: ["resnet18", "--pretrained", str(tmp / "none.pth")],
                                 "pretrained weights file"),
     "pretrained-none-exist": (lambda tmp: ["cifar_resnet56", "--pretrained"], "has no pretrained weights"),
+    "one-class-folder": (_one_class, "has images of 1 class(es): a classifier needs at least 2"),
+    "nan-weights": (_nan_weights, "layer2.0.conv1.weight holds 1 non-finite value(s)"),
+    "budget-below-reach": (lambda tmp: ["resnet18", "--method", "prune", "--budget-flops", "0.001"],
+                           "budget 0.0010 of the flops cannot be met: the smallest decision keeps 0.0011"),
 }
 
 
@@ -172,3 +189,62 @@ def test_corrupt_checkpoint_on_resume(tmp_path, previous_run, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "is corrupt or not a compressor checkpoint" in err and len(err.splitlines()) == 1, err
     assert _snapshot(previous_run) == before
+
+
+def test_unreachable_budget_figures_differ_and_the_suggestion_is_reachable(tmp_path, capsys):
+    """The two figures of the message differ as printed, and the budget it suggests is met."""
+    import re
+
+    assert main(["resnet18", "--method", "prune", "--budget-flops", "0.001", "--check"]) == 2
+    err = capsys.readouterr().err
+    want, floor, suggested = re.search(r"budget (\S+) of .* keeps (\S+) .* at least (\S+)$", err.strip()).groups()
+    assert want != floor and float(suggested) >= float(floor)
+    assert main(["resnet18", "--method", "prune", "--budget-flops", suggested, "--check",
+                 "--out", str(tmp_path / "never")]) == 0
+    assert "check out" in capsys.readouterr().out and not (tmp_path / "never").exists()
+
+
+TINY_RUN = ["tests.tiny:TinyNet", "--quiet", "--method", "prune", "--budget-flops", "0.8", "--set", "data.input_size=16",
+            "--set", "data.limit_train=128", "--set", "base.epochs=2", "--set", "search.epochs=1",
+            "--set", "finetune.epochs=0", "--set", "export.latency_repeats=0"]
+
+
+def test_a_loss_that_becomes_nan_stops_with_stage_epoch_and_step(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main([*TINY_RUN, "--out", str(out), "--set", "finetune.lr=1e30", "--set", "finetune.epochs=2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "finetune: the loss is nan at epoch 1, step" in err or "finetune: the loss is inf at epoch 1, step" in err
+    assert f"finished epochs stay checkpointed in {out / 'checkpoints'}" in err
+    assert (out / "checkpoints" / "base.pt").exists() and not (out / "report.json").exists()
+
+
+def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    """SIGTERM mid-epoch (as a scheduler sends it): the resume line, exit 143, the last finished
+    epoch checkpointed; --resume then finishes the run from there."""
+    import os
+    import signal
+
+    import compressor.api
+
+    real = compressor.api.compress
+
+    def terminated_in_base_epoch_2(*args, **kwargs):
+        def term(stage, epoch, step):
+            if (stage, epoch, step) == ("base", 1, 1):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, callbacks=(term,), **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(compressor.api, "compress", terminated_in_base_epoch_2)
+    assert main([*TINY_RUN, "--out", str(out)]) == 143
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == ["compress: terminated (SIGTERM); the last finished epoch is checkpointed: "
+                                "rerun with --resume"]
+    from compressor.train import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoints" / "base.pt")["epoch"] == 1
+    assert signal.getsignal(signal.SIGTERM) is not compressor.cli._raise_terminated  # handler restored
+    monkeypatch.setattr(compressor.api, "compress", real)
+    assert main([*TINY_RUN, "--out", str(out), "--resume"]) == 0
+    assert (out / "report.json").exists()

@@ -93,7 +93,9 @@ def test_load_takes_the_original_when_its_source_cannot_be_rebuilt(tmp_path: Pat
     decision = decision_for_budget(space, 0.5, seed=0)
     sliced = slice_model(model, space, decision)
     save_compressed(sliced, tmp_path, source=f"{__name__}:NeedsWidth", input_shape=(1, 3, 12, 12), decision=decision)
-    with pytest.raises(ValueError, match=r"cannot rebuild the original model .*NeedsWidth.*original=model"):
+    with pytest.raises(ValueError, match=r"names code to run.*original=model"):
         load_compressed(tmp_path)
+    with pytest.raises(ValueError, match=r"cannot rebuild the original model .*NeedsWidth.*original=model"):
+        load_compressed(tmp_path, trust_source=True)
     with torch.no_grad():
         assert torch.equal(load_compressed(tmp_path, original=NeedsWidth(12))(x), sliced(x))

@@ -113,3 +113,34 @@ def test_compress_pretrained_on_an_image_folder(model, offline, tmp_path, capsys
         assert 0 <= report[key]["test_accuracy"] <= report[key]["test_top5"] == 1.0  # 3 classes: top-5 is all
     md = (out / "report.md").read_text()
     assert "test top-5 accuracy" in md and "training transform" in md
+
+
+class _RunsCode:
+    """Pickles into a call of ``os.system``: what a hostile weights file does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("where", ["file", "cache"])
+def test_torchvision_weights_that_run_code_are_refused_unread(where, offline, tmp_path, capsys):
+    """torchvision unpickles its weights files fully (weights_only=False): a file that names code
+    is refused by the safe unpickler first, given as a file or found in the cache."""
+    marker = tmp_path / "marker"
+    state = torchvision.models.resnet18().state_dict()
+    state["evil"] = _RunsCode(marker)
+    path = tmp_path / "evil.pth"
+    if where == "cache":
+        (offline / "checkpoints").mkdir(parents=True)
+        path = offline / "checkpoints" / "resnet18-f37072fd.pth"
+    torch.save(state, path)
+    args = ["resnet18", "--pretrained", *([str(path)] if where == "file" else []), "--check"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a plain state_dict of tensors" in err, err
+    assert not marker.exists()

@@ -140,3 +140,46 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: tuple,
     if diff > atol:
         raise OnnxCheckError(f"onnxruntime differs from PyTorch by {diff:.2e} (relative) > {atol:g}")
     return diff
+
+
+class OnnxFileError(ValueError):
+    """An ONNX file that reaches outside its directory or needs code onnxruntime does not ship."""
+
+
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
+
+def check_onnx_file(path: str | os.PathLike) -> None:
+    """Before an ONNX file someone else wrote is loaded: its external data (weights stored beside
+    it) must be plain files in its own directory, and its operators must come from the standard
+    domains (a custom domain needs a library of native code registered with onnxruntime)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds for a damaged file
+        raise OnnxFileError(f"{path}: not a readable ONNX model ({one_line(exc, 120)})") from None
+    for tensor in _all_tensors(proto.graph):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if not location or Path(location).name != location or location in (".", ".."):
+            raise OnnxFileError(f"{path}: tensor {tensor.name} keeps its data at {location!r}, outside the "
+                                "model's directory")
+    for opset in proto.opset_import:
+        if opset.domain not in STANDARD_DOMAINS:
+            raise OnnxFileError(f"{path}: operators of domain {opset.domain!r} need a custom operator library")
+
+
+def _all_tensors(graph):
+    """Every tensor a graph stores: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _all_tensors(sub)

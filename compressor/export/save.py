@@ -1,17 +1,18 @@
 """Save and load compressed models as architecture (JSON) + weights (safetensors): no pickles.
 
-The architecture is the recipe to rebuild the model: the original model's zoo name (or an
-importable ``"package.module:factory"``), the input shape it was traced with and the
-:class:`~compressor.decision.Decision`.  Loading rebuilds the original, traces it, replays the
-decision and loads the weights strictly.
+The architecture is the recipe to rebuild the model: the original model's zoo name (or, for a
+model given as an ``nn.Module``, its ``"package.module:factory"``), the input shape it was traced
+with and the :class:`~compressor.decision.Decision`.  Loading checks the directory first
+(:mod:`~compressor.export.manifest`), rebuilds the original, traces it, checks the decision
+against that space, replays it and loads the weights strictly.  Code named in the file is run
+only when the caller says so (``trust_source=True``).
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
-from pathlib import Path
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,12 +20,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..decision import Decision
+from ..errors import one_line
 from ..space import build_space
+from .manifest import (ARCH_FILE, FORMAT_VERSION, WEIGHTS_FILE, SavedModel, SavedModelError, check_source,
+                       check_tensors, read_saved)
 from .slice import slice_model
 
-ARCH_FILE = "compressor.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+__all__ = ["ARCH_FILE", "WEIGHTS_FILE", "SavedModelError", "build_source", "load_compressed", "save_compressed"]
 
 
 def save_compressed(model: nn.Module, directory: str | os.PathLike, *, source: str,
@@ -46,47 +48,66 @@ def save_compressed(model: nn.Module, directory: str | os.PathLike, *, source: s
     return directory
 
 
-def load_compressed(directory: str | os.PathLike, original: nn.Module | None = None) -> nn.Module:
+def load_compressed(directory: str | os.PathLike, original: nn.Module | None = None, *,
+                    trust_source: bool = False) -> nn.Module:
     """Rebuild a model written by :func:`save_compressed` (eval mode, CPU).
 
     Args:
         original: a freshly built uncompressed model to slice, for sources that cannot be
             rebuilt from their name (a class that needs constructor arguments, or one defined in
             ``__main__``).  Its weights do not matter; it is modified in place.
+        trust_source: build the original from a ``"package.module:factory"`` source, or with
+            constructor arguments ``compress`` does not write.  Off by default: a directory from
+            someone else must not run code on load.
+
+    Raises:
+        SavedModelError: the directory, its manifest, its decision or its weights are not what
+            ``save_compressed`` writes (the message names the file and the field).
     """
-    directory = Path(directory)
-    arch_path = directory / ARCH_FILE
-    if not arch_path.exists():
-        raise FileNotFoundError(f"{arch_path} not found: not a directory written by save_compressed")
-    arch = json.loads(arch_path.read_text())
-    if arch.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{arch_path}: format {arch.get('format')!r} is not {FORMAT_VERSION}")
+    saved = read_saved(directory)
+    manifest, arch_path = saved.manifest, saved.arch_path
     if original is None:
-        try:
-            original = build_source(arch["source"], arch.get("source_kwargs") or {})
-        except Exception as exc:
-            raise ValueError(f"{arch_path}: cannot rebuild the original model {arch['source']!r} "
-                             f"({type(exc).__name__}: {exc}); build it yourself and pass it: "
-                             f"load_compressed(directory, original=model)") from exc
+        if not trust_source:
+            check_source(manifest, arch_path)
+        original = build_source(manifest.source, dict(manifest.source_kwargs), arch_path)
     original = original.eval()
-    space = build_space(original, torch.randn(*arch["input_shape"]))  # replaying a decision needs no checks
-    model = slice_model(original, space, Decision.from_dict(arch["decision"]), round_to=arch.get("round_to"))
-    state = OrderedDict(load_file(str(directory / WEIGHTS_FILE)))
+    # The decision was made on a checked space; replaying it needs only the raw trace.
+    space = build_space(original, torch.randn(*manifest.input_shape))
+    decision = Decision.from_dict(manifest.decision.model_dump())
+    try:
+        decision.validate(space)
+    except ValueError as exc:
+        raise SavedModelError(f"{arch_path}: decision: {exc}") from None
+    model = slice_model(original, space, decision, round_to=manifest.round_to)
+    return _load_weights(model, saved)
+
+
+def _load_weights(model: nn.Module, saved: SavedModel) -> nn.Module:
+    own = model.state_dict()
+    check_tensors(saved, own)
+    state = OrderedDict(load_file(str(saved.weights_path)))
+    for k, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise SavedModelError(f"{saved.weights_path}: {k} holds non-finite values (NaN or inf)")
     # Per-module state-dict versions belong to the code, not the weights: reuse the model's own.
-    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    state._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
     model.load_state_dict(state, strict=True)
     return model.eval()
 
 
-def build_source(source: str, kwargs: dict[str, Any]) -> nn.Module:
-    """A zoo name or ``package.module:factory`` → a freshly built original model."""
-    if ":" in source and not source.startswith(("timm:", "tv:", "torchvision:")):
-        module_name, _, attr = source.partition(":")
-        factory = getattr(importlib.import_module(module_name), attr)
-        return factory(**kwargs)
-    from ..zoo import create_model
+def build_source(source: str, kwargs: dict[str, Any], where: Path | str = ARCH_FILE) -> nn.Module:
+    """A zoo name or ``package.module:factory`` → a freshly built original model.  This runs the
+    code ``source`` names: callers check untrusted sources first (:func:`check_source`)."""
+    from ..zoo import create_model, import_factory, is_code_reference
 
-    return create_model(source, **kwargs)
+    try:
+        built = import_factory(source)(**kwargs) if is_code_reference(source) else create_model(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - whatever the factory raises, the model is not there
+        raise SavedModelError(f"{where}: cannot rebuild the original model {source!r} ({one_line(exc, 160)}); "
+                              "build it yourself and pass it: load_compressed(directory, original=model)") from None
+    if not isinstance(built, nn.Module):
+        raise SavedModelError(f"{where}: source {source!r} built a {type(built).__name__}, not an nn.Module")
+    return built
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -213,8 +213,11 @@ def uniform_decision(space: Space, target: float, what: str = "flops") -> Decisi
     if cost(make(lo)) > target:
         from ..budget import BudgetError
 
-        raise BudgetError(f"budget {target:g} of the {what} cannot be met with two units per channel group "
-                          f"(that keeps {cost(make(lo)):.3f})")
+        from ..errors import distinct_figures, figure_at_least
+
+        want, floor = distinct_figures(target, cost(make(lo)))
+        raise BudgetError(f"budget {want} of the {what} cannot be met with two units per channel group "
+                          f"(that keeps {floor}): ask for at least {figure_at_least(cost(make(lo)), floor)}")
     for _ in range(30):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost(make(mid)) <= target else (lo, mid)

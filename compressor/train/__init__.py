@@ -2,7 +2,7 @@
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistEnv
 from .hooks import TrainHooks
-from .trainer import EpochResult, Evaluation, Trainer
+from .trainer import DivergedError, EpochResult, Evaluation, Trainer
 
-__all__ = ["CheckpointError", "DistEnv", "EpochResult", "Evaluation", "TrainHooks", "Trainer", "load_checkpoint",
+__all__ = ["CheckpointError", "DistEnv", "DivergedError", "EpochResult", "Evaluation", "TrainHooks", "Trainer", "load_checkpoint",
            "save_checkpoint"]

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from ..errors import one_line
 from ..gates.outputs import first_output
 from ..recipe import RunConfig, TrainConfig
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -44,6 +45,10 @@ def to_channels_last(model: nn.Module) -> nn.Module:
         if t.dim() == 4:
             t.data = t.data.contiguous(memory_format=torch.channels_last)
     return model
+
+
+class DivergedError(ValueError):
+    """The loss became NaN or infinite: the message gives the stage, epoch and step."""
 
 
 class Evaluation(NamedTuple):
@@ -225,13 +230,17 @@ class Trainer:
             state = load_checkpoint(ckpt)
             if state.get("stage") != stage:
                 raise CheckpointError(f"checkpoint {ckpt} belongs to stage {state.get('stage')!r}, not {stage!r}")
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            hooks.load_state_dict(state["hooks"])
-            torch.set_rng_state(state["rng"])
-            history = [EpochResult(**h) for h in state["history"]]
-            start = int(state["epoch"])
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+                hooks.load_state_dict(state["hooks"])
+                torch.set_rng_state(state["rng"])
+                history = [EpochResult(**h) for h in state["history"]]
+                start = int(state["epoch"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise CheckpointError(f"checkpoint {ckpt} does not fit this run's {stage} stage "
+                                      f"({one_line(exc, 120)}); start again in another --out") from None
         else:
             torch.manual_seed(self.run.seed)
         net = self._ddp(model)
@@ -263,6 +272,8 @@ class Trainer:
                     loss = criterion(x, out, y) if criterion is not None else F.cross_entropy(out.float(), y)
                     penalty = hooks.extra_loss(train_model, out, y, idx)
                 total = loss if penalty is None else loss + penalty
+                if not torch.isfinite(total.detach()):
+                    raise DivergedError(self._diverged(stage, epoch, step, total, ckpt))
                 step_opt.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 if cfg.grad_clip:
@@ -277,9 +288,6 @@ class Trainer:
                         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                         sched.step()
                     sync_lr(opt, step_opt)
-                if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(f"{stage}: loss is {float(loss)} at epoch {epoch + 1}, step {step + 1}; "
-                                             "lower the learning rate or turn on grad_clip")
                 loss_sum += float(loss.detach()) * len(y)
                 correct += float((out.argmax(1) == y).sum())
                 count += len(y)
@@ -307,6 +315,14 @@ class Trainer:
                                  "rng": torch.get_rng_state(), "history": [asdict(h) for h in history]}, ckpt)
             self.dist.barrier()
         return history
+
+    @staticmethod
+    def _diverged(stage: str, epoch: int, step: int, loss: torch.Tensor, ckpt: Path | None) -> str:
+        kept = ""
+        if ckpt is not None and ckpt.parent.is_dir():
+            kept = f"; finished epochs stay checkpointed in {ckpt.parent}"
+        return (f"{stage}: the loss is {float(loss)} at epoch {epoch + 1}, step {step + 1}{kept}; lower "
+                "this stage's lr or set its grad_clip, then run again")
 
     def _ddp(self, model: nn.Module) -> nn.Module:
         """``model`` wrapped for DDP when this is a distributed run, else itself."""
