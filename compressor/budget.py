@@ -1,91 +1,162 @@
-"""``fit_to_budget``: the largest decision that keeps the best-scoring units within a budget.
+"""``decide``: the largest decision that keeps the best-scoring slots of any kinds within a budget.
 
-Every method ends here: ``prune`` ranks units by importance, ``scs`` by its gate logits.  Widths
-are rounded up to multiples of ``round_to`` channels *inside* the search, so the rounded
-decision is the one that meets the budget.
+Every decision builder ends here: ``prune`` ranks units and kernel rings by importance, ``scs``
+by its gate logits, the checks by random scores.  One bisection over the scores of every kind
+given finds the fewest lowest-scoring slots whose removal meets the budget (each kind settles the
+result: a unit stays in every group, kernel windows stay nested, widths are rounded up to
+``round_to`` channels, so the settled decision is the one that meets the budget).  The budget left
+over is then filled back by score per unit of cost: the removed slots that are worth the most
+for what they cost come back while the budget allows.
 """
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 
-from .decision import Decision, round_up_group
+from .decision import Decision
 from .errors import distinct_figures, figure_at_least
 from .space import Space
+from .space.kinds import get_kind
+
+Settle = Callable[[dict[str, np.ndarray]], None]
 
 
 class BudgetError(ValueError):
     """The budget cannot be met by any decision over the space."""
 
 
-def normalise_by_group(space: Space, scores: np.ndarray) -> np.ndarray:
-    """``scores`` divided by the mean score of each unit's group (a group whose mean is not
-    positive is left as it is): scores of different layers become comparable."""
-    s = np.asarray(scores, dtype=np.float64).copy()
-    for g in space.groups:
-        sl = slice(g.offset, g.offset + g.size)
-        mean = s[sl].mean()
-        if mean > 0:
-            s[sl] /= mean
-    return s
+class _Fit:
+    """One budget fit: flat candidate order over the scored kinds, settling and costing keeps."""
 
+    def __init__(self, space: Space, scores: Mapping[str, np.ndarray], what: str, round_to: int | None,
+                 fixed: Decision, settle: Settle | None) -> None:
+        self.space, self.what, self.round_to, self.extra = space, what, round_to, settle
+        self.scores = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
+        self.base = {k: fixed.keep(space)[k] > 0.5 for k in space}
+        kinds, slots, values = [], [], []
+        for kind, s in self.scores.items():
+            free = np.flatnonzero(space[kind].free() & self.base[kind])
+            kinds += [kind] * len(free)
+            slots.append(free)
+            values.append(s[free])
+        order = np.argsort(np.concatenate(values) if values else np.zeros(0), kind="stable")
+        self.kinds = np.asarray(kinds)[order] if kinds else np.zeros(0, dtype=str)
+        self.slots = np.concatenate(slots)[order] if slots else np.zeros(0, dtype=np.int64)
 
-def fit_to_budget(space: Space, scores: np.ndarray, target: float, *, what: str = "flops",
-                  round_to: int | None = None, removed_blocks: list[str] | tuple[str, ...] = (),
-                  normalize: bool = False) -> Decision:
-    """Remove the lowest-scoring removable units until the cost is at most ``target`` of the full
-    model's (with ``removed_blocks`` gone).  Every prunable group keeps at least its best unit.
+    def keep_after(self, k: int) -> dict[str, np.ndarray]:
+        """Everything but the ``k`` lowest-scoring candidates, settled."""
+        keep = {kind: v.copy() for kind, v in self.base.items()}
+        for kind in self.scores:
+            keep[kind][self.slots[:k][self.kinds[:k] == kind]] = False
+        return self.settled(keep)
 
-    Args:
-        scores: one score per flat unit of ``space`` (higher = more worth keeping).
-        target: kept fraction of FLOPs or params, in (0, 1).
-        normalize: divide scores by their group's mean first (scores of different layers are
-            then comparable, as in magnitude pruning).
-
-    Raises:
-        BudgetError: when even removing every removable unit leaves the cost above the budget.
-    """
-    if not 0 < target < 1:
-        raise BudgetError(f"budget must be a fraction in (0, 1), got {target}")
-    cost = space.cost.flops if what == "flops" else space.cost.params
-    blocks = Decision({}, list(removed_blocks)).block_vector(space)
-    full = float(cost())
-    s = np.asarray(scores, dtype=np.float64).copy()
-    removable = space.prunable_mask()
-    groups = [g for g in space.groups if g.prunable and removable[g.offset:g.offset + g.size].any()]
-    if normalize:
-        s = normalise_by_group(space, s)
-    for g in groups:
-        sl = slice(g.offset, g.offset + g.size)
-        free = np.flatnonzero(removable[sl])
-        removable[g.offset + free[np.argmax(s[sl][free])]] = False  # the best unit always stays
-    order = np.flatnonzero(removable)[np.argsort(s[removable], kind="stable")]
-
-    def keep_after(k: int) -> np.ndarray:
-        keep = np.ones(space.num_units, dtype=bool)
-        keep[order[:k]] = False
-        if round_to and round_to > 1:
-            for g in groups:
-                round_up_group(keep, g, round_to, s)
+    def settled(self, keep: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for kind in self.scores:
+            get_kind(kind).settle(self.space[kind], keep[kind], self.scores[kind], self.round_to)
+        if self.extra is not None:
+            self.extra(keep)
         return keep
 
-    def fraction(keep: np.ndarray) -> float:
-        return float(cost(torch.from_numpy(keep.astype(np.float64)), blocks)) / full
+    def values(self, keep: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v.astype(np.float64)) for k, v in keep.items()}
 
-    smallest = fraction(keep_after(len(order)))
+    def fraction(self, keep: dict[str, np.ndarray]) -> float:
+        return float(self.space.cost.fraction(self.what, self.values(keep)))
+
+    def marginal(self, keep: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """d fraction / d slot value at ``keep``: a lower bound of what turning a slot on adds
+        (every term is a product of sums with non-negative coefficients)."""
+        values = {k: v.requires_grad_(True) for k, v in self.values(keep).items()}
+        self.space.cost.fraction(self.what, values).backward()
+        return {k: v.grad.numpy() for k, v in values.items()}
+
+
+def decide(space: Space, scores: Mapping[str, np.ndarray], target: float, *, what: str = "flops",
+           round_to: int | None = None, fixed: Decision | None = None, fill: bool = True,
+           settle: Settle | None = None) -> Decision:
+    """Remove the lowest-scoring free slots of the kinds in ``scores`` until the cost is at most
+    ``target`` of the full model's, then fill what is left of the budget by score per unit of cost.
+
+    Args:
+        scores: per kind, one score per slot (higher = more worth keeping); kinds left out keep
+            ``fixed``'s payload, or everything.
+        target: kept fraction of FLOPs or params, in (0, 1].
+        fixed: payloads of kinds decided elsewhere (blocks a method removed).
+        settle: an extra step making a keep valid (in place), after the kinds' own.
+
+    Raises:
+        BudgetError: when even removing every candidate leaves the cost above the budget; the
+            message gives both figures and the smallest reachable one.
+    """
+    if not 0 < target <= 1:
+        raise BudgetError(f"budget must be a fraction in (0, 1), got {target}")
+    fixed = fixed or Decision()
+    fit = _Fit(space, scores, what, round_to, fixed, settle)
+    n = len(fit.slots)
+    smallest = fit.fraction(fit.keep_after(n))
     if smallest > target:
         want, floor = distinct_figures(target, smallest)
         raise BudgetError(f"budget {want} of the {what} cannot be met: the smallest decision keeps {floor} "
-                          f"(every removable channel removed; frozen groups and pinned outputs carry the rest): "
+                          f"(everything removable removed; frozen sites and pinned outputs carry the rest): "
                           f"ask for at least {figure_at_least(smallest, floor)}")
-    lo, hi = 0, len(order)
+    lo, hi = 0, n
     while lo < hi:
         mid = (lo + hi) // 2
-        if fraction(keep_after(mid)) <= target:
+        if fit.fraction(fit.keep_after(mid)) <= target:
             hi = mid
         else:
             lo = mid + 1
-    keep = keep_after(lo)
-    kept = {g.name: np.flatnonzero(keep[g.offset:g.offset + g.size]).tolist()
-            for g in space.groups if g.prunable and not keep[g.offset:g.offset + g.size].all()}
-    return Decision(kept, sorted(removed_blocks))
+    keep = fit.keep_after(lo)
+    if fill:
+        keep = _fill(fit, keep, target)
+    payloads = {k: v for k, v in fixed.items() if k not in scores}
+    return Decision({**payloads, **Decision.from_keep(space, {k: keep[k] for k in scores})})
+
+
+def _fill(fit: _Fit, keep: dict[str, np.ndarray], target: float, max_tries: int = 4000) -> dict[str, np.ndarray]:
+    """Turn removed candidates back on, best score per unit of marginal cost first, while the
+    settled result stays within ``target`` (each tried against the exact cost)."""
+    cost = fit.fraction(keep)
+    grad = fit.marginal(keep)
+    removed = [(k, int(s)) for k, s in zip(fit.kinds, fit.slots) if not keep[k][s]]
+    ratio = [fit.scores[k][s] / max(grad[k][s], 1e-12) for k, s in removed]
+    tries = 0
+    for i in np.argsort(-np.asarray(ratio), kind="stable"):
+        kind, slot = removed[i]
+        if keep[kind][slot] or fit.scores[kind][slot] <= 0:
+            continue
+        trial = {k: v.copy() for k, v in keep.items()}
+        trial[kind][slot] = True
+        trial = fit.settled(trial)
+        bound = cost + sum(float(grad[k][trial[k] & ~keep[k]].sum()) for k in trial)
+        if bound > target:
+            continue  # the true cost is at least the bound
+        tries += 1
+        new = fit.fraction(trial)
+        if new <= target:
+            keep, cost = trial, new
+            grad = fit.marginal(keep)
+        if tries >= max_tries:
+            break
+    return keep
+
+
+def decision_for_budget(space: Space, target: float, *, blocks: bool = True, seed: int = 0,
+                        what: str = "flops") -> Decision:
+    """A random decision whose cost is at most ``target`` of the full cost: random scores over
+    every kind but depth, with a quarter of the residual blocks removed (half, then three quarters,
+    when the rest alone cannot reach the budget).  Raises :class:`BudgetError` if nothing can."""
+    rng = np.random.default_rng(seed)
+    scores = {k: rng.random(space[k].size) for k in space if k != "depth"}
+    names = space["depth"].items() if blocks and "depth" in space else []
+    order = rng.permutation(len(names))
+    error: BudgetError | None = None
+    for fraction in ((0.25, 0.5, 0.75) if names else (0.0,)):
+        removed = sorted(names[i] for i in order[:int(round(len(names) * fraction))])
+        try:
+            return decide(space, scores, target, what=what, fixed=Decision({"depth": removed}), fill=False)
+        except BudgetError as exc:
+            error = exc
+    raise error  # type: ignore[misc]

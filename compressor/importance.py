@@ -1,10 +1,9 @@
-"""Importance scores over a :class:`Space`, and the one-shot decision they give under a budget
-(the ``prune`` baseline's selection step).
+"""Importance scores over a :class:`Space` (the ``prune`` baseline's ranking).
 
-A unit's score sums, over every parameter slice it owns (output rows of its producers, input
-columns of its consumers, norm and free parameters), a per-element quantity: |w|^2 for magnitude,
-|w * dL/dw| for Taylor (gradients must already be in ``.grad``).  A residual block's score is how
-much the loss rises when the block is skipped (:func:`block_drop_loss`).
+Each kind turns a per-element quantity into scores of its slots (a channel unit sums it over every
+parameter slice it owns, a kernel ring over its positions): |w|^2 for magnitude, |w * dL/dw| for
+Taylor (gradients must already be in ``.grad``).  A residual block's score is how much the loss
+rises when the block is skipped (:func:`block_drop_loss`).
 """
 from __future__ import annotations
 
@@ -15,11 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .budget import fit_to_budget
-from .gates.outputs import first_output
-from .decision import Decision
 from .gates import attach_gates
+from .gates.outputs import first_output
 from .space import Space
+from .space.kinds import get_kind
 
 _IMPORTANCE: dict[str, type["Importance"]] = {}
 
@@ -42,25 +40,15 @@ def get_importance(name: str | "Importance") -> "Importance":
 
 
 class Importance:
-    """Scores every flat unit of a space: ``__call__(model, space) -> float64 array``."""
+    """Scores every slot of the kinds weights rank: ``__call__(model, space) -> {kind: scores}``,
+    each kind's scores normalised so that 1 is the average (comparable across sites and kinds)."""
 
     def element_score(self, p: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, model: nn.Module, space: Space) -> np.ndarray:
-        scores = np.zeros(space.num_units + 1)
-        tensors = dict(model.named_parameters())
-        for name, ps in space.param_slices.items():
-            p = tensors.get(name)
-            if p is None:
-                continue
-            s = self.element_score(p).detach().double().cpu().numpy()
-            if ps.dense is not None:
-                np.add.at(scores, np.where(ps.dense >= 0, ps.dense, space.num_units).ravel(), s.ravel())
-            for d, units in ps.dims.items():
-                per_pos = s.sum(axis=tuple(i for i in range(s.ndim) if i != d)) if s.ndim > 1 else s
-                np.add.at(scores, np.where(units >= 0, units, space.num_units), per_pos)
-        return scores[:-1]
+    def __call__(self, model: nn.Module, space: Space) -> dict[str, np.ndarray]:
+        return {kind: get_kind(kind).scores(model, choices, self.element_score)
+                for kind, choices in space.items() if get_kind(kind).weight_scored}
 
 
 @register_importance("magnitude")
@@ -80,13 +68,6 @@ class TaylorImportance(Importance):
         return (p.detach().float() * grad.float()).abs()
 
 
-def decision_from_scores(space: Space, scores: np.ndarray, target: float, *, what: str = "flops",
-                         round_to: int | None = None) -> Decision:
-    """Remove the lowest-scoring units (scores normalised by their group's mean) until the cost is
-    at most ``target`` of the original; see :func:`compressor.budget.fit_to_budget`."""
-    return fit_to_budget(space, scores, target, what=what, round_to=round_to, normalize=True)
-
-
 @torch.no_grad()
 def block_drop_loss(model: nn.Module, space: Space, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
     """Per residual block of ``space``: mean cross-entropy on ``batches`` with that block skipped,
@@ -98,11 +79,12 @@ def block_drop_loss(model: nn.Module, space: Space, batches: Iterable[tuple[torc
         def loss() -> float:
             return sum(float(F.cross_entropy(first_output(gates.model(x)).float(), y)) for x, y in batches) / len(batches)
 
-        keep = torch.ones(len(space.blocks))
+        n = space["depth"].size
+        keep = torch.ones(n)
         base = loss()
-        scores = np.zeros(len(space.blocks))
-        for i in range(len(space.blocks)):
-            gates.set(blocks=keep.index_fill(0, torch.tensor([i]), 0.0))
+        scores = np.zeros(n)
+        for i in range(n):
+            gates.set({"depth": keep.index_fill(0, torch.tensor([i]), 0.0)})
             scores[i] = loss() - base
         return scores
     finally:

@@ -15,10 +15,10 @@ import copy
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 RECIPE_VERSION = 1
 ONNX_OPSETS = (13, 20)  # lowest we support, highest torch.onnx's TorchScript exporter writes
@@ -94,71 +94,36 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.")
 
 
-class ScsConfig(_Strict):
-    """Structured continuous sparsification (Yuan, Savarese & Maire, ICLR 2021; DESIGN 5.1)."""
+class MethodConfig(_Strict):
+    """Base of every method's settings: ``name`` selects the method.  A method declares its
+    subclass (``Method.config_class``); the method registry makes ``method: {name: ...}`` in a
+    recipe validate against it (:func:`register_method_config`)."""
 
-    name: Literal["scs"] = "scs"
-    mode: Literal["prune", "grow"] = Field("prune", description="Start with every gate on, or one per layer/stage.")
-    channels: bool = Field(True, description="Gate channel groups.")
-    layers: bool = Field(True, description="Gate residual blocks (depth).")
-    lambda1_base: float | None = Field(None, description="Channel penalty base; None = 1.0 with layers, else 0.5.")
-    lambda2_base: float = Field(0.1, description="Layer penalty base.")
-    beta0: float = Field(1.0, gt=0, description="Initial temperature.")
-    beta_final: float = Field(100.0, gt=1, description="Temperature after T on-epochs: gamma = (final/beta0)^(1/T).")
-    temperature: Literal["per_gate", "global"] = Field("per_gate", description="Per-gate counters or t = epoch.")
-    lambda_interval: int | None = Field(None, ge=1, description="Also re-measure du every N steps on the expected "
-                                        "cost of the next draw; None = once per epoch (the paper).")
-    init_logit: float | None = Field(None, gt=0, description="|s| at the start (prune: +s for all; grow: +s for "
-                                     "seeds; importance: the size farthest from the cut). None = 3.0 (the paper's), "
-                                     "100.0 with init: importance (only the units next to the cut start undecided).")
-    init: Literal["constant", "importance"] = Field(
-        "constant", description="Channel logits at the start. constant: +init_logit for every unit (the paper). "
-        "importance (prune mode): the magnitude-pruning decision at the budget sets the sign, the unit's rank "
-        "inside the kept or the dropped units the size, from 0 at the cut to init_logit.")
-    logit_lr: float = Field(0.1, gt=0, description="SGD learning rate of the gate logits.")
-    logit_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of the gate logits.")
-    logit_weight_decay: float = Field(1e-6, ge=0, description="Weight decay of the gate logits.")
-    sparse_epochs: bool = Field(False, description="Train only the units the epoch's draw switched on (the "
-                                "sliced active network, weights written back after the epoch): a sparse "
-                                "epoch costs less wall-clock. Off: the whole network runs with zeros in it.")
-    grow_epochs: int | None = Field(None, ge=1, description="Grow mode (ours): the cost the penalty aims the "
-                                    "next draw at rises linearly to the budget over this many search epochs "
-                                    "(at most the search's), so the first epochs train a small network. "
-                                    "None = the budget from the first epoch (the paper).")
-
-    @model_validator(mode="after")
-    def _init_needs_weights(self) -> ScsConfig:
-        if self.init == "importance" and self.mode == "grow":
-            raise ValueError("init: importance ranks a trained original's units; grow mode starts from fresh "
-                             "weights: set method.init=constant (the scs-grow recipe does)")
-        if self.grow_epochs is not None and self.mode != "grow":
-            raise ValueError("grow_epochs paces the growth of grow mode; prune mode starts at full size: "
-                             "set method.mode=grow or drop method.grow_epochs")
-        return self
-
-    @property
-    def lambda1(self) -> float:
-        if self.lambda1_base is not None:
-            return self.lambda1_base
-        return 1.0 if self.layers else 0.5
-
-    @property
-    def start_logit(self) -> float:
-        """``init_logit`` or its default for ``init`` (docs/accuracy.md: the band near the cut)."""
-        if self.init_logit is not None:
-            return self.init_logit
-        return 100.0 if self.init == "importance" else 3.0
+    name: str
 
 
-class PruneConfig(_Strict):
-    """One-shot importance pruning to the budget, then fine-tuning (the baseline)."""
+_METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
 
-    name: Literal["prune"] = "prune"
-    importance: Literal["magnitude", "taylor"] = Field("magnitude", description="Per-channel score.")
-    taylor_batches: int = Field(8, ge=1, description="Batches whose gradients the Taylor score sums.")
-    blocks: int = Field(0, ge=0, description="Also remove this many residual blocks: those whose skipping "
-                        "raises the training loss least (channels then fill the budget around them).")
-    block_batches: int = Field(4, ge=1, description="Training batches the block scores are measured on.")
+
+def register_method_config(cls: type[MethodConfig]) -> type[MethodConfig]:
+    """Make ``cls`` the settings of the method named by its ``name`` default."""
+    name = cls.model_fields["name"].default
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} needs a default name")
+    _METHOD_CONFIGS[name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    """Every registered method, in registration order."""
+    return list(_METHOD_CONFIGS)
+
+
+def method_config(name: str, **settings: Any) -> MethodConfig:
+    """The validated settings of method ``name``."""
+    if name not in _METHOD_CONFIGS:
+        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(_METHOD_CONFIGS)}")
+    return _METHOD_CONFIGS[name].model_validate({"name": name, **settings})
 
 
 class SelfDistillConfig(_Strict):
@@ -170,96 +135,6 @@ class SelfDistillConfig(_Strict):
     weight: float = Field(1.0, ge=0, description="lambda, the term's weight.")
     k: int = Field(2, ge=1, description="Past epochs whose probabilities are averaged (K).")
     warmup: float = Field(0.5, ge=0, lt=1, description="Fraction of the search epochs without the term (xi / E).")
-
-
-class TasConfig(_Strict):
-    """Transformable architecture search (Dong & Yang, NeurIPS 2019; DESIGN 5.2): width and depth
-    distributions searched on a held-out half of the training set, then the argmax shape is
-    sliced and trained (with distillation from the original: ``distill.teacher: auto``)."""
-
-    name: Literal["tas"] = "tas"
-    ratios: list[float] = Field([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1,
-                                description="Candidate widths as fractions of each channel group, in (0, 1].")
-    candidates: int = Field(2, ge=1, description="|I|: distinct widths sampled and mixed per group and step "
-                            "(1 gives the width logits no gradient: the paper's failed ablation).")
-    mixture: Literal["cwi", "pad"] = Field("pad", description="Align sampled widths by zero padding, or by "
-                                           "channel-wise interpolation where the consumer allows it (the paper; "
-                                           "its recipes set it). Padding won on trained weights (docs/accuracy.md).")
-    depth: bool = Field(True, description="Search the number of leading blocks kept per stage.")
-    tau_max: float = Field(5.0, gt=0, description="Gumbel temperature at the start (cosine decay).")
-    tau_min: float = Field(0.1, gt=0, description="Gumbel temperature at the end.")
-    cost_weight: float = Field(2.0, ge=0, description="lambda_cost of the banded cost loss.")
-    tolerance: float = Field(0.05, ge=0, lt=1, description="Band below the budget, as a fraction of the full cost.")
-    arch_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the architecture logits.")
-    arch_betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of the architecture logits.")
-    arch_weight_decay: float = Field(1e-3, ge=0, description="Adam weight decay of the architecture logits.")
-    order: Literal[1, 2] = Field(1, description="Bilevel order: 1 (first order) or 2 (DARTS unrolled step).")
-    split: float = Field(0.5, gt=0, lt=1, description="Share of the training set (per class) used for "
-                         "architecture steps; the rest trains the weights.")
-    final_init: Literal["searched", "original", "scratch"] = Field(
-        "searched", description="Weights the found network starts from: the searched ones sliced, the trained "
-        "original's sliced, or a fresh initialisation (the paper).")
-    init: Literal["normal", "budget"] = Field(
-        "normal", description="Architecture logits at the start: N(0, 0.01) (the paper), or 'budget': the same "
-        "plus a head start of 2 for the width the one-shot magnitude fit to the budget keeps in each group and "
-        "for full depth, so a short search refines that shape instead of starting from noise.")
-    self_distill: SelfDistillConfig = Field(default_factory=SelfDistillConfig)
-
-    @field_validator("ratios")
-    @classmethod
-    def _ratios(cls, v: list[float]) -> list[float]:
-        bad = [r for r in v if not 0 < r <= 1]
-        if bad:
-            raise ValueError(f"candidate ratios must be in (0, 1], got {bad}")
-        return sorted(set(v))
-
-    @model_validator(mode="after")
-    def _taus(self) -> "TasConfig":
-        if self.tau_min > self.tau_max:
-            raise ValueError(f"tau_min {self.tau_min} is above tau_max {self.tau_max}")
-        return self
-
-
-class GrowConfig(_Strict):
-    """MixtureGrowth (Pham et al., WACV 2024; DESIGN 5.3): two seed models of half the target's width,
-    whose conv and linear weights are mixtures of templates, train one after the other in the search
-    stage; then they are grown x2 into the target, which trains in the fine-tune stage.  No
-    original is trained: the base stage is skipped."""
-
-    name: Literal["grow"] = "grow"
-    target: Literal["budget", "model"] = Field(
-        "budget", description="What the seeds grow into: the model cut to the budget (the same share of every "
-        "channel group), or the model itself (the budget is then ignored).")
-    templates: int = Field(2, ge=2, description="Templates per set; each seed layer mixes its own set.")
-    fusion: bool = Field(True, description="Train a second seed and grow from both; without, the new blocks "
-                         "come from the first seed's templates alone.")
-    second_seed: float = Field(0.5, gt=0, lt=1, description="Share of the search epochs that trains the second "
-                               "seed (with fusion); the first seed trains the rest.")
-    new_coefficients: Literal["orthogonal", "random", "copy", "zero"] = Field(
-        "zero", description="Coefficients of the new (off-diagonal) blocks over the trained templates. zero keeps "
-        "the grown model the sum of its seeds and won the ablation on resnet18 and mobilenet_v2 (docs/grow.md); "
-        "orthogonal is the paper's.")
-    noise: float = Field(1.0, ge=0, description="Scale of the random and copy coefficient inits.")
-    grown_lr: Literal["search", "finetune"] = Field(
-        "search", description="Learning rate of the grown model in the fine-tune stage: the search stage's, as "
-        "its seeds trained (won on resnet18 and mobilenet_v2 at the default recipe's epochs, docs/grow.md), or "
-        "the fine-tune stage's (the reference code's low rate after converged seeds).")
-    scratch_baseline: bool = Field(True, description="Also train the target from scratch for the same total "
-                                   "epochs (search + fine-tune, search stage settings) and report both side by side "
-                                   "(what growth saved; about doubles the run: false skips it).")
-    equal_time_baselines: bool = Field(False, description="With scratch_baseline: also train the target from scratch "
-                                       "and the first seed alone (no growth) for as many epochs as fit in the grow "
-                                       "path's wall-clock, each at its per-epoch seconds measured in this run.")
-
-    @model_validator(mode="after")
-    def _equal_time_needs_scratch(self):
-        if self.equal_time_baselines and not self.scratch_baseline:
-            raise ValueError("equal_time_baselines needs scratch_baseline: the target's epoch time is measured there")
-        return self
-
-
-MethodConfig = Annotated[Union[ScsConfig, PruneConfig, TasConfig, GrowConfig], Field(discriminator="name")]
-METHOD_NAMES = ("scs", "prune", "tas", "grow")
 
 
 class DistillConfig(_Strict):
@@ -310,7 +185,14 @@ class Recipe(_Strict):
     pretrained_file: str | None = Field(None, description="Local file of those pretrained weights (implies "
                                         "pretrained).")
     budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig(flops=0.5))
-    method: MethodConfig = Field(default_factory=ScsConfig)
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config("scs"))
+    choices: list[str] = Field(["channels", "depth"], min_length=1, description="Kinds of choice the search "
+                               "space holds: channels, depth, kernel (each kind's sites; compress inspect lists them).")
+    rules: dict[str, Optional[dict[str, Any]]] = Field(
+        default_factory=dict, description="Per-module rules by fnmatch pattern on module names, later patterns "
+        "winning: null leaves a module untouched by every kind; a mapping sets a kind's constraints "
+        "(channels: min_keep, a fraction; kernel: a list of kept sizes), e.g. {'head*': null, "
+        "'layer4.*': {min_keep: 0.5}}.  A pattern that matches nothing is an error.")
     data: DataConfig = Field(default_factory=DataConfig)
     base: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3))
     search: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=6))
@@ -318,6 +200,23 @@ class Recipe(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            name = v.get("name", "scs")
+            if name not in _METHOD_CONFIGS:
+                raise ValueError(f"unknown method {name!r}; expected one of {', '.join(_METHOD_CONFIGS)}")
+            return _METHOD_CONFIGS[name].model_validate({**v, "name": name})
+        return v
+
+    @field_validator("choices")
+    @classmethod
+    def _choices(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each kind once, got {v}")
+        return v
 
     @field_validator("version")
     @classmethod
@@ -341,7 +240,7 @@ class Recipe(_Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def method_override(recipe: Recipe, name: str) -> dict[str, Any]:
+def method_override(recipe: "Recipe", name: str) -> dict[str, Any]:
     """Overrides that switch ``recipe`` to method ``name``: none when it already uses it (its
     settings stay), else that method with its own defaults."""
     return {} if name == recipe.method.name else {"method": {"name": name}}
@@ -415,13 +314,10 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in METHOD_NAMES
-                                                           and err["loc"][0] == "method"))
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif err["type"] == "union_tag_invalid":
-            msg = f"unknown method; expected one of {', '.join(METHOD_NAMES)}"
         parts.append(f"{loc or '<recipe>'}: {msg}" + (f", got {err['input']!r}" if err["type"].endswith(
             ("_type", "_parsing", "literal_error", "greater_than", "less_than", "greater_than_equal",
              "less_than_equal")) else ""))

@@ -25,6 +25,7 @@ from .export.flops import fvcore_flops
 from .export.latency import ort_latency
 from .recipe import Recipe
 from .space import Space
+from .space.kinds import get_kind
 from .train import Evaluation
 
 
@@ -47,37 +48,16 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision, original: nn.Module,
+def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision, method, original: nn.Module,
                  compressed: nn.Module, example: torch.Tensor, accuracy: tuple[Evaluation, Evaluation],
                  onnx: OnnxExport | None, out: Path, history: dict[str, list], method_summary: dict,
-                 clock: Stopwatch, data: dict[str, Any], dist_world: int = 1) -> dict[str, Any]:
+                 clock: Stopwatch, data: dict[str, Any], rules: dict[str, list[str]] | None = None,
+                 dist_world: int = 1) -> dict[str, Any]:
     """Measure the original and the compressed model and gather the run's facts in one dict
     (``data``: where the images and the original's weights came from, and the transforms)."""
     full_cost, kept_cost = float(space.cost.flops()), decision.flops(space)
     fv_orig, fv_comp = fvcore_flops(original, example), fvcore_flops(compressed, example)
     p_orig, p_comp = _params(original), _params(compressed)
-    latency = {}
-    if recipe.export.onnx and recipe.export.latency_repeats:
-        with clock("latency"), tempfile.TemporaryDirectory() as tmp:
-            export_onnx(original, Path(tmp) / "original.onnx", example, opset=recipe.export.opset,
-                        dynamic_batch=True, check=False)
-            ms = ort_latency({"original": Path(tmp) / "original.onnx", "compressed": out / "model.onnx"},
-                             tuple(example.shape[1:]), repeats=recipe.export.latency_repeats)
-        latency = {str(b): {**v, "ratio": v["compressed"] / v["original"]} for b, v in ms.items()}
-    widths = []
-    for g in space.groups:
-        if not g.prunable:
-            continue
-        per = int(g.channels[0]) if len(g.channels) else 1
-        kept = len(decision.groups.get(g.name, range(g.size)))
-        widths.append({"group": g.name, "before": g.size * per, "after": kept * per})
-    stages: dict[str, dict[str, Any]] = {}
-    removed = set(decision.removed_blocks)
-    for b in space.blocks:
-        s = stages.setdefault(b.stage or "<root>", {"blocks": 0, "removed": []})
-        s["blocks"] += 1
-        if b.name in removed:
-            s["removed"].append(b.name)
     return {
         "model": name,
         "method": recipe.method.name,
@@ -91,11 +71,13 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
                        "flops_fraction_fvcore": fv_comp / fv_orig, "params_fraction": p_comp / p_orig},
         "data": data,
         "onnx": {"file": "model.onnx", **onnx._asdict()} if onnx is not None else None,
-        "latency_ms": latency,
-        "widths": widths,
-        "stages": stages,
+        "latency_ms": _latency(recipe, original, example, out, clock),
+        "choices": {kind: get_kind(kind).summary(space[kind], decision.get(kind)) for kind in space},
+        "rules": rules or {},
         "decision": decision.to_dict(),
         "method_summary": method_summary,
+        "method_section": method.report(method_summary),
+        "metrics": list(method.metrics),
         "history": history,
         "seconds": clock.seconds,
         "recipe": recipe.to_dict(),
@@ -105,6 +87,18 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
         "notes": "FLOPs are multiply-accumulates at the input shape; fvcore counted with an added handle "
                  "for scaled_dot_product_attention. Latency: onnxruntime CPU, one session at a time, models taking turns, medians of repeats.",
     }
+
+
+def _latency(recipe: Recipe, original: nn.Module, example: torch.Tensor, out: Path, clock: Stopwatch) -> dict:
+    """onnxruntime latency of the original and the compressed model, side by side."""
+    if not (recipe.export.onnx and recipe.export.latency_repeats):
+        return {}
+    with clock("latency"), tempfile.TemporaryDirectory() as tmp:
+        export_onnx(original, Path(tmp) / "original.onnx", example, opset=recipe.export.opset,
+                    dynamic_batch=True, check=False)
+        ms = ort_latency({"original": Path(tmp) / "original.onnx", "compressed": out / "model.onnx"},
+                         tuple(example.shape[1:]), repeats=recipe.export.latency_repeats)
+    return {str(b): {**v, "ratio": v["compressed"] / v["original"]} for b, v in ms.items()}
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
@@ -140,14 +134,13 @@ def _markdown(r: dict[str, Any], plots: list[str]) -> str:
     lines += ["", "## Data", "", f"- images: {d['path']} ({d['train_images']} training, {d['val_images']} held out, "
               f"{d['test_images']} test, {d['classes']} classes)", f"- original weights: {d['original_weights']}",
               f"- training transform: `{d['transforms']['train']}`", f"- test transform: `{d['transforms']['test']}`"]
-    lines += ["", "## Residual blocks per stage", "", "| stage | blocks | removed |", "|---|---:|---|"]
-    for name, s in r["stages"].items():
-        lines.append(f"| {name} | {s['blocks']} | {', '.join(s['removed']) or '-'} |")
-    lines += ["", "## Channel groups (widths before → after)", "", "| group | before | after |", "|---|---:|---:|"]
-    lines += [f"| {w['group']} | {w['before']} | {w['after']} |" for w in r["widths"]]
+    lines += ["", "## Choices", ""] + _choices_md(r["choices"])
+    if r["rules"]:
+        lines += ["", "## Rules", ""] + [f"- `{p}`: {'; '.join(v) or 'nothing left to change'}"
+                                          for p, v in r["rules"].items()]
     lines += ["", "## Time", ""] + [f"- {k}: {v:.1f} s" for k, v in r["seconds"].items()]
-    if r["method_summary"]:
-        lines += ["", "## Method", ""] + [f"- {k}: {v}" for k, v in r["method_summary"].items()]
+    if r["method_summary"] or r["method_section"]:
+        lines += ["", f"## Method: {r['method']}", ""] + (r["method_section"] or table(r["method_summary"]))
     lines += [""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -161,11 +154,12 @@ def _plots(r: dict[str, Any], out: Path) -> list[str]:
     except ImportError:
         return []
     made = []
-    if r["widths"]:
-        fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(r["widths"])), 3.5))
-        xs = range(len(r["widths"]))
-        ax.bar(xs, [w["before"] for w in r["widths"]], color="#cccccc", label="original")
-        ax.bar(xs, [w["after"] for w in r["widths"]], color="#1f77b4", label="compressed")
+    widths = list(r["choices"].get("channels", {}).get("widths", {}).values())
+    if widths:
+        fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(widths)), 3.5))
+        xs = range(len(widths))
+        ax.bar(xs, [w["of"] for w in widths], color="#cccccc", label="original")
+        ax.bar(xs, [w["kept"] for w in widths], color="#1f77b4", label="compressed")
         ax.set_xlabel("channel group (trace order)")
         ax.set_ylabel("channels")
         ax.legend()
@@ -180,9 +174,7 @@ def _plots(r: dict[str, Any], out: Path) -> list[str]:
         ax.plot(xs, [h["train_acc"] for _, h in rows], label="train accuracy")
         if any(h.get("val_acc") not in (None, "") for _, h in rows):
             ax.plot(xs, [h.get("val_acc") for _, h in rows], label="val accuracy")
-        curves = {"cost fraction (search)": [h.get("sign_cost", h.get("sampled_cost", h.get("argmax_cost")))
-                                             for _, h in rows],
-                  "expected cost (tas)": [h.get("expected_cost") for _, h in rows]}
+        curves = {f"{m} (search)": [h.get(m) for _, h in rows] for m in r["metrics"]}
         for label, cost in curves.items():
             if any(c not in (None, "") for c in cost):
                 ax.plot(xs, [c if c not in (None, "") else float("nan") for c in cost], label=label)
@@ -194,3 +186,39 @@ def _plots(r: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         made.append("training.png")
     return made
+
+
+def table(d: dict[str, Any], depth: int = 0) -> list[str]:
+    """A mapping as Markdown: scalars and short lists in one key | value table, every nested mapping
+    its own sub-table under a heading (never a raw Python dict)."""
+    flat = {k: v for k, v in d.items() if not isinstance(v, dict)}
+    lines = []
+    if flat:
+        lines += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in flat.items()]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines += ["", f"{'#' * min(3 + depth, 6)} {k}", ""] + (table(v, depth + 1) if v else ["(none)"])
+    return lines
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_cell(x) for x in v) if v else "-"
+    return str(v)
+
+
+def _choices_md(choices: dict[str, dict]) -> list[str]:
+    lines = []
+    for kind, summary in choices.items():
+        lines += [f"### {kind}", ""]
+        for key, value in summary.items():
+            if isinstance(value, dict) and value and all(isinstance(x, dict) for x in value.values()):
+                cols = list(next(iter(value.values())))
+                lines += [f"| {key} | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+                lines += [f"| {name} | " + " | ".join(_cell(x.get(c)) for c in cols) + " |" for name, x in value.items()]
+            else:
+                lines.append(f"- {key}: {_cell(value) if not isinstance(value, dict) else value or '-'}")
+            lines.append("")
+    return lines

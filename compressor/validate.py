@@ -2,15 +2,15 @@
 
 Invariant 1: the gated model with every gate at 1 computes what the model computes.  A model's
 own code can notice the gates (it inspects ``module._parameters``, re-assigns a weight in a hook,
-or its forward cannot be re-traced by fx the way it runs); the weights and block owners whose
-gates change the output are found by bisection, their groups frozen and their blocks dropped.
+or its forward cannot be re-traced by fx the way it runs); the gate items whose gates change the
+output are found by bisection, kind by kind, and their sites frozen.
 
 Invariant 2: slicing reproduces the hard-gated model.  The tracer's rules are exact for the ops
 they know, but a model's code can hold sizes the tracer cannot see (a head count read from an
-attribute that slicing did not refresh, a size computed from another tensor).  A random decision
-is sliced and compared with the hard-gated model; on a mismatch the groups and blocks responsible
-are found by bisection and frozen with the reason.  No decision over the returned space can then
-break the model.
+attribute that slicing did not refresh, a size computed from another tensor).  For every kind, a
+random decision over its sites is sliced and compared with the hard-gated model; on a mismatch the
+sites responsible are found by bisection and frozen with the reason.  No decision over the
+returned space can then break the model.
 """
 from __future__ import annotations
 
@@ -21,42 +21,19 @@ import torch
 from torch import nn
 
 from .decision import Decision
-from .errors import one_line
-from .export.slice import slice_model
-from .gates.outputs import first_output, gated_output
-from .space import TraceError
+from .gates.outputs import first_output
+from .invariants import gates_at_one_problem, slice_problem
+from .space import Space, TraceError
+from .space.kinds import get_kind
 
-TOLERANCE = 1e-4
-
-
-def _decision(space, groups, blocks, seed: int, uneven: bool = False):
-    """Random units of every group in ``groups`` removed: half of each, or (``uneven``) a
-    different share of each (between a fifth and four fifths), so that code assuming two groups
-    keep equal widths is caught too."""
-    rng = np.random.default_rng(seed)
-    kept = {}
-    for i, g in enumerate(groups):
-        free = np.flatnonzero(~g.pinned)
-        share = 0.2 + 0.6 * ((i * 0.618034 + 0.25) % 1.0) if uneven else 0.5  # golden-ratio spacing
-        n = min(len(free), max(1, int(round(len(free) * share))))
-        kept[g.name] = sorted(set(rng.choice(free, size=n, replace=False).tolist())
-                              | set(np.flatnonzero(g.pinned).tolist()))
-    return Decision(kept, [b.name for b in blocks])
+def _even(i: int) -> float:  # noqa: ARG001
+    return 0.5
 
 
-def _mismatch(model: nn.Module, space, x: tuple, groups, blocks, seed: int, uneven: bool = False) -> str | None:
-    decision = _decision(space, groups, blocks, seed, uneven)
-    try:
-        sliced = slice_model(model, space, decision).eval()
-        with torch.no_grad():
-            ys = first_output(sliced(*x))
-        yg = gated_output(model, space, decision, x)
-    except Exception as exc:  # noqa: BLE001 - any failure marks the subset as unsafe
-        return one_line(exc)
-    if ys.shape != yg.shape:
-        return f"output shape {tuple(ys.shape)} != {tuple(yg.shape)}"
-    diff = float((ys - yg).abs().max()) / max(float(yg.abs().max()), 1e-12)
-    return None if diff <= TOLERANCE else f"sliced output differs by {diff:.1e}"
+def _uneven(i: int) -> float:
+    """A different share per site, between a fifth and four fifths (golden-ratio spacing), so that
+    code assuming two sites keep equal widths is caught too."""
+    return 0.2 + 0.6 * ((i * 0.618034 + 0.25) % 1.0)
 
 
 def _bisect(items: list, bad: Callable[[list], str | None]) -> list[tuple[object, str]]:
@@ -73,25 +50,9 @@ def _bisect(items: list, bad: Callable[[list], str | None]) -> list[tuple[object
     return found or [(it, err) for it in items]  # only bad together: give up on all of them
 
 
-def _reshape_buckets(space, groups) -> dict[str, list]:
-    """Groups whose channels pass through a reshape (heads...), keyed by the class of the module
-    running it: the usual suspects, and usually alike within a class."""
-    classes: dict[int, set[str]] = {}
-    for site in space.reshapes:
-        units = np.unique(site.atoms[site.atoms >= 0])
-        for g in groups:
-            if ((units >= g.offset) & (units < g.offset + g.size)).any():
-                classes.setdefault(id(g), set()).add(site.module_type)
-    buckets: dict[str, list] = {}
-    for g in groups:
-        if id(g) in classes:
-            buckets.setdefault(",".join(sorted(classes[id(g)])), []).append(g)
-    return buckets
-
-
 def _check_bucket(bucket: list, check) -> list[tuple[object, str]]:
     """One check for the whole bucket; if it fails, one for its first member and one for the
-    rest: when both fail the whole bucket is frozen (safe, and linear in buckets, not groups)."""
+    rest: when both fail the whole bucket is frozen (safe, and linear in buckets, not sites)."""
     err = check(bucket)
     if err is None:
         return []
@@ -102,14 +63,6 @@ def _check_bucket(bucket: list, check) -> list[tuple[object, str]]:
     if first is not None and rest is not None:
         return [(g, first) for g in bucket]
     return ([(bucket[0], first)] if first else []) + (_bisect(bucket[1:], check) if rest else [])
-
-
-def _drop_blocks(space, names: dict[str, str]) -> None:
-    for name, why in names.items():
-        space.dropped_blocks[name] = why
-    if names:
-        space.blocks = [b for b in space.blocks if b.name not in names]
-        space._cost = None
 
 
 def describe_output(out, depth: int = 0) -> str:
@@ -124,73 +77,73 @@ def describe_output(out, depth: int = 0) -> str:
     return type(out).__name__
 
 
-def check_gates_at_one(model: nn.Module, space, example_inputs: tuple) -> None:
-    """Invariant 1: freeze the groups gated on every weight, and drop the blocks of every owner,
-    whose gates at 1 change the model's output (in place)."""
+def _reference_output(model: nn.Module, inputs: tuple) -> torch.Tensor:
     with torch.no_grad():
-        out = model(*example_inputs)
+        out = model(*inputs)
     y0 = first_output(out)
     if not isinstance(y0, torch.Tensor) or not y0.is_floating_point():
         raise TraceError(f"{type(model).__name__} returns {describe_output(out)}: compressor compares "
                          "outputs before and after slicing, so it needs a floating-point tensor, or a tuple, "
                          "list or dict whose first element is one (detection models return per-image dicts "
                          "whose sizes depend on the values)")
-    tol = TOLERANCE * max(1.0, float(y0.abs().max()))
-
-    def changed(params: list, owners: list) -> str | None:
-        try:
-            y1 = gated_output(model, space, None, example_inputs, params=set(params), owners=set(owners))
-        except Exception as exc:  # noqa: BLE001 - a gate that breaks the forward is a change too
-            return one_line(exc)
-        diff = float((y1 - y0).abs().max()) if y1.shape == y0.shape else float("inf")
-        return None if diff <= tol else f"output changes by {diff:.1e} with every gate at 1"
-
-    params = sorted({name for name, _, _ in space.gate_sites} | {name for name, _, _, _ in space.norm_sites})
-    owners = sorted({b.owner for b in space.blocks})
-    if changed(params, owners) is None:
-        return
-    for owner, err in _bisect(owners, lambda s: changed([], s)):
-        _drop_blocks(space, {b.name: f"its gated owner {owner or '<root>'} changes the model ({err})"
-                             for b in space.blocks if b.owner == owner})
-    group_of = space.unit_group()
-    for param, err in _bisect(params, lambda s: changed(s, [])):
-        units = np.concatenate([u[u >= 0] for n, _, u in space.gate_sites if n == param]
-                               + [u[u >= 0] for n, _, u, _ in space.norm_sites if n == param])
-        for gi in np.unique(group_of[units]).tolist():
-            g = space.groups[gi]
-            if g.prunable:
-                g.frozen = f"gating {param} changes the model ({err})"
+    return y0
 
 
-def validate_space(model: nn.Module, space, example_inputs: tuple, *, seed: int = 0) -> None:
-    """Check invariants 1 and 2 on ``example_inputs``; freeze every group, and drop every block,
-    that breaks them (in place)."""
+def _freeze(space: Space, kind: str, reasons: dict[str, str]) -> Space:
+    return space.replace(**{kind: get_kind(kind).freeze(space[kind], reasons)}) if reasons else space
+
+
+def check_gates_at_one(model: nn.Module, space: Space, inputs: tuple) -> Space:
+    """Invariant 1: the space with every site frozen whose gates at 1 change the model's output."""
+    y0 = _reference_output(model, inputs)
+    items = {kind: get_kind(kind).gate_items(space[kind]) for kind in space}
+    if gates_at_one_problem(model, space, inputs, y0, items) is None:
+        return space
+    for kind in space:
+        kd = get_kind(kind)
+        bad = _bisect(items[kind], lambda s, k=kind: gates_at_one_problem(model, space, inputs, y0, {k: s}))
+        reasons = {site: f"gating {item or '<root>'} changes the model ({err})"
+                   for item, err in bad for site in kd.sites_of_gate(space[kind], item)}
+        space = _freeze(space, kind, {s: r for s, r in reasons.items() if s not in kd.frozen(space[kind])})
+    return space
+
+
+def check_slicing(model: nn.Module, space: Space, inputs: tuple, seed: int = 0) -> Space:
+    """Invariant 2: the space with every site frozen whose slicing does not reproduce the gated
+    model.  Kinds are checked apart (a removed block would hide its groups' faults); per kind, a
+    decision over half of every site, then a different share per site (hidden equal-width
+    assumptions pass the first); suspects first, the rest by bisection."""
+    for kind in list(space):
+        kd = get_kind(kind)
+        items = kd.checkable(space[kind])
+        passes: list[Callable[[int], float]] = [_even]
+        if kd.sample(space[kind], items, np.random.default_rng(seed), _uneven) != \
+                kd.sample(space[kind], items, np.random.default_rng(seed), _even):
+            passes.append(_uneven)  # only where the share matters
+        for share in passes:
+            items = kd.checkable(space[kind])
+
+            def check(subset: list, share=share, kind=kind, space=space) -> str | None:
+                payload = get_kind(kind).sample(space[kind], subset, np.random.default_rng(seed), share)
+                return slice_problem(model, space, Decision({kind: payload}), inputs)
+
+            if check(items) is None:
+                continue
+            buckets = kd.suspects(space[kind], items)
+            bad = [found for bucket in buckets for found in _check_bucket(bucket, check)]
+            in_buckets = {s for b in buckets for s in b}
+            bad += _bisect([s for s in items if s not in in_buckets], check)
+            space = _freeze(space, kind, {s: f"slicing does not reproduce the gated model ({err})" for s, err in bad})
+    return space
+
+
+def validate_space(model: nn.Module, space: Space, example_inputs: tuple, *, seed: int = 0) -> Space:
+    """Check invariants 1 and 2 on ``example_inputs``; return the space with every site frozen
+    that breaks them (the model is left as it was)."""
     was_training = model.training
     model.eval()
     try:
-        check_gates_at_one(model, space, example_inputs)
-        blocks = list(space.blocks)
-        # Groups and blocks are checked apart: a removed block would hide its groups' faults.
-        # Groups whose channels pass through a reshape (heads) are the usual suspects: they are
-        # tried one by one, the rest by bisection.  Two decisions: half of every group, then a
-        # different share per group (hidden equal-width assumptions pass the first).
-        for uneven in (False, True):
-            groups = [g for g in space.groups if g.prunable and (~g.pinned).sum() >= 2]
-            check = lambda s, u=uneven: _mismatch(model, space, example_inputs, s, [], seed, u)  # noqa: E731
-            if check(groups) is None:
-                continue
-            buckets = _reshape_buckets(space, groups)
-            bad = []
-            for bucket in buckets.values():
-                bad += _check_bucket(bucket, check)
-            in_buckets = {id(g) for b in buckets.values() for g in b}
-            bad += _bisect([g for g in groups if id(g) not in in_buckets], check)
-            for g, err in bad:
-                g.frozen = f"slicing does not reproduce the gated model ({err})"
-        bad_blocks = _bisect(blocks, lambda s: _mismatch(model, space, example_inputs, [], s, seed))
-        # (Each group and each block is checked; combining them removes only more of the same
-        # parameters, so the two checks cover every decision.)
-        _drop_blocks(space, {b.name: f"removing it does not reproduce the gated model ({err})"
-                             for b, err in bad_blocks})
+        space = check_gates_at_one(model, space, example_inputs)
+        return check_slicing(model, space, example_inputs, seed)
     finally:
         model.train(was_training)

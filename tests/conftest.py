@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from compressor.checks import gated_output
+from compressor.gates.outputs import gated_output
 from compressor.decision import Decision, random_decision
-from compressor.export import slice_model
+from compressor.surgery import slice_model
 from compressor.frontend import trace
 
 

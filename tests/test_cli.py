@@ -44,15 +44,15 @@ def test_dependency_warnings_go_to_the_log_not_the_terminal(tmp_path, capsys, mo
     OUT/logs/warnings.log; the terminal shows none."""
     import warnings
 
-    import compressor.api
+    import compressor.prepare
 
-    real_trace = compressor.api.trace
+    real_trace = compressor.prepare.trace
 
     def trace(*args, **kwargs):
         warnings.warn("`old_api` is deprecated", FutureWarning, stacklevel=1)
         return real_trace(*args, **kwargs)
 
-    monkeypatch.setattr(compressor.api, "trace", trace)
+    monkeypatch.setattr(compressor.prepare, "trace", trace)
     out = tmp_path / "run"
     assert main(["tests.tiny:TinyNet", "--out", str(out), "--quiet", "--method", "prune", "--budget-flops", "0.8",
                  "--set", "data.input_size=16", "--set", "data.limit_train=64", "--set", "base.epochs=0",

@@ -167,12 +167,12 @@ def test_bad_environment_exits_2_without_writing(case, tmp_path, previous_run, c
 
 def test_disk_full_while_writing_is_one_line(tmp_path, capsys, monkeypatch):
     """ENOSPC in the middle of a run: one line, exit 2, and the checkpoints stay for --resume."""
-    import compressor.api
+    import compressor.pipeline
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "model.safetensors"))
 
-    monkeypatch.setattr(compressor.api, "save_compressed", full)
+    monkeypatch.setattr(compressor.pipeline, "save_compressed", full)
     code = main(["tests.tiny:TinyNet", "--out", str(tmp_path / "run"), "--quiet", "--method", "prune", "--budget-flops", "0.8",
                  "--set", "data.input_size=16", "--set", "data.limit_train=64", "--set", "base.epochs=0",
                  "--set", "search.epochs=1", "--set", "finetune.epochs=0"])

@@ -22,10 +22,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from compressor.cli import main
-from compressor.decision import decision_for_budget
-from compressor.export import save_compressed, slice_model
+from compressor.budget import decision_for_budget
+from compressor.export import save_compressed
+from compressor.surgery import slice_model
 from compressor.frontend import trace
-from compressor.recipe import GrowConfig, PruneConfig, Recipe, ScsConfig, TasConfig
+from compressor.methods import methods
+from compressor.recipe import Recipe
 from compressor.zoo import create_model
 
 FUZZ = settings(max_examples=30, deadline=timedelta(seconds=30), derandomize=True, database=None,
@@ -82,7 +84,7 @@ def saved(tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzz") / "run"
     save_compressed(slice_model(model, space, decision), d, source=MODEL, source_kwargs={"num_classes": 10},
                     input_shape=tuple(x.shape), decision=decision)
-    return d, [g.name for g in space.groups], [b.name for b in space.blocks]
+    return d, [g.name for g in space["channels"].groups], [b.name for b in space["depth"].blocks]
 
 
 @st.composite
@@ -168,8 +170,9 @@ def _recipe_keys() -> list[str]:
                 yield from walk(v, f"{prefix}{k}.")
             else:
                 yield prefix + k
-    method = {f"method.{k}" for cls in (ScsConfig, PruneConfig, TasConfig, GrowConfig) for k in cls.model_fields}
-    return sorted(set(walk(Recipe().to_dict())) | method | {"method.self_distill.k", "nonsense.key"})
+    method = {f"method.{k}" for cls in methods().values() for k in cls.config_class.model_fields}
+    return sorted(set(walk(Recipe().to_dict())) | method | {"method.self_distill.k", "nonsense.key", "rules",
+                                                           "choices"})
 
 
 KEYS = _recipe_keys()

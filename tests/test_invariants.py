@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor.checks import gated_output, randomise_zero_weights
-from compressor.decision import decision_for_budget
-from compressor.export import export_onnx, load_compressed, save_compressed, slice_model
+from compressor.checks import randomise_zero_weights
+from compressor.gates.outputs import gated_output
+from compressor.budget import decision_for_budget
+from compressor.export import export_onnx, load_compressed, save_compressed
+from compressor.surgery import slice_model
 from compressor.export.flops import fvcore_flops
 from compressor.frontend import trace
 from compressor.zoo import create_model

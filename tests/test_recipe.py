@@ -1,6 +1,7 @@
 import pytest
 
-from compressor.recipe import PruneConfig, Recipe, RecipeError, ScsConfig, TasConfig, builtin_recipes, load_recipe
+from compressor.methods import PruneConfig, ScsConfig, TasConfig
+from compressor.recipe import Recipe, RecipeError, builtin_recipes, load_recipe
 
 
 def test_defaults_and_builtins():
@@ -39,7 +40,7 @@ def test_round_trip_and_overrides(tmp_path):
     ({"budget": {"flops": 0.5, "params": 0.5}}, "set exactly one"),
     ({"search": {"epochz": 3}}, "search.epochz: unknown key"),
     ({"method": {"name": "scs", "lamda1_base": 1}}, "method.lamda1_base: unknown key"),
-    ({"method": {"name": "magic"}}, "method: unknown method; expected one of scs, prune, tas, grow"),
+    ({"method": {"name": "magic"}}, "method: unknown method 'magic'; expected one of scs, prune, tas, grow"),
     ({"data": {"batch_size": "big"}}, "data.batch_size: Input should be a valid integer"),
     ({"version": 2}, "version: this compressor reads recipe version 1"),
 ], ids=["zero", "one", "both", "unknown-key", "unknown-method-key", "unknown-method", "type", "version"])

@@ -42,9 +42,10 @@ def share_of_units(space, share: float, seed: int) -> np.ndarray:
     """A 0/1 keep vector over ``space``'s units: in every group, a random ``share`` of its free
     units (at least one) stays; units that are not free always stay."""
     rng = np.random.default_rng(seed)
-    free = space.prunable_mask()
+    choices = space["channels"]
+    free = choices.free()
     keep = ~free
-    for g in space.groups:
+    for g in choices.groups:
         mine = g.offset + np.flatnonzero(free[g.offset:g.offset + g.size])
         if len(mine):
             keep[rng.choice(mine, size=max(1, round(share * len(mine))), replace=False)] = True

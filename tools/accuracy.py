@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from compressor import compress, load_recipe
-from compressor.api import _build, _datasets
+from compressor.prepare import build_original, datasets
 from compressor.recipe import method_override
-from compressor.train import Trainer
+from compressor.train import Stage, Trainer
 
 try:  # as part of the tools package (tests) or as a script (python tools/X.py)
     from tools._bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
@@ -42,10 +42,10 @@ except ModuleNotFoundError:
 def base_weights(model: str, recipe, seed: int, directory: Path) -> tuple[Path, float]:
     """Train the original once per (model, seed); return its weights file and test accuracy."""
     torch.manual_seed(seed)
-    train, val, test, n = _datasets(recipe, None, model)
-    net, _, _, _ = _build(model, recipe, n)
+    train, val, test, n = datasets(recipe, None, model)
+    net, _, _, _ = build_original(model, recipe, n)
     trainer = Trainer(recipe.run)
-    trainer.fit(net, train, recipe.base, stage="base", batch_size=recipe.data.batch_size, val_set=val)
+    trainer.fit(net, Stage("base", train, recipe.base, recipe.data.batch_size, val_set=val))
     path = directory / f"{model}-seed{seed}.pt"
     torch.save(net.state_dict(), path)
     return path, trainer.evaluate(net, test, recipe.data.batch_size)[1]

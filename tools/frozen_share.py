@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from compressor.choices.channels import cost_shares
 from compressor.decision import random_decision
 from compressor.frontend import trace
 from compressor.zoo import create_model, example_input
@@ -17,10 +18,11 @@ def row(name: str, size: int | None) -> dict:
     model = create_model(name).eval()
     x = example_input(name, model, size=size)
     space = trace(model, x)
-    share = space.cost.breakdown("flops")
-    frozen = sum(share.get(i, 0.0) for i, g in enumerate(space.groups) if not g.prunable)
+    groups = space["channels"].groups
+    share = cost_shares(space, space["channels"], "flops")
+    frozen = sum(share.get(i, 0.0) for i, g in enumerate(groups) if not g.prunable)
     smallest = random_decision(space, 0.0, blocks=False).flops(space) / float(space.cost.flops())
-    return {"model": name, "prunable": sum(g.prunable for g in space.groups), "groups": len(space.groups),
+    return {"model": name, "prunable": sum(g.prunable for g in groups), "groups": len(groups),
             "frozen_flops": frozen, "smallest": smallest, "trace_s": space.trace_seconds}
 
 

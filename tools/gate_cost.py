@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from compressor.decision import Decision
-from compressor.export.slice import slice_model
-from compressor.export.subnet import sub_network
+from compressor.surgery import slice_model
+from compressor.surgery.subnet import sub_network
 from compressor.frontend import trace
 from compressor.gates import attach_gates
 from compressor.zoo import create_model
@@ -56,17 +56,17 @@ def measure(name: str, share: float, *, size: int, batch: int, repeats: int, war
     torch.manual_seed(0)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
     sub = part_of(create_model(name, num_classes=10), x, share)
-    n_blocks = len(sub.space.blocks)
+    n_blocks = len(sub.space["depth"].blocks)
     off = sorted(random.Random(0).sample(range(n_blocks), min(blocks_off, n_blocks)))
     plain = sub.module
     if off:  # the plain network simply goes without them (every unit kept)
-        plain = slice_model(plain, sub.space, Decision({}, [sub.space.blocks[i].name for i in off]))
+        plain = slice_model(plain, sub.space, Decision({"depth": [sub.space["depth"].blocks[i].name for i in off]}))
     plain = plain.train()
     nets = {"weights": attach_gates(copy.deepcopy(sub.module), sub.space)}
     nets["inputs"] = nets["weights"]
     if off:
         nets["cut"] = attach_gates(copy.deepcopy(sub.module), sub.space, cut=off)
-    values = torch.full((sub.space.num_units,), 0.8, requires_grad=True)
+    values = torch.full((sub.space["channels"].size,), 0.8, requires_grad=True)
     blocks = torch.ones(n_blocks)
     blocks[off] = 0
 
@@ -75,7 +75,7 @@ def measure(name: str, share: float, *, size: int, batch: int, repeats: int, war
         if variant != "plain":
             gates = nets[variant]
             gates.values.gate_inputs = variant != "weights"
-            gates.set(units=values * 1.0, blocks=blocks)
+            gates.set({"channels": values * 1.0, "depth": blocks})
             net = gates.model.train()
         t = time.perf_counter()
         F.cross_entropy(net(x), y).backward()

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from compressor.budget import fit_to_budget
+from compressor.budget import decide
 from compressor.decision import Decision
-from compressor.export import export_onnx, slice_model
+from compressor.export import export_onnx
 from compressor.export.flops import fvcore_flops
 from compressor.export.latency import ort_latency
 from compressor.importance import get_importance
 from compressor.frontend import trace
+from compressor.surgery import slice_model
 from compressor.zoo import create_model_for_size
 
 
@@ -40,7 +41,7 @@ def measure(name: str, size: int, budget: float, round_tos: list[int], repeats: 
     scores = get_importance("magnitude")(model, space)
     full = fvcore_flops(model, x)
     stages: dict[str, list[str]] = {}
-    for b in space.blocks:
+    for b in space["depth"].blocks:
         stages.setdefault(b.stage, []).append(b.name)
     removed = [n for names in stages.values() for n in names[len(names) - blocks_per_stage:]] if blocks_per_stage else []
     rows = []
@@ -50,7 +51,7 @@ def measure(name: str, size: int, budget: float, round_tos: list[int], repeats: 
         fractions = {}
         for r in round_tos:
             chosen = decision.rounded(space, r) if decision is not None else \
-                fit_to_budget(space, scores, budget, round_to=r, normalize=True, removed_blocks=removed)
+                decide(space, scores, budget, round_to=r, fixed=Decision({"depth": removed}))
             small = slice_model(model, space, chosen)
             fractions[r] = fvcore_flops(small, x) / full
             paths[f"round{r}"] = Path(tmp) / f"round{r}.onnx"

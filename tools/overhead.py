@@ -39,10 +39,11 @@ from torch import nn
 
 from compressor.gates import ControlledModel, attach_gates
 from compressor.methods.base import SearchContext
-from compressor.methods.grow import grow_target, mixture_seed, uniform_decision
-from compressor.methods.scs import ScsLogits
-from compressor.methods.tas import TasMethod
-from compressor.recipe import BudgetConfig, GrowConfig, RunConfig, ScsConfig, TasConfig
+from compressor.methods.grow import GrowConfig, grow_target, mixture_seed, uniform_decision
+from compressor.methods.scs import ScsConfig
+from compressor.methods.scs_logits import ScsLogits
+from compressor.methods.tas import TasConfig, TasMethod
+from compressor.recipe import BudgetConfig, RunConfig
 from compressor.frontend import trace
 from compressor.train import Trainer
 from compressor.zoo import create_model_for_size
@@ -92,8 +93,7 @@ def make_step(model: nn.Module, extra: object | None, x: torch.Tensor, y: torch.
             extra.arch_step(batch, batch)
         loss = nn.functional.cross_entropy(model(x), y)
         if isinstance(extra, ScsLogits):  # the scs penalty, with a fixed lambda
-            soft_c, soft_l = extra.soft()
-            loss = loss + 1e-3 * (soft_c.sum() + soft_l.sum())
+            loss = loss + extra.penalty(1e-3, 1e-3)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

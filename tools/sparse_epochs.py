@@ -21,9 +21,9 @@ import torch
 
 from compressor.frontend import trace
 from compressor.methods.base import SearchContext
-from compressor.methods.scs import ScsMethod
-from compressor.recipe import BudgetConfig, RunConfig, ScsConfig, TrainConfig
-from compressor.train import Trainer
+from compressor.methods.scs import ScsConfig, ScsMethod
+from compressor.recipe import BudgetConfig, RunConfig, TrainConfig
+from compressor.train import Stage, Trainer
 from compressor.zoo import create_model_for_size
 
 try:
@@ -39,10 +39,10 @@ class FixedDraw(ScsMethod):
 
     def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
         metrics = super().begin_epoch(epoch, epochs)
-        lg = self.logits
+        units = self.logits["channels"]
         keep = share_of_units(self.space, self.share, seed=epoch)
-        lg.q_c.copy_(torch.from_numpy(keep[lg.free.cpu().numpy()].astype(np.float32)))
-        lg.q_l.fill_(1)
+        units.q.copy_(torch.from_numpy(keep[units.free.cpu().numpy()].astype(np.float32)))
+        self.logits["depth"].q.fill_(1)
         return metrics
 
 
@@ -52,13 +52,12 @@ def epoch_seconds(name: str, size: int, variant: str, share: float, data, batch:
     trainer = Trainer(RunConfig(progress=False))
     cfg = TrainConfig(epochs=1, lr=0.01)
     if variant == "plain":
-        return trainer.fit(model.train(), data, cfg, stage="plain", batch_size=batch)[0].seconds
+        return trainer.fit(model.train(), Stage("plain", data, cfg, batch))[0].seconds
     space = trace(model.eval(), torch.randn(1, 3, size, size))
     method = FixedDraw(ScsConfig(sparse_epochs=variant == "sliced"), space)
     method.share = share
-    ctx = SearchContext(trainer, data, None, batch, BudgetConfig(flops=0.5), None, 0)
-    _, _, summary = method.search(model.train(), ctx, epochs_cfg=cfg)
-    return summary["history"][0]["seconds"]
+    ctx = SearchContext(trainer, data, None, batch, BudgetConfig(flops=0.5), None, 0, epochs=cfg)
+    return method.search(model.train(), ctx).history[0]["seconds"]
 
 
 def main(argv: list[str] | None = None) -> None:

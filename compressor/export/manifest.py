@@ -17,11 +17,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..decision import Decision
 from ..machine import MAX_SIDE, input_shape_problem
 
 ARCH_FILE = "compressor.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: written before kinds of choice were plug-ins; still read
 
 UNTRUSTED_KWARGS = {"num_classes": (1, 1_000_000), "img_size": (8, MAX_SIDE)}  # what compress writes
 
@@ -38,7 +39,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class SavedDecision(_Strict):
+class Format1Decision(_Strict):
     """Format 1's decision: kept unit indices per channel group, removed residual blocks."""
 
     groups: dict[str, list[int]] = Field(default_factory=dict)
@@ -46,23 +47,25 @@ class SavedDecision(_Strict):
 
 
 class Manifest(_Strict):
-    """``compressor.json``: how to rebuild the original, the shape it was traced at, the decision."""
+    """``compressor.json``: how to rebuild the original, the shape it was traced at, the decision
+    (format 2: ``{kind: payload}``, checked by each kind; format 1: groups and removed blocks)."""
 
-    format: Literal[1]
+    format: Literal[1, 2]
     source: str = Field(min_length=1, max_length=500)
     source_kwargs: dict[str, Any] = Field(default_factory=dict)  # any JSON; check_source bounds it
     input_shape: list[int] = Field(min_length=2, max_length=5)
     round_to: int | None = Field(None, ge=1, le=4096)
-    decision: SavedDecision
+    decision: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class SavedModel:
-    """A run directory that passed every check that needs no model: its manifest and the
-    ``name -> shape`` of every tensor in its weights file."""
+    """A run directory that passed every check that needs no model: its manifest, its decision
+    and the ``name -> shape`` of every tensor in its weights file."""
 
     directory: Path
     manifest: Manifest
+    decision: Decision
     tensors: dict[str, list[int]]
 
     @property
@@ -82,7 +85,15 @@ def read_saved(directory: str | os.PathLike) -> SavedModel:
         raise SavedModelError(f"{directory} is not a directory")
     manifest = read_manifest(directory / ARCH_FILE)
     check_input_shape(manifest.input_shape, directory / ARCH_FILE)
-    return SavedModel(directory, manifest, read_weights_header(directory / WEIGHTS_FILE))
+    try:
+        if manifest.format == 1:
+            Format1Decision.model_validate(manifest.decision)
+        decision = Decision.from_dict(manifest.decision)
+    except ValidationError as exc:
+        raise SavedModelError(f"{directory / ARCH_FILE}: decision.{describe_validation(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        raise SavedModelError(f"{directory / ARCH_FILE}: decision: {exc}") from None
+    return SavedModel(directory, manifest, decision, read_weights_header(directory / WEIGHTS_FILE))
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -2,7 +2,8 @@
 
 The architecture is the recipe to rebuild the model: the original model's zoo name (or, for a
 model given as an ``nn.Module``, its ``"package.module:factory"``), the input shape it was traced
-with and the :class:`~compressor.decision.Decision`.  Loading checks the directory first
+with and the :class:`~compressor.decision.Decision` (format 2: ``{kind: payload}``; format-1 files
+still load).  Loading checks the directory first
 (:mod:`~compressor.export.manifest`), rebuilds the original, traces it, checks the decision
 against that space, replays it and loads the weights strictly.  Code named in the file is run
 only when the caller says so (``trust_source=True``).
@@ -21,10 +22,10 @@ from torch import nn
 
 from ..decision import Decision
 from ..errors import one_line
-from ..space import build_space
+from ..space import DEFAULT_KINDS, build_space, kind_names
 from .manifest import (ARCH_FILE, FORMAT_VERSION, WEIGHTS_FILE, SavedModel, SavedModelError, check_source,
                        check_tensors, read_saved)
-from .slice import slice_model
+from ..surgery.slice import slice_model
 
 __all__ = ["ARCH_FILE", "WEIGHTS_FILE", "SavedModelError", "build_source", "load_compressed", "save_compressed"]
 
@@ -72,8 +73,9 @@ def load_compressed(directory: str | os.PathLike, original: nn.Module | None = N
         original = build_source(manifest.source, dict(manifest.source_kwargs), arch_path)
     original = original.eval()
     # The decision was made on a checked space; replaying it needs only the raw trace.
-    space = build_space(original, torch.randn(*manifest.input_shape))
-    decision = Decision.from_dict(manifest.decision.model_dump())
+    kinds = [k for k in kind_names() if k in DEFAULT_KINDS or k in saved.decision]
+    space = build_space(original, torch.randn(*manifest.input_shape), kinds=kinds)
+    decision = saved.decision
     try:
         decision.validate(space)
     except ValueError as exc:

@@ -1,7 +1,7 @@
 """``ControlledModel``: a gated network plus the module that computes its gate values.
 
 The controller (an ``nn.Module`` owning the method's logits) runs at the start of every forward
-and writes unit and block values into the gates, so the whole thing is one ``nn.Module``:
+and writes the values of every kind into the gates, so the whole thing is one ``nn.Module``:
 DDP synchronises the logits' gradients with the weights', ``state_dict`` holds both, and
 autocast covers both.
 """
@@ -12,12 +12,14 @@ from torch import nn
 
 from .attach import Gates
 
+MIX = "mix"  # the key of a channel mix in a controller's output (see GateValues.mix)
+
 
 class GateController(nn.Module):
-    """Computes ``(unit_values, block_values)``, either of which may be None (left unchanged),
-    optionally followed by a unit ``mix`` (see :class:`~compressor.gates.GateValues`)."""
+    """Computes the gate values: ``forward() -> {kind: values}`` (a kind left out, or None, keeps
+    its values), optionally with a channel mix under ``"mix"`` (:class:`~compressor.gates.GateValues`)."""
 
-    def forward(self) -> tuple:  # pragma: no cover - interface
+    def forward(self) -> dict[str, torch.Tensor | None]:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -33,9 +35,9 @@ class ControlledModel(nn.Module):
         return self._gates[0]
 
     def forward(self, *args, **kwargs):
-        values = self.controller()
-        self.gates.set(units=values[0], blocks=values[1])
-        self.gates.values.mix = values[2] if len(values) > 2 else None
+        values = dict(self.controller())
+        self.gates.values.mix = values.pop(MIX, None)
+        self.gates.set(values)
         return self.net(*args, **kwargs)
 
     def release(self) -> nn.Module:
@@ -46,17 +48,20 @@ class ControlledModel(nn.Module):
 
 
 class PartController(GateController):
-    """The gate values of a sub-network (:func:`~compressor.export.subnet.sub_network`): those of
-    ``whole``'s units that the part kept (``units[i]`` = whole unit of part unit i); blocks as is."""
+    """The gate values of a sub-network (:func:`~compressor.surgery.subnet.sub_network`): those of
+    ``whole``'s units that the part kept (``units[i]`` = whole unit of part unit i); every other
+    kind as is."""
 
     def __init__(self, whole: GateController, units: torch.Tensor) -> None:
         super().__init__()
         self.whole = whole
         self.register_buffer("units", units.long(), persistent=False)
 
-    def forward(self) -> tuple:
-        values = self.whole()
-        if len(values) > 2 and values[2] is not None:
+    def forward(self) -> dict[str, torch.Tensor | None]:
+        values = dict(self.whole())
+        if values.get(MIX) is not None:
             raise NotImplementedError("a unit mix cannot be restricted to a sub-network")
-        units = values[0][self.units.to(values[0].device)] if values[0] is not None else None
-        return units, values[1]
+        units = values.get("channels")
+        if units is not None:
+            values["channels"] = units[self.units.to(units.device)]
+        return values

@@ -1,4 +1,4 @@
-"""The two gate modules.  Both read their values from a shared :class:`GateValues`."""
+"""Gate modules of the built-in kinds; all read their values from a shared :class:`GateValues`."""
 from __future__ import annotations
 
 import torch
@@ -6,21 +6,42 @@ from torch import nn
 
 
 class GateValues:
-    """One value per flat unit and one per block; whatever computes them (a method, a fixed 0/1
-    decision) assigns ``units``/``blocks``.  Plain tensors, so values may carry gradients.
+    """The current gate value of every slot, keyed by kind (``values["channels"]``: one value
+    per flat unit).  Whatever computes them (a method's controller, a fixed 0/1 decision) sets
+    them; plain tensors, so values may carry gradients.  A kind whose values are constant ones
+    lets its masks skip their work (:meth:`is_ones`).
 
-    ``mix`` (optional) is a linear map between units, applied to the inputs of *contracting*
-    consumers (dense conv/linear): ``(src, dst, value, mixed)`` says that the input channel of
-    every unit where ``mixed`` is True becomes the sum of ``value *`` the channels ``src`` of the
-    entries whose ``dst`` it is (other channels stay).  TAS's channel-wise interpolation is one.
+    ``mix`` (channels only, optional) is a linear map between units, applied to the inputs of
+    *contracting* consumers (dense conv/linear): ``(src, dst, value, mixed)`` says that the input
+    channel of every unit where ``mixed`` is True becomes the sum of ``value *`` the channels
+    ``src`` of the entries whose ``dst`` it is (other channels stay).  TAS's channel-wise
+    interpolation is one.
     """
 
-    def __init__(self, num_units: int, num_blocks: int) -> None:
-        self.units = torch.ones(num_units)
-        self.blocks = torch.ones(num_blocks)
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = dict(sizes)
+        self._values = {kind: torch.ones(n) for kind, n in self.sizes.items()}
+        self._ones = {kind: True for kind in self.sizes}
         self.mix: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self.units_are_ones = True  # constant ones: masks are the identity and may be skipped
         self.gate_inputs = True  # let InputGate scale a smaller input instead of the weight
+
+    def __getitem__(self, kind: str) -> torch.Tensor:
+        return self._values[kind]
+
+    def __contains__(self, kind: str) -> bool:
+        return kind in self._values
+
+    def set(self, kind: str, values: torch.Tensor) -> None:
+        if kind not in self.sizes:
+            raise KeyError(f"no gates of kind {kind!r} here (kinds: {', '.join(self.sizes)})")
+        if values.shape != (self.sizes[kind],):
+            raise ValueError(f"{kind}: expected {self.sizes[kind]} gate values, got {tuple(values.shape)}")
+        self._values[kind] = values
+        self._ones[kind] = not values.requires_grad and bool((values == 1).all())
+
+    def is_ones(self, kind: str) -> bool:
+        """True while every value of ``kind`` is a constant 1 (its masks are the identity)."""
+        return self._ones.get(kind, True)
 
 
 class ChannelMask(nn.Module):
@@ -37,7 +58,7 @@ class ChannelMask(nn.Module):
         self.bypass = False  # set by an InputGate while it gates the input of this call instead
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self._values[0].units_are_ones or self.bypass:
+        if self._values[0].is_ones("channels") or self.bypass:
             return weight
         for i, d in enumerate(self.dims):
             weight = weight * self.factor(i, weight, d, self.ndim)
@@ -46,7 +67,7 @@ class ChannelMask(nn.Module):
     def factor(self, i: int, like: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
         """The gate value of every position of gated dim ``i``, shaped to broadcast along ``dim``
         of an ``ndim``-d tensor (1 for positions of no unit)."""
-        units = self._values[0].units.to(device=like.device, dtype=like.dtype)
+        units = self._values[0]["channels"].to(device=like.device, dtype=like.dtype)
         ext = torch.cat([units, units.new_ones(1)])
         shape = [1] * ndim
         shape[dim] = -1
@@ -69,7 +90,7 @@ class InputGate:
     def pre(self, module: nn.Module, args: tuple):  # noqa: ARG002
         v = self._values
         x = args[0] if args else None
-        self.mask.bypass = (x is not None and v.gate_inputs and not v.units_are_ones
+        self.mask.bypass = (x is not None and v.gate_inputs and not v.is_ones("channels")
                             and x.numel() < self.weight_numel)
         if not self.mask.bypass:
             return None
@@ -90,7 +111,7 @@ class ChannelMix:
         self._values = values
         self.index = index.long()
         self.dim = dim
-        n, size = len(values.units), len(index)
+        n, size = values.sizes["channels"], len(index)
         self.pos = torch.full((n + 1,), size, dtype=torch.long)  # channel of each unit; size = absent
         self.pos[self.index] = torch.arange(size)
         self.pos[n] = size
@@ -132,5 +153,5 @@ class DepthGate(nn.Module):
         self.index = index
 
     def forward(self, branch: torch.Tensor) -> torch.Tensor:
-        g = self._values[0].blocks[self.index].to(device=branch.device, dtype=branch.dtype)
+        g = self._values[0]["depth"][self.index].to(device=branch.device, dtype=branch.dtype)
         return branch * g

@@ -57,9 +57,9 @@ class NormMask(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         values = self._values[0]
-        if values.units_are_ones:
+        if values.is_ones("channels"):
             return weight
-        units = values.units.to(device=weight.device, dtype=torch.float32)
+        units = values["channels"].to(device=weight.device, dtype=torch.float32)
         gate = torch.cat([units, units.new_ones(1)])[self.index]
         out = weight.as_subclass(MaskedNormWeight)
         out.gate = gate

@@ -1,6 +1,8 @@
 """A model's main output, as is and with hard gates (what the checks compare)."""
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+
 import torch
 from torch import nn
 
@@ -18,14 +20,14 @@ def first_output(out):
 
 
 def gated_output(model: nn.Module, space: Space, decision: Decision | None, x: torch.Tensor | tuple,
-                 **only) -> torch.Tensor:
+                 only: Mapping[str, Collection[str]] | None = None) -> torch.Tensor:
     """Output of ``model`` on ``x`` (a tensor, or a tuple of positional inputs) with hard gates set
     from ``decision`` (all ones when None); ``only`` restricts the gates (see :func:`attach_gates`).
     The model is returned to its original state afterwards."""
-    gates = attach_gates(model, space, **only)
+    gates = attach_gates(model, space, only=only)
     try:
         if decision is not None:
-            gates.set(units=decision.keep_vector(space).float(), blocks=decision.block_vector(space).float())
+            gates.set({kind: v.float() for kind, v in decision.values(space).items()})
         with torch.no_grad():
             return first_output(gates.model(*x) if isinstance(x, tuple) else gates.model(x))
     finally:

@@ -55,7 +55,7 @@ class StandardisedMask(ChannelMask):
     lays them out, applied through the standardisation (rows are dim 0)."""
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self._values[0].units_are_ones:
+        if self._values[0].is_ones("channels"):
             return weight
         scale = stat = weight.new_ones(())
         for i, d in enumerate(self.dims):

@@ -1,8 +1,9 @@
-"""Compression methods, one file each; ``get_method(name)`` finds the handler of a config."""
-from .base import Method, SearchContext, get_method, register_method
-from .grow import GrowMethod
-from .prune import PruneMethod
-from .scs import ScsMethod
-from .tas import TasMethod
+"""Compression methods, one file each, registered on import (``get_method(name)`` finds one)."""
+from .base import Method, SearchContext, SearchResult, get_method, methods, register_method
+from .scs import ScsConfig, ScsMethod
+from .prune import PruneConfig, PruneMethod
+from .tas import TasConfig, TasMethod
+from .grow import GrowConfig, GrowMethod
 
-__all__ = ["GrowMethod", "Method", "PruneMethod", "ScsMethod", "SearchContext", "TasMethod", "get_method", "register_method"]
+__all__ = ["GrowConfig", "GrowMethod", "Method", "PruneConfig", "PruneMethod", "ScsConfig", "ScsMethod",
+           "SearchContext", "SearchResult", "TasConfig", "TasMethod", "get_method", "methods", "register_method"]

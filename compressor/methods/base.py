@@ -1,39 +1,54 @@
-"""The method interface and registry: a typed config class selects the handler that runs it."""
+"""The method plug-in contract and registry: a method is one class with its typed config.
+
+``@register_method`` on a :class:`Method` subclass with ``name`` and ``config_class`` set makes it
+a recipe's ``method: {name: ...}`` (validated against the config), a choice of ``compress
+--method`` (its docstring's first line the help), and a section of the report (its ``metrics``
+plotted per epoch, its :meth:`Method.report` tables).  Nothing else needs an edit.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
 from torch import nn
 from torch.utils.data import Dataset
 
 from ..decision import Decision
-from ..recipe import BudgetConfig, TrainConfig
+from ..recipe import BudgetConfig, MethodConfig, TrainConfig, register_method_config
 from ..space import Space
-from ..train import Trainer, TrainHooks
+from ..train import Stage, Trainer, TrainHooks
 from ..train.trainer import Criterion
 
 _METHODS: dict[str, type["Method"]] = {}
 
 
-def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
-    def wrap(cls: type["Method"]) -> type["Method"]:
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
-
-    return wrap
+def register_method(cls: type["Method"]) -> type["Method"]:
+    """Class decorator: make a method available by its ``name`` with its ``config_class``."""
+    if not cls.name or cls.config_class is MethodConfig:
+        raise ValueError(f"{cls.__name__} needs a name and its own config_class")
+    if cls.config_class.model_fields["name"].default != cls.name:
+        raise ValueError(f"{cls.config_class.__name__}.name must default to {cls.name!r}")
+    register_method_config(cls.config_class)
+    _METHODS[cls.name] = cls
+    return cls
 
 
 def get_method(name: str) -> type["Method"]:
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(_METHODS))}")
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
     return _METHODS[name]
+
+
+def methods() -> dict[str, type["Method"]]:
+    """Every registered method by name, in registration order."""
+    return dict(_METHODS)
 
 
 @dataclass
 class SearchContext:
-    """What a method's search may use: the trainer, the data, the budget and the seed."""
+    """What a method's search may use: the trainer, the data, the budget, the seed and where the
+    search stage checkpoints."""
 
     trainer: Trainer
     train_set: Dataset
@@ -44,6 +59,46 @@ class SearchContext:
     seed: int
     num_classes: int | None = None
     criterion: Criterion | None = None  # the search stage's task loss (distillation), None = CE
+    epochs: TrainConfig = field(default_factory=TrainConfig)  # the search stage's settings
+    checkpoint: Any = None  # the search stage's checkpoint path (a Path), or None
+    resume: bool = False
+
+    def stage(self, name: str, **changes: Any) -> Stage:
+        """A training stage on this context's data and settings (the search stage's unless changed;
+        a stage other than ``search`` checkpoints beside it, as ``<name>.pt``)."""
+        checkpoint = self.checkpoint
+        if checkpoint is not None and name != "search":
+            checkpoint = checkpoint.with_name(f"{name}.pt")
+        spec = Stage(name, self.train_set, self.epochs, self.batch_size, val_set=self.val_set,
+                     criterion=self.criterion, checkpoint=checkpoint, resume=self.resume)
+        return dataclasses.replace(spec, **changes)
+
+
+Baseline = Callable[[Dataset, int, float], dict]
+"""``baseline(test_set, finetune_epochs, method_seconds) -> measurements``: a comparison run after
+the pipeline (``grow``: its target trained from scratch for the same total epochs)."""
+
+
+@dataclass
+class SearchResult:
+    """What a search hands the pipeline.
+
+    Attributes:
+        model: the full-size model with its trained weights (gates removed).
+        decision: what to cut out of it.
+        summary: facts for the report (JSON data).
+        history: per-epoch rows of the search's training stages.
+        carry: weights the decided model starts from (``grow``: the grown model's); None = the
+            sliced weights of ``model``.
+        baseline: an optional comparison run (see :data:`Baseline`).
+    """
+
+    model: nn.Module
+    decision: Decision
+    summary: dict[str, Any] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    carry: dict[str, Any] | None = None
+    baseline: Baseline | None = None
 
 
 class Method(TrainHooks):
@@ -55,41 +110,47 @@ class Method(TrainHooks):
     ``distills_by_default``: what ``distill.teacher: auto`` means for this method.
     ``trains_original`` is False for methods that never need the trained full model (``grow``
     trains its own seeds): the pipeline then skips the base stage.
+    ``metrics``: the per-epoch search metrics the report plots.
     """
 
-    name = "method"
-    trains_in_search = True
-    distills_by_default = False
-    trains_original = True
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    trains_in_search: ClassVar[bool] = True
+    distills_by_default: ClassVar[bool] = False
+    metrics: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: MethodConfig, space: Space) -> None:
+        """Bad settings for this space fail here, before any training."""
+        self.config = config
+        self.space = space
+
+    @property
+    def trains_original(self) -> bool:
+        return True
 
     def min_search_epochs(self) -> int:
         """The fewest search epochs the method can work with (checked before any training)."""
         return 1 if self.trains_in_search else 0
 
-    def __init__(self, config, space: Space) -> None:
-        self.config = config
-        self.space = space
-
-    def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg, checkpoint=None,
-               resume: bool = False) -> tuple[nn.Module, Decision, dict]:
-        """Return (the model with its trained weights, the decision, a summary for the report)."""
+    def search(self, model: nn.Module, ctx: SearchContext) -> SearchResult:
         raise NotImplementedError
 
-    def removable_blocks(self) -> list[str]:
-        """The residual blocks this method's decision may remove (for the early budget check)."""
-        return []
+    def fixed(self) -> Decision:
+        """What the method decides regardless of the budget's other kinds (for the early budget
+        check: the residual blocks it may remove, as removed)."""
+        return Decision()
 
-    def finalize(self, model: nn.Module) -> nn.Module:
-        """The sliced model before its final training (a method may re-initialise it)."""
+    def finalize(self, model: nn.Module, result: SearchResult, ctx: SearchContext) -> nn.Module:
+        """The decided (sliced) model before its final training: ``result.carry`` loaded into it
+        when there is one.  A method may re-initialise it."""
+        if result.carry is not None:
+            model.load_state_dict(result.carry)
         return model
 
     def finetune_config(self, finetune: TrainConfig, search: TrainConfig) -> TrainConfig:
         """The settings the decided model trains with in the fine-tune stage (default: the recipe's)."""
         return finetune
 
-    def baseline(self, ctx: SearchContext, test_set: Dataset, finetune_epochs: int,
-                 method_seconds: float) -> dict | None:
-        """Optionally train a comparison run after the pipeline (``grow``: the target from scratch
-        for the same total epochs) and return what it measured; None when there is none.
-        ``method_seconds`` is the wall-clock of the method's own search and fine-tune."""
-        return None
+    def report(self, summary: dict[str, Any]) -> list[str]:
+        """Markdown lines of the method's own report section (tables; default: none)."""
+        return []

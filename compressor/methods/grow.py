@@ -25,38 +25,83 @@ import numpy as np
 import torch
 from torch import nn
 
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..budget import BudgetError, decide
 from ..decision import Decision
-from ..export.grow import Halves, grow_model, growth_gap, seed_model, shared_groups, split_halves
-from ..export.slice import slice_model
+from ..errors import distinct_figures, figure_at_least
 from ..frontend import trace
-from ..gates.templates import (
-    attach_templates,
-    growth_fill,
-    materialize_templates,
-    mixable_weights,
-    orthogonal_rows,
-)
-from ..recipe import GrowConfig, TrainConfig
+from ..recipe import MethodConfig, TrainConfig
 from ..space import Space
-from .base import Method, SearchContext, register_method
+from ..space.kinds import get_kind
+from ..surgery.slice import slice_model
+from ..surgery.widen import Halves, grow_model, growth_gap, seed_model, shared_groups, split_halves
+from .base import Method, SearchContext, SearchResult, register_method
+from .mixtures import attach_templates, growth_fill, materialize_templates, mixable_weights, orthogonal_rows
 
 
-@register_method("grow")
+class GrowConfig(MethodConfig):
+    """MixtureGrowth (Pham et al., WACV 2024; DESIGN 5.3): two seed models of half the target's width,
+    whose conv and linear weights are mixtures of templates, train one after the other in the search
+    stage; then they are grown x2 into the target, which trains in the fine-tune stage.  No
+    original is trained: the base stage is skipped."""
+
+    name: Literal["grow"] = "grow"
+    target: Literal["budget", "model"] = Field(
+        "budget", description="What the seeds grow into: the model cut to the budget (the same share of every "
+        "channel group), or the model itself (the budget is then ignored).")
+    templates: int = Field(2, ge=2, description="Templates per set; each seed layer mixes its own set.")
+    fusion: bool = Field(True, description="Train a second seed and grow from both; without, the new blocks "
+                         "come from the first seed's templates alone.")
+    second_seed: float = Field(0.5, gt=0, lt=1, description="Share of the search epochs that trains the second "
+                               "seed (with fusion); the first seed trains the rest.")
+    new_coefficients: Literal["orthogonal", "random", "copy", "zero"] = Field(
+        "zero", description="Coefficients of the new (off-diagonal) blocks over the trained templates. zero keeps "
+        "the grown model the sum of its seeds and won the ablation on resnet18 and mobilenet_v2 (docs/grow.md); "
+        "orthogonal is the paper's.")
+    noise: float = Field(1.0, ge=0, description="Scale of the random and copy coefficient inits.")
+    grown_lr: Literal["search", "finetune"] = Field(
+        "search", description="Learning rate of the grown model in the fine-tune stage: the search stage's, as "
+        "its seeds trained (won on resnet18 and mobilenet_v2 at the default recipe's epochs, docs/grow.md), or "
+        "the fine-tune stage's (the reference code's low rate after converged seeds).")
+    scratch_baseline: bool = Field(True, description="Also train the target from scratch for the same total "
+                                   "epochs (search + fine-tune, search stage settings) and report both side by side "
+                                   "(what growth saved; about doubles the run: false skips it).")
+    equal_time_baselines: bool = Field(False, description="With scratch_baseline: also train the target from scratch "
+                                       "and the first seed alone (no growth) for as many epochs as fit in the grow "
+                                       "path's wall-clock, each at its per-epoch seconds measured in this run.")
+
+    @model_validator(mode="after")
+    def _equal_time_needs_scratch(self):
+        if self.equal_time_baselines and not self.scratch_baseline:
+            raise ValueError("equal_time_baselines needs scratch_baseline: the target's epoch time is measured there")
+        return self
+
+
+
+@register_method
 class GrowMethod(Method):
+    """MixtureGrowth: two half-width seeds of template mixtures grown x2 into the budget's shape"""
+
+    name = "grow"
+    config_class = GrowConfig
     config: GrowConfig
-    trains_original = False
 
     def __init__(self, config: GrowConfig, space: Space) -> None:
         super().__init__(config, space)
         split_halves(space)  # a model with nothing to grow fails before any training
-        self.grown: nn.Module | None = None
+
+    @property
+    def trains_original(self) -> bool:
+        return False
 
     def min_search_epochs(self) -> int:
         return 2 if self.config.fusion else 1  # one epoch per seed at least
 
-    def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg, checkpoint=None,
-               resume: bool = False) -> tuple[nn.Module, Decision, dict]:
-        cfg = self.config
+    def search(self, model: nn.Module, ctx: SearchContext) -> SearchResult:
+        cfg, epochs_cfg, checkpoint, resume = self.config, ctx.epochs, ctx.checkpoint, ctx.resume
         cut = self._target_decision(ctx)
         example = torch.randn(*self.space.input_shapes[0])
         target, tspace, halves = grow_target(model, self.space, cut, example)
@@ -71,11 +116,8 @@ class GrowMethod(Method):
                                 templates=cfg.templates, generator=gen)
             seeds.append(seed)
             stage = "seed_" + "ab"[i]
-            ck = checkpoint.with_name(f"{stage}.pt") if checkpoint is not None else None
-            rows_ = [dict(h.row(), stage=stage) for h in ctx.trainer.fit(
-                seed, ctx.train_set, epochs_cfg.model_copy(update={"epochs": epochs[i]}), stage=stage,
-                batch_size=ctx.batch_size, val_set=ctx.val_set, checkpoint=ck, resume=resume,
-                criterion=ctx.criterion)]
+            rows_ = [dict(h.row(), stage=stage) for h in ctx.trainer.fit(seed, ctx.stage(
+                stage, config=epochs_cfg.model_copy(update={"epochs": epochs[i]})))]
             history += rows_
             seed.cpu().eval()
             if rows_ and rows_[-1].get("val_acc") is not None:  # the trainer's own last validation
@@ -83,11 +125,11 @@ class GrowMethod(Method):
         fill = growth_fill(seeds[0], seeds[1] if cfg.fusion else None, rows, cfg.new_coefficients,
                            noise=cfg.noise, generator=gen)
         plain = [materialize_templates(copy.deepcopy(s)) for s in seeds]
-        self.grown = grow_model(target, tspace, halves, plain[0], plain[1] if cfg.fusion else None, fill=fill)
+        grown = grow_model(target, tspace, halves, plain[0], plain[1] if cfg.fusion else None, fill=fill)
         decision = _compose(self.space, cut, halves.grown_decision(tspace))
         full = float(tspace.cost.flops())
         seed_a_seconds = [h["seconds"] for h in history if h["stage"] == "seed_a"]
-        self._scratch = _Scratch(target, tspace, halves, rows, epochs_cfg, epochs, checkpoint, resume,
+        scratch = _Scratch(target, tspace, halves, rows, epochs_cfg, epochs, checkpoint, resume,
                                  float(halves.seed_decision(tspace).flops(tspace)) / full,
                                  float(np.median(seed_a_seconds)) if seed_a_seconds else 0.0)
         summary = {
@@ -96,44 +138,38 @@ class GrowMethod(Method):
             "seed_epochs": epochs, "templates": cfg.templates, "mixture_weights": len(names),
             "coefficients": sum(p.numel() for n, p in seeds[0].named_parameters() if n.endswith("coefficients")),
             "seed_params": sum(p.numel() for p in plain[0].parameters()),
-            "grown_params": sum(p.numel() for p in self.grown.parameters()),
-            "target_units": {g: len(k) for g, k in cut.groups.items()},
+            "grown_params": sum(p.numel() for p in grown.parameters()),
+            "target_units": {g: len(k) for g, k in cut.get("channels", {}).items()},
             "seed_units": {g: len(k) for g, k in halves.a.items()},
             "dropped_units": halves.dropped,
             "shared_groups": shared_groups(tspace, halves),
-            "history": history,
         }
         if ctx.val_set is not None:
-            summary["val_top1"] = {**evals, "grown": ctx.trainer.evaluate(copy.deepcopy(self.grown), ctx.val_set,
+            summary["val_top1"] = {**evals, "grown": ctx.trainer.evaluate(copy.deepcopy(grown), ctx.val_set,
                                                                          ctx.batch_size).top1}
         if cfg.fusion:  # how close the grown model is to the sum of its seeds (0 where growth is exact)
             summary["growth_gap"] = growth_gap(target, tspace, halves, plain[0], plain[1], example.repeat(2, 1, 1, 1))
-        return model, decision, summary
-
-    def finalize(self, model: nn.Module) -> nn.Module:
-        """The sliced model with the grown weights (the same architecture, built by the same cut)."""
-        if self.grown is None:
-            raise RuntimeError("grow: finalize before search")
-        model.load_state_dict(self.grown.state_dict())
-        return model
+        baseline = (lambda test_set, finetune_epochs, seconds: self.baseline(ctx, scratch, test_set, finetune_epochs,
+                                                                            seconds)) \
+            if cfg.scratch_baseline else None
+        # the sliced model has the grown model's architecture (the same cut): it carries its weights
+        return SearchResult(model, decision, summary, history, carry=grown.state_dict(), baseline=baseline)
 
     def finetune_config(self, finetune: TrainConfig, search: TrainConfig) -> TrainConfig:
         """The grown model trains at the search stage's learning rate (``grown_lr: search``), as its
         seeds did, or at the fine-tune stage's (``finetune``)."""
         return finetune.model_copy(update={"lr": search.lr}) if self.config.grown_lr == "search" else finetune
 
-    def baseline(self, ctx: SearchContext, test_set, finetune_epochs: int, method_seconds: float) -> dict | None:
+    def baseline(self, ctx: SearchContext, s: "_Scratch", test_set, finetune_epochs: int,
+                 method_seconds: float) -> dict:
         """With ``scratch_baseline``: the target re-initialised and trained for the grow path's
         total epochs, with the counted training FLOPs of both paths (forward MACs per sample x
         epochs; the seeds cost their share of the target's).  With ``equal_time_baselines`` also
         the target and the first seed alone, each for as many epochs as fit in ``method_seconds``
         at its own per-epoch seconds of this run (not checkpointed: a resumed run retrains them)."""
-        if not self.config.scratch_baseline:
-            return None
-        s = self._scratch
         total = sum(s.seed_epochs) + finetune_epochs
         ck = s.checkpoint.with_name("scratch.pt") if s.checkpoint is not None else None
-        scratch = self._train_fresh(ctx, test_set, copy.deepcopy(s.target), total, "scratch", ck, s.resume)
+        scratch = self._train_fresh(ctx, s, test_set, copy.deepcopy(s.target), total, "scratch", ck, s.resume)
         grow_flops = sum(s.seed_epochs) * s.seed_share + finetune_epochs
         out = {"name": "target from scratch", **scratch,
                "training_flops_ratio": round(grow_flops / total, 3), "seed_flops_share": round(s.seed_share, 4)}
@@ -143,30 +179,29 @@ class GrowMethod(Method):
                                 init=ctx.seed * 2, templates=self.config.templates,  # seed A's initialisation
                                 generator=torch.Generator().manual_seed(ctx.seed))
             out["equal_wall_clock"] = {
-                "target from scratch": self._train_fresh(ctx, test_set, copy.deepcopy(s.target),
+                "target from scratch": self._train_fresh(ctx, s, test_set, copy.deepcopy(s.target),
                                                          _fit(method_seconds, target_epoch),
                                                          "scratch_equal_time"),
-                "seed alone": self._train_fresh(ctx, test_set, seed, _fit(method_seconds, s.seed_epoch_seconds),
+                "seed alone": self._train_fresh(ctx, s, test_set, seed, _fit(method_seconds, s.seed_epoch_seconds),
                                                 "seed_alone", reinitialise=False)}
         return out
 
-    def _train_fresh(self, ctx: SearchContext, test_set, net: nn.Module, epochs: int, stage: str,
+    def _train_fresh(self, ctx: SearchContext, s: "_Scratch", test_set, net: nn.Module, epochs: int, stage: str,
                      checkpoint: Path | None = None, resume: bool = False, reinitialise: bool = True) -> dict:
         """``net`` (re-initialised unless told) trained ``epochs`` with the search stage's settings
         as ``stage`` (its log and progress label): its epochs, seconds and test top-1."""
         if reinitialise:
             _reinitialise(net, ctx.seed * 2 + 7)
         t0 = time.perf_counter()
-        ctx.trainer.fit(net, ctx.train_set, self._scratch.epochs_cfg.model_copy(update={"epochs": epochs}),
-                        stage=stage, batch_size=ctx.batch_size, val_set=ctx.val_set, resume=resume,
-                        checkpoint=checkpoint)
+        ctx.trainer.fit(net, ctx.stage(stage, config=s.epochs_cfg.model_copy(update={"epochs": epochs}),
+                                       checkpoint=checkpoint, resume=resume, criterion=None))
         seconds = time.perf_counter() - t0
         return {"epochs": epochs, "seconds": round(seconds, 1),
                 "test_top1": ctx.trainer.evaluate(net, test_set, ctx.batch_size).top1}
 
     def _target_decision(self, ctx: SearchContext) -> Decision:
         if self.config.target == "model":
-            return Decision({})
+            return Decision()
         return uniform_decision(self.space, ctx.budget.target, ctx.budget.what)
 
 
@@ -192,49 +227,47 @@ def mixture_seed(target: nn.Module, tspace: Space, halves: Halves,
 
 def uniform_decision(space: Space, target: float, what: str = "flops") -> Decision:
     """The largest decision keeping the same share of every prunable group (its first units, an even
-    count, at least 2) within ``target`` of the full cost: a shape without a trained model to rank."""
-    measure = space.cost.flops if what == "flops" else space.cost.params
-    full = float(measure())
+    count, at least 2) within ``target`` of the full cost: a shape without a trained model to rank.
+    Scores that fall with a unit's position in its group make the budget fit keep equal shares."""
+    choices = space["channels"]
+    scores = np.zeros(choices.size)
+    for g in choices.groups:
+        scores[g.units] = 1 - np.arange(g.size) / g.size
 
-    def make(ratio: float) -> Decision:
-        groups = {}
-        for g in space.groups:
+    splittable = [g for g in choices.groups if g.prunable and (~g.pinned).sum() >= 2]
+
+    def even(keep: dict[str, np.ndarray]) -> None:
+        """Every group at the largest share any group kept, an even count of its free units."""
+        share = max((keep["channels"][g.units][~g.pinned].mean() for g in splittable), default=1.0)
+        for g in splittable:
             free = np.flatnonzero(~g.pinned)
-            if not g.prunable or len(free) < 2:
-                continue
-            n = min(len(free) - len(free) % 2, max(2, 2 * math.ceil(ratio * len(free) / 2)))
-            groups[g.name] = sorted(free[:n].tolist() + np.flatnonzero(g.pinned).tolist())
-        return Decision(groups)
+            n = min(len(free) - len(free) % 2, max(2, 2 * math.ceil(share * len(free) / 2)))
+            keep["channels"][g.offset + free] = np.arange(len(free)) < n
 
-    def cost(d: Decision) -> float:
-        return float(measure(d.keep_vector(space), d.block_vector(space))) / full
-
-    lo, hi = 0.0, 1.0
-    if cost(make(lo)) > target:
-        from ..budget import BudgetError
-
-        from ..errors import distinct_figures, figure_at_least
-
-        want, floor = distinct_figures(target, cost(make(lo)))
+    try:
+        return decide(space, {"channels": scores}, target, what=what, settle=even, fill=False)
+    except BudgetError:
+        keep = {"channels": np.zeros(choices.size, dtype=bool)}
+        get_kind("channels").settle(choices, keep["channels"], scores, None)
+        even(keep)
+        smallest = float(space.cost.fraction(what, {"channels": torch.from_numpy(keep["channels"].astype(float))}))
+        want, floor = distinct_figures(target, smallest)
         raise BudgetError(f"budget {want} of the {what} cannot be met with two units per channel group "
-                          f"(that keeps {floor}): ask for at least {figure_at_least(cost(make(lo)), floor)}")
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cost(make(mid)) <= target else (lo, mid)
-    return make(lo)
+                          f"(that keeps {floor}): ask for at least {figure_at_least(smallest, floor)}") from None
 
 
 def _compose(space: Space, first: Decision, second: Decision) -> Decision:
     """``second`` (a decision over the space of the model ``first`` cut out) as one decision over
     ``space``: group names survive slicing, unit ``i`` of the cut group is ``first``'s ``i``-th kept."""
     groups = {}
-    for g in space.groups:
-        kept = first.groups.get(g.name, list(range(g.size)))
-        if g.name in second.groups:
-            kept = [kept[i] for i in second.groups[g.name]]
+    a, b = first.get("channels", {}), second.get("channels", {})
+    for g in space["channels"].groups:
+        kept = a.get(g.name, list(range(g.size)))
+        if g.name in b:
+            kept = [kept[i] for i in b[g.name]]
         if len(kept) != g.size:
             groups[g.name] = sorted(kept)
-    return Decision(groups, list(first.removed_blocks))
+    return Decision({**first, "channels": groups})
 
 
 class _Scratch(NamedTuple):

@@ -22,33 +22,91 @@ one per-sample buffer for D_w and one for D_a.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..budget import fit_to_budget
-from ..gates.outputs import first_output
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..budget import decide
 from ..data import split_dataset
 from ..decision import Decision
 from ..gates import ControlledModel, attach_gates
+from ..gates.outputs import first_output
 from ..importance import get_importance
-from ..recipe import TasConfig
+from ..recipe import MethodConfig, SelfDistillConfig
 from ..space import Space
+from ..space.kinds import get_kind
 from ..train.bilevel import ArchitectureStep
 from ..train.self_distill import VotingTeachers
-from .base import Method, SearchContext, register_method
-from .tas_space import TasArchitecture
+from .base import Method, SearchContext, SearchResult, register_method
+from .tas_space import SearchedSite, TasArchitecture, channel_sites
 
 
-@register_method("tas")
+class TasConfig(MethodConfig):
+    """Transformable architecture search (Dong & Yang, NeurIPS 2019; DESIGN 5.2): width and depth
+    distributions searched on a held-out half of the training set, then the argmax shape is
+    sliced and trained (with distillation from the original: ``distill.teacher: auto``)."""
+
+    name: Literal["tas"] = "tas"
+    ratios: list[float] = Field([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1,
+                                description="Candidate widths as fractions of each channel group, in (0, 1].")
+    candidates: int = Field(2, ge=1, description="|I|: distinct widths sampled and mixed per group and step "
+                            "(1 gives the width logits no gradient: the paper's failed ablation).")
+    mixture: Literal["cwi", "pad"] = Field("pad", description="Align sampled widths by zero padding, or by "
+                                           "channel-wise interpolation where the consumer allows it (the paper; "
+                                           "its recipes set it). Padding won on trained weights (docs/accuracy.md).")
+    depth: bool = Field(True, description="Search the number of leading blocks kept per stage.")
+    tau_max: float = Field(5.0, gt=0, description="Gumbel temperature at the start (cosine decay).")
+    tau_min: float = Field(0.1, gt=0, description="Gumbel temperature at the end.")
+    cost_weight: float = Field(2.0, ge=0, description="lambda_cost of the banded cost loss.")
+    tolerance: float = Field(0.05, ge=0, lt=1, description="Band below the budget, as a fraction of the full cost.")
+    arch_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the architecture logits.")
+    arch_betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of the architecture logits.")
+    arch_weight_decay: float = Field(1e-3, ge=0, description="Adam weight decay of the architecture logits.")
+    order: Literal[1, 2] = Field(1, description="Bilevel order: 1 (first order) or 2 (DARTS unrolled step).")
+    split: float = Field(0.5, gt=0, lt=1, description="Share of the training set (per class) used for "
+                         "architecture steps; the rest trains the weights.")
+    final_init: Literal["searched", "original", "scratch"] = Field(
+        "searched", description="Weights the found network starts from: the searched ones sliced, the trained "
+        "original's sliced, or a fresh initialisation (the paper).")
+    init: Literal["normal", "budget"] = Field(
+        "normal", description="Architecture logits at the start: N(0, 0.01) (the paper), or 'budget': the same "
+        "plus a head start of 2 for the width the one-shot magnitude fit to the budget keeps in each group and "
+        "for full depth, so a short search refines that shape instead of starting from noise.")
+    self_distill: SelfDistillConfig = Field(default_factory=SelfDistillConfig)
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        bad = [r for r in v if not 0 < r <= 1]
+        if bad:
+            raise ValueError(f"candidate ratios must be in (0, 1], got {bad}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _taus(self) -> TasConfig:
+        if self.tau_min > self.tau_max:
+            raise ValueError(f"tau_min {self.tau_min} is above tau_max {self.tau_max}")
+        return self
+
+
+
+@register_method
 class TasMethod(Method):
-    """Searches widths and depths on a held-out split, then decides by argmax."""
+    """transformable architecture search: width and depth distributions on a held-out split, then KD"""
 
+    name = "tas"
+    config_class = TasConfig
     config: TasConfig
     has_arch_step = True
     distills_by_default = True
+    metrics = ("expected_cost", "argmax_cost")
 
     def __init__(self, config: TasConfig, space: Space) -> None:
         super().__init__(config, space)
@@ -59,7 +117,7 @@ class TasMethod(Method):
         self.ctx: SearchContext | None = None
         self.epoch, self.epochs = 0, 1
         self.live: dict[str, float] = {}
-        self._block_index = {b.name: i for i, b in enumerate(space.blocks)}
+        self._block_index = {b.name: i for i, b in enumerate(space["depth"].blocks)} if "depth" in space else {}
 
     # -- the algorithm ---------------------------------------------------------------------------
     def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
@@ -94,8 +152,8 @@ class TasMethod(Method):
 
     def cost_loss(self) -> torch.Tensor:
         """TAS's banded cost loss on the expected cost (a fraction of the full model's)."""
-        expected = self._fraction(*self.arch.expected_keep())
-        current = float(self._fraction(*self.arch.argmax_keep()))
+        expected = self._fraction(self.arch.expected_keep())
+        current = float(self._fraction(self.arch.argmax_keep()))
         self.live["cost"] = current
         target, band = self.ctx.budget.target, self.config.tolerance
         if current < target - band:
@@ -121,8 +179,8 @@ class TasMethod(Method):
         for vt in self.voting.values():
             vt.end_epoch(self.ctx.trainer.dist)
         with torch.no_grad():
-            return {"expected_cost": float(self._fraction(*self.arch.expected_keep())),
-                    "argmax_cost": float(self._fraction(*self.arch.argmax_keep()))}
+            return {"expected_cost": float(self._fraction(self.arch.expected_keep())),
+                    "argmax_cost": float(self._fraction(self.arch.argmax_keep()))}
 
     def step_metrics(self) -> dict[str, float]:
         return dict(self.live)  # the argmax cost and the last architecture loss
@@ -137,11 +195,14 @@ class TasMethod(Method):
         gates = attach_gates(model, self.space)
         head_start = None
         if cfg.init == "budget":  # the one-shot magnitude fit's widths start ahead
-            fit = fit_to_budget(self.space, scores, ctx.budget.target, what=ctx.budget.what, round_to=ctx.round_to,
-                                normalize=True)
-            head_start = {name: len(kept) for name, kept in fit.groups.items()}
-        self.arch = TasArchitecture(self.space, cfg, scores, round_to=ctx.round_to, mixable=gates.mixable,
-                                    head_start=head_start)
+            fit = decide(self.space, scores, ctx.budget.target, what=ctx.budget.what, round_to=ctx.round_to)
+            head_start = {name: len(kept) for name, kept in fit.get("channels", {}).items()}
+        sites = channel_sites(self.space, cfg, scores["channels"], ctx.round_to, gates.mixable) \
+            if "channels" in self.space else []
+        sites += [SearchedSite(kind, name, slots, counts) for kind in self.space if kind not in ("channels", "depth")
+                  for name, slots, counts in get_kind(kind).nested(self.space[kind]) if len(counts) >= 2]
+        self.arch = TasArchitecture(self.space, cfg, sites, head_start=head_start)
+        self.sites, self.searched_kinds = sites, sorted({s.kind for s in sites})
         self.controlled = ControlledModel(gates, self.arch)
         for p in self.arch.parameters():  # the weight optimizer never sees them
             p.requires_grad_(False)
@@ -154,8 +215,7 @@ class TasMethod(Method):
                            "arch": VotingTeachers(sizes[1], classes, cfg.self_distill.k)}
         return self.controlled
 
-    def search(self, model: nn.Module, ctx: SearchContext, *, epochs_cfg, checkpoint=None,
-               resume: bool = False) -> tuple[nn.Module, Decision, dict]:
+    def search(self, model: nn.Module, ctx: SearchContext) -> SearchResult:
         weight_set, arch_set = split_dataset(ctx.train_set, self.config.split, seed=ctx.seed)
         original = {k: v.detach().clone() for k, v in model.state_dict().items()} \
             if self.config.final_init == "original" else None
@@ -163,47 +223,38 @@ class TasMethod(Method):
         # No eval-mode validation during the search: it would run the argmax shape with batch
         # statistics gathered under width and depth mixtures, and read near chance whatever the
         # search does.  The architecture steps' held-out half and the argmax cost are its signals.
-        history = ctx.trainer.fit(self.controlled, weight_set, epochs_cfg, stage="search", batch_size=ctx.batch_size,
-                                  hooks=self, checkpoint=checkpoint, resume=resume,
-                                  arch_set=arch_set, criterion=ctx.criterion)
-        decision, summary = self.decide(ctx)
-        summary["history"] = [h.row() for h in history]
+        history = ctx.trainer.fit(self.controlled, ctx.stage("search", train_set=weight_set, val_set=None,
+                                                             arch_set=arch_set, hooks=self))
+        decision, summary = self.decision(ctx)
         net = self.controlled.release()
         if original is not None:  # the found shape starts from the trained original's weights
             net.load_state_dict(original)
-        return net, decision, summary
+        return SearchResult(net, decision, summary, [h.row() for h in history])
 
-    def decide(self, ctx: SearchContext) -> tuple[Decision, dict]:
+    def decision(self, ctx: SearchContext) -> tuple[Decision, dict]:
         """The argmax architecture; fitted to the budget when it lies outside [R - t, R]."""
-        units, blocks = (v.cpu() for v in self.arch.argmax_keep())
-        keep = units.numpy() > 0.5
-        removed = [b.name for b, k in zip(self.space.blocks, blocks.tolist()) if k < 0.5]
-        groups = {g.name: np.flatnonzero(keep[g.offset:g.offset + g.size]).tolist()
-                  for g in self.space.groups if g.prunable and not keep[g.offset:g.offset + g.size].all()}
-        decision = Decision(groups, removed)
-        found = float(self._fraction(units, blocks))
+        argmax = {k: v.cpu() for k, v in self.arch.argmax_keep().items()}
+        decision = Decision.from_keep(self.space, {k: v.numpy() for k, v in argmax.items()})
+        found = float(self._fraction(argmax))
         target, band = ctx.budget.target, self.config.tolerance
         fitted = not target - band <= found <= target
         if fitted:
-            prob, block_prob = (v.detach().cpu() for v in self.arch.expected_keep())
+            prob = {k: v.detach().cpu() for k, v in self.arch.expected_keep().items()}
+            removed = decision.get("depth", [])
             # too small even at full width: bring back the likeliest removed blocks first
-            by_prob = sorted(removed, key=lambda n: -float(block_prob[self._block_index[n]]))
-            while by_prob and float(self._fraction(torch.ones_like(units), Decision({}, by_prob).block_vector(
-                    self.space))) < target - band:
+            by_prob = sorted(removed, key=lambda n: -float(prob["depth"][self._block_index[n]]))
+            while by_prob and float(self._fraction(Decision({"depth": by_prob}).values(self.space))) < target - band:
                 by_prob.pop(0)
-            removed = sorted(by_prob)
-            decision = fit_to_budget(self.space, 2.0 * keep + prob.numpy(), target, what=ctx.budget.what,
-                                     round_to=ctx.round_to, removed_blocks=removed)
+            scores = {k: 2.0 * (argmax[k].numpy() > 0.5) + prob[k].numpy() for k in self.searched_kinds}
+            decision = decide(self.space, scores, target, what=ctx.budget.what, round_to=ctx.round_to,
+                              fixed=Decision({"depth": sorted(by_prob)}))
         widths, depths = self.arch.argmax_shape()
-        sizes = {g.name: g.size for g in self.space.groups}
-        per_stage: dict[str, int] = {}
-        for b in self.space.blocks:
-            per_stage[b.stage] = per_stage.get(b.stage, 0) + 1
+        per_stage = Counter(b.stage for b in self.space["depth"].blocks) if "depth" in self.space else Counter()
         summary = {"argmax_cost": found, "fitted_to_budget": fitted, "argmax_miss": found - target,
                    "searched_groups": len(widths), "cwi_groups": int(self.arch.cwi_group.sum()),
-                   "widths": {n: f"{w}/{sizes[n]}" for n, w in widths.items()},
+                   "widths": {s.name: f"{widths[s.name]}/{len(s.slots)}" for s in self.sites},
                    "depths": {n: f"{d}/{per_stage[n]}" for n, d in depths.items()},
-                   "blocks_removed": sorted(decision.removed_blocks), **self.arch.movement()}
+                   "blocks_removed": sorted(decision.get("depth", [])), **self.arch.movement()}
         if summary["groups_moved"].startswith("0/") and summary["stages_moved"].startswith("0/"):
             start = "the one-shot magnitude shape (init: budget)" if self.config.init == "budget" else "the initial shape"
             summary["note"] = (f"the search ended where it started: no argmax width or depth changed (logits moved at "
@@ -213,21 +264,23 @@ class TasMethod(Method):
             summary["voting_teachers_mb"] = sum(v.memory_bytes for v in self.voting.values()) / 2**20
         return decision, summary
 
-    def removable_blocks(self) -> list[str]:
-        return [b.name for b in self.space.blocks] if self.config.depth else []
+    def fixed(self) -> Decision:
+        return Decision({"depth": self.space["depth"].items()}) if self.config.depth and "depth" in self.space \
+            else Decision()
 
-    def finalize(self, model: nn.Module) -> nn.Module:
+    def finalize(self, model: nn.Module, result: SearchResult, ctx: SearchContext) -> nn.Module:
         """The found network's starting weights: as sliced (searched or original), or
         re-initialised (the paper)."""
+        model = super().finalize(model, result, ctx)
         if self.config.final_init == "scratch":
-            torch.manual_seed(self.ctx.seed if self.ctx else 0)
+            torch.manual_seed(ctx.seed)
             for m in model.modules():
                 if hasattr(m, "reset_parameters") and m is not model:
                     m.reset_parameters()
         return model
 
-    def _fraction(self, units: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-        return self.space.cost.fraction(self.ctx.budget.what, units, blocks)
+    def _fraction(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.space.cost.fraction(self.ctx.budget.what, values)
 
     def state_dict(self) -> dict:
         return {"arch_optimizer": self.arch_opt.state_dict(),

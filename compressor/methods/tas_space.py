@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..gates import GateController
-from ..recipe import TasConfig
+from ..gates import MIX, GateController
 from ..space import Space
 
 
@@ -63,67 +63,88 @@ def _gumbel(shape, like: torch.Tensor) -> torch.Tensor:
 HEAD_START = 2.0  # logit added for ``init: budget``: about half the probability among 8 candidates
 
 
+@dataclass(frozen=True)
+class SearchedSite:
+    """A site whose width tas searches: ``slots`` of ``kind`` in keeping order (a width keeps a
+    prefix), the candidate widths (slot counts), and whether channel-wise interpolation aligns
+    its sampled widths."""
+
+    kind: str
+    name: str
+    slots: np.ndarray
+    widths: list[int]
+    cwi: bool = False
+
+
+def channel_sites(space: Space, cfg, scores: np.ndarray, round_to: int | None, mixable: np.ndarray | None
+                  ) -> list[SearchedSite]:
+    """Every prunable channel group with two candidate widths or more: units ranked pinned first,
+    then by ``scores`` (best first); widths from ``cfg.ratios``."""
+    choices = space["channels"]
+    mixable = np.zeros(choices.size, dtype=bool) if mixable is None or cfg.mixture == "pad" else mixable
+    free = choices.free()
+    sites = []
+    for g in choices.groups:
+        if not g.prunable or not free[g.units].any():
+            continue
+        order = np.lexsort((-scores[g.units], ~g.pinned))  # pinned first, then best score first
+        cands = width_candidates(g.size, cfg.ratios, pinned=int(g.pinned.sum()),
+                                 channels=int(g.channels[0]) if len(g.channels) else 1, round_to=round_to)
+        if len(cands) >= 2:
+            sites.append(SearchedSite("channels", g.name, g.offset + order, cands, bool(mixable[g.units].all())))
+    return sites
+
+
 class TasArchitecture(GateController):
-    """Width logits ``alpha`` (searched groups x candidates) and depth logits ``beta`` (stages x
+    """Width logits ``alpha`` (searched sites x candidates) and depth logits ``beta`` (stages x
     candidates); ``forward`` gives the gate values of the relaxed network (see module doc)."""
 
-    def __init__(self, space: Space, cfg: TasConfig, scores: np.ndarray, *, round_to: int | None = None,
-                 mixable: np.ndarray | None = None, head_start: dict[str, int] | None = None) -> None:
+    def __init__(self, space: Space, cfg, sites: list[SearchedSite], *, head_start: dict[str, int] | None = None
+                 ) -> None:
         super().__init__()
-        self.num_units, self.num_blocks = space.num_units, len(space.blocks)
+        self.sizes = {k: space[k].size for k in space}
+        offsets = np.cumsum([0] + list(self.sizes.values()))
+        self.offset = dict(zip(self.sizes, offsets[:-1].tolist()))
+        self.total = int(offsets[-1])
         self.candidates = cfg.candidates
         self.tau = cfg.tau_max
-        mixable = np.zeros(space.num_units, dtype=bool) if mixable is None or cfg.mixture == "pad" else mixable
-        prunable = space.prunable_mask()
-        names, widths, rank = [], [], np.zeros(space.num_units, dtype=np.int64)
-        units, unit_group, cwi_group, unit_at = [], [], [], []
-        for g in space.groups:
-            sl = slice(g.offset, g.offset + g.size)
-            if not g.prunable or not prunable[sl].any():
-                continue
-            order = np.lexsort((-scores[sl], ~g.pinned))  # pinned first, then best score first
-            cands = width_candidates(g.size, cfg.ratios, pinned=int(g.pinned.sum()),
-                                     channels=int(g.channels[0]) if len(g.channels) else 1, round_to=round_to)
-            if len(cands) < 2:
-                continue
-            gi = len(names)
-            names.append(g.name)
-            widths.append(cands)
-            rank[g.offset + order] = np.arange(g.size)
-            units.extend(range(g.offset, g.offset + g.size))
-            unit_group.extend([gi] * g.size)
-            cwi_group.append(bool(mixable[sl].all()))
-            unit_at.append(g.offset + order)
-        self.group_names = names
-        n_c = max((len(w) for w in widths), default=1)
-        table = torch.zeros(len(widths), n_c, dtype=torch.long)
-        valid = torch.zeros(len(widths), n_c, dtype=torch.bool)
-        for i, w in enumerate(widths):
-            table[i, :len(w)] = torch.tensor(w)
-            valid[i, :len(w)] = True
+        self.site_names = [s.name for s in sites]
+        units, unit_site, rank, unit_at = [], [], [], []
+        for i, s in enumerate(sites):
+            flat = self.offset[s.kind] + np.asarray(s.slots)
+            units.extend(flat.tolist())
+            unit_site.extend([i] * len(flat))
+            rank.extend(range(len(flat)))
+            unit_at.append(flat)
+        n_c = max((len(s.widths) for s in sites), default=1)
+        table = torch.zeros(len(sites), n_c, dtype=torch.long)
+        valid = torch.zeros(len(sites), n_c, dtype=torch.bool)
+        for i, s in enumerate(sites):
+            table[i, :len(s.widths)] = torch.tensor(s.widths)
+            valid[i, :len(s.widths)] = True
         self.register_buffer("widths", table)
         self.register_buffer("width_valid", valid)
-        self.register_buffer("units", torch.tensor(units, dtype=torch.long))
-        self.register_buffer("unit_group", torch.tensor(unit_group, dtype=torch.long))
-        self.register_buffer("unit_rank", torch.from_numpy(rank[np.asarray(units, dtype=np.int64)]))
-        self.register_buffer("cwi_group", torch.tensor(cwi_group, dtype=torch.bool))
+        self.register_buffer("units", torch.tensor(units, dtype=torch.long))  # flat slot over every kind
+        self.register_buffer("unit_group", torch.tensor(unit_site, dtype=torch.long))
+        self.register_buffer("unit_rank", torch.tensor(rank, dtype=torch.long))
+        self.register_buffer("cwi_group", torch.tensor([s.cwi for s in sites], dtype=torch.bool))
         size = max((len(u) for u in unit_at), default=1)
-        at = torch.full((len(unit_at), size), space.num_units, dtype=torch.long)
+        at = torch.full((len(unit_at), size), self.total, dtype=torch.long)
         for i, u in enumerate(unit_at):
             at[i, :len(u)] = torch.from_numpy(u)
-        self.register_buffer("unit_at", at)  # flat unit of (group, rank)
-        self.min_valid = int(valid.sum(1).min()) if len(widths) else 0
-        self.alpha = nn.Parameter(torch.randn(len(widths), n_c) * 0.01)
-        if head_start is not None:  # the candidate nearest each group's given width starts ahead
+        self.register_buffer("unit_at", at)  # flat slot of (site, rank)
+        self.min_valid = int(valid.sum(1).min()) if len(sites) else 0
+        self.alpha = nn.Parameter(torch.randn(len(sites), n_c) * 0.01)
+        if head_start is not None:  # the candidate nearest each site's given width starts ahead
             with torch.no_grad():
-                for i, (name, w) in enumerate(zip(names, widths)):
-                    kept = head_start.get(name, w[-1])
-                    self.alpha[i, int(np.argmin([abs(c - kept) for c in w]))] += HEAD_START
+                for i, s in enumerate(sites):
+                    kept = head_start.get(s.name, s.widths[-1])
+                    self.alpha[i, int(np.argmin([abs(c - kept) for c in s.widths]))] += HEAD_START
         self.register_buffer("alpha_init", self.alpha.detach().clone())  # where the search started
 
         stages: dict[str, list[int]] = {}
-        if cfg.depth:
-            for i, b in enumerate(space.blocks):
+        if cfg.depth and "depth" in space:
+            for i, b in enumerate(space["depth"].blocks):
                 stages.setdefault(b.stage, []).append(i)
         self.stage_names = list(stages)
         depths = [depth_candidates(len(bs)) for bs in stages.values()]
@@ -166,25 +187,29 @@ class TasArchitecture(GateController):
         reach = self.depths[self.block_stage] > self.block_pos[:, None]    # (B, D)
         return (depth_weights[self.block_stage] * reach).sum(1)
 
-    def _full(self, unit_values: torch.Tensor | None, block_values: torch.Tensor | None, dtype=torch.float32):
-        """Values over the whole space: searched units/blocks as given, every other one 1 (None:
-        all 1, with no autograd graph)."""
-        units = torch.ones(self.num_units, dtype=dtype, device=self.alpha.device)
+    def _full(self, unit_values: torch.Tensor | None, block_values: torch.Tensor | None, dtype=torch.float32
+              ) -> dict[str, torch.Tensor]:
+        """Values per kind: searched slots and blocks as given, every other one 1 (None: all 1,
+        with no autograd graph)."""
+        flat = torch.ones(self.total, dtype=dtype, device=self.alpha.device)
         if unit_values is not None and len(self.units):
-            units = units.index_put((self.units,), unit_values.to(dtype))
-        blocks = torch.ones(self.num_blocks, dtype=dtype, device=self.alpha.device)
-        if block_values is not None and len(self.blocks):
-            blocks = blocks.index_put((self.blocks,), block_values.to(dtype))
-        return units, blocks
+            flat = flat.index_put((self.units,), unit_values.to(dtype))
+        out = {k: flat[o:o + n] for (k, n), o in zip(self.sizes.items(), self.offset.values())}
+        if "depth" in out:
+            blocks = torch.ones(self.sizes["depth"], dtype=dtype, device=self.alpha.device)
+            if block_values is not None and len(self.blocks):
+                blocks = blocks.index_put((self.blocks,), block_values.to(dtype))
+            out["depth"] = blocks
+        return out
 
-    def expected_keep(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def expected_keep(self) -> dict[str, torch.Tensor]:
         """P(unit kept) and P(block kept) under the plain softmax (no noise), differentiable; the
         cost model at these values is TAS's expected cost (products of expected widths)."""
         return self._full(self._unit_values(self.width_log_probs().exp()),
                           self._block_values(self.depth_log_probs().exp()), torch.float64)
 
     @torch.no_grad()
-    def argmax_keep(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def argmax_keep(self) -> dict[str, torch.Tensor]:
         """0/1 keep values of the argmax architecture."""
         w = F.one_hot(self.width_log_probs().argmax(1), self.widths.shape[1]).float()
         d = F.one_hot(self.depth_log_probs().argmax(1), self.depths.shape[1]).float()
@@ -211,8 +236,7 @@ class TasArchitecture(GateController):
     # -- the relaxed network ---------------------------------------------------------------------
     def forward(self):
         if not self.training:
-            units, blocks = self.argmax_keep()
-            return units.float(), blocks.float()
+            return {k: v.float() for k, v in self.argmax_keep().items()}
         tau = max(self.tau, 1e-6)
         values = mix = None
         if len(self.widths):
@@ -230,7 +254,7 @@ class TasArchitecture(GateController):
         if len(self.depths):
             zd = (self.depth_log_probs() + self._draw("gd", lambda: _gumbel(self.beta.shape, self.beta))) / tau
             depth = self._block_values(F.softmax(zd, dim=1))
-        return (*self._full(values, depth), mix)
+        return {**self._full(values, depth), MIX: mix}
 
     def _cwi_mix(self, sel: torch.Tensor, w: torch.Tensor):
         """``(src, dst, value, mixed)`` for :class:`~compressor.gates.GateValues.mix`: in each CWI
@@ -250,17 +274,17 @@ class TasArchitecture(GateController):
         for extra in (0, 1):  # a window spans one or two narrower channels
             rank_i = (start + extra).clamp(max=self.unit_at.shape[1] - 1)
             ok = (start + extra < end).to(w.dtype)
-            src = self.unit_at[g[:, None].expand_as(rank_i), rank_i]       # a channel of the window
-            dst = self.unit_at[g, k_rank][:, None].expand_as(rank_i)        # the aligned position k
+            base, n = self.offset["channels"], self.sizes["channels"]  # n: "no unit" (padding)
+            src = (self.unit_at[g[:, None].expand_as(rank_i), rank_i] - base).clamp(max=n)  # a channel of the window
+            dst = (self.unit_at[g, k_rank][:, None].expand_as(rank_i) - base).clamp(max=n)  # the aligned position k
             srcs.append(src.reshape(-1))
             dsts.append(dst.reshape(-1))
             vals.append((wj / count * ok * inside).reshape(-1))
-        mixed = torch.zeros(self.num_units + 1, dtype=torch.bool, device=w.device)
-        mixed[self.units[cwi_units]] = True
+        mixed = torch.zeros(self.sizes["channels"] + 1, dtype=torch.bool, device=w.device)
+        mixed[self.units[cwi_units] - self.offset["channels"]] = True
         return torch.cat(srcs), torch.cat(dsts), torch.cat(vals), mixed
 
     # -- results ---------------------------------------------------------------------------------
-    @torch.no_grad()
     @torch.no_grad()
     def movement(self) -> dict[str, float | str]:
         """How far the search moved from its start: the largest change of any logit, and how many
@@ -277,6 +301,6 @@ class TasArchitecture(GateController):
         """Searched width (units) per group and kept blocks per stage of the argmax architecture."""
         wi = self.width_log_probs().argmax(1)
         di = self.depth_log_probs().argmax(1)
-        widths = {n: int(self.widths[i, wi[i]]) for i, n in enumerate(self.group_names)}
+        widths = {n: int(self.widths[i, wi[i]]) for i, n in enumerate(self.site_names)}
         depths = {n: int(self.depths[i, di[i]]) for i, n in enumerate(self.stage_names)}
         return widths, depths

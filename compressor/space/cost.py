@@ -3,121 +3,176 @@
 FLOPs are multiply-accumulates of the ops fvcore counts (conv, linear/matmul, norms, adaptive
 average pooling, upsampling) plus scaled-dot-product attention, which fvcore skips unless the
 handle from :mod:`compressor.export.flops` is registered.
+
+Every cost is a sum of :class:`Term`\\ s over one flat vector of slot values, every kind's slots
+side by side.  A term is ``coef * prod_f (sum_s counts_s * v_s) * prod v_scale * live`` with
+``live = 1 - prod (1 - v)`` over its liveness slots: channels enter as factors, a residual block
+as a scale and as liveness, a kernel window as a factor over its rings.  The tracer records the
+terms of the ops that ran; each kind refines them (:meth:`ChoiceKind.refine_terms`).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 import numpy as np
 import torch
 
-from .records import CostTerm
+CONST = -1  # a slot index meaning "always 1"
 
 
-class _Terms:
-    """Sum over terms of ``coef * prod_f (sum_u counts[u] * keep[u]) * prod_blocks keep_block * live``,
-    ``live = 1 - prod_{b in live_blocks} (1 - keep_b)`` (1 for a term without live blocks, or one
-    naming a block the space no longer has: that block always stays)."""
+@dataclass(frozen=True)
+class Factor:
+    """``sum counts[i] * v(kind, slots[i])``; a slot of ``CONST`` counts as kept."""
 
-    def __init__(self, terms: list[CostTerm], blocks, num_units: int) -> None:
-        idx, cnt, seg, coef = [], [], [], []
-        self.n_factors = []
-        fpos = 0
-        term_factors = []
+    kind: str
+    slots: np.ndarray
+    counts: np.ndarray
+
+
+@dataclass(frozen=True)
+class Term:
+    """One op's cost (see the module doc).  ``weight`` names the parameter the op reads, if any."""
+
+    op: str
+    module: str
+    coef: float
+    factors: tuple[Factor, ...] = ()
+    scale: tuple[tuple[str, int], ...] = ()
+    live: tuple[tuple[str, int], ...] | None = None
+    op_index: int = -1
+    weight: str | None = None
+    notes: dict = field(default_factory=dict, compare=False)
+
+    def with_(self, **changes) -> "Term":
+        return replace(self, **changes)
+
+
+class CompiledTerms:
+    """Terms turned into index tensors over the flat slot vector (evaluated many times)."""
+
+    def __init__(self, terms: list[Term], offsets: Mapping[str, int], total: int) -> None:
+        one, zero = total, total + 1  # slots appended to every value vector: constant 1 and 0
+        self.total = total
+
+        def flat(kind: str, slot: int) -> int:  # a kind the space lacks is always kept
+            return one if slot == CONST or kind not in offsets else offsets[kind] + slot
+
+        idx, cnt, seg, per_term = [], [], [], []
         for t in terms:
             fids = []
-            for units, counts in t.factors:
-                idx.append(np.where(units >= 0, units, num_units))
-                cnt.append(counts)
-                seg.append(np.full(len(units), fpos))
-                fids.append(fpos)
-                fpos += 1
-            term_factors.append(fids)
-            coef.append(t.coef)
-        width = max([len(f) for f in term_factors] + [1])
-        one = fpos  # index of a constant-one factor
-        self.factor_of_term = torch.tensor([f + [one] * (width - len(f)) for f in term_factors] or [[0]])
+            for f in t.factors:
+                fids.append(len(idx))
+                seg.append(np.full(len(f.slots), len(idx)))
+                base = offsets.get(f.kind)
+                idx.append(np.where((f.slots == CONST) | (base is None), one, f.slots + (base or 0)))
+                cnt.append(np.asarray(f.counts, dtype=np.float64))
+            per_term.append(fids)
+        n_f = len(idx)
+        width = max([len(f) for f in per_term] + [1])
+        self.factor_of_term = torch.tensor([f + [n_f] * (width - len(f)) for f in per_term] or [[n_f]])
         self.idx = torch.from_numpy(np.concatenate(idx)).long() if idx else torch.zeros(0, dtype=torch.long)
-        self.cnt = torch.from_numpy(np.concatenate(cnt)).double() if cnt else torch.zeros(0, dtype=torch.double)
+        self.cnt = torch.from_numpy(np.concatenate(cnt)) if cnt else torch.zeros(0, dtype=torch.double)
         self.seg = torch.from_numpy(np.concatenate(seg)).long() if seg else torch.zeros(0, dtype=torch.long)
-        self.coef = torch.tensor(coef or [0.0], dtype=torch.double)
-        self.n_f = fpos
-        # block membership: term -> block indices (padded with a constant-one slot)
-        nb = len(blocks)
-        member = [[i for i, b in enumerate(blocks) if b.contains(t.module)] for t in terms]
-        bw = max([len(m) for m in member] + [1])
-        self.block_of_term = torch.tensor([m + [nb] * (bw - len(m)) for m in member] or [[nb]])
-        # liveness: slot nb holds keep 1 (always live), slot nb + 1 keep 0 (padding)
-        index = {b.name: i for i, b in enumerate(blocks)}
-        alive = [[index[b] for b in sorted(t.live_blocks)]
-                 if t.live_blocks and all(b in index for b in t.live_blocks) else [nb] for t in terms]
-        lw = max([len(a) for a in alive] + [1])
-        self.live_of_term = torch.tensor([a + [nb + 1] * (lw - len(a)) for a in alive] or [[nb]])
+        self.n_f = n_f
+        self.coef = torch.tensor([t.coef for t in terms] or [0.0], dtype=torch.double)
+        scales = [[flat(k, s) for k, s in t.scale] for t in terms]
+        sw = max([len(s) for s in scales] + [1])
+        self.scale_of_term = torch.tensor([s + [one] * (sw - len(s)) for s in scales] or [[one]])
+        lives = [[flat(k, s) for k, s in t.live] if t.live else [one] for t in terms]
+        lw = max([len(v) for v in lives] + [1])
+        self.live_of_term = torch.tensor([v + [zero] * (lw - len(v)) for v in lives] or [[one]])
         self.empty = not terms
+        self._on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
-    def __call__(self, keep: torch.Tensor, block_keep: torch.Tensor) -> torch.Tensor:
+    def _tensors(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if device not in self._on:
+            self._on[device] = tuple(t.to(device) for t in (self.idx, self.cnt, self.seg, self.factor_of_term,
+                                                            self.coef, self.scale_of_term, self.live_of_term))
+        return self._on[device]
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``v``: the flat slot values (double), without the two constant slots."""
         if self.empty:
-            return keep.new_zeros((), dtype=torch.double)
-        k = torch.cat([keep.double(), keep.new_ones(1, dtype=torch.double)])
-        fv = torch.zeros(self.n_f + 1, dtype=torch.double, device=k.device)
-        fv = fv.index_add(0, self.seg.to(k.device), self.cnt.to(k.device) * k[self.idx.to(k.device)])
-        fv = fv.clone()
-        fv[self.n_f] = 1.0
-        per_term = fv[self.factor_of_term.to(k.device)].prod(dim=1) * self.coef.to(k.device)
-        bk = torch.cat([block_keep.double(), block_keep.new_tensor([1.0, 0.0], dtype=torch.double)])
-        per_term = per_term * bk[self.block_of_term.to(k.device)].prod(dim=1)
-        per_term = per_term * (1 - (1 - bk[self.live_of_term.to(k.device)]).prod(dim=1))
+            return v.new_zeros(())
+        idx, cnt, seg, fot, coef, sot, lot = self._tensors(v.device)
+        ext = torch.cat([v, v.new_tensor([1.0, 0.0])])
+        fv = torch.zeros(self.n_f + 1, dtype=v.dtype, device=v.device).index_add(0, seg, cnt * ext[idx])
+        fv = torch.cat([fv[:-1], fv.new_ones(1)])
+        per_term = fv[fot].prod(dim=1) * coef * ext[sot].prod(dim=1)
+        per_term = per_term * (1 - (1 - ext[lot]).prod(dim=1))
         return per_term.sum()
 
 
-class CostModel:
-    """FLOPs (MACs) and params of a space as functions of per-unit and per-block keep values.
+Values = Mapping[str, torch.Tensor]
 
-    ``keep`` holds one value per flat unit of the space (1 = kept, 0 = removed, or a probability);
-    ``block_keep`` one per block.  Both may require grad: the result is differentiable.
+
+class CostModel:
+    """FLOPs (MACs) and params of a space as functions of slot values keyed by kind.
+
+    A kind missing from ``values`` keeps every slot (value 1).  Values may require grad: the
+    result is differentiable.
 
     Example:
-        >>> cm = space.cost
-        >>> full = cm.flops()                        # the original model
-        >>> half = cm.flops(keep=torch.full((space.num_units,), 0.5))
+        >>> full = space.cost.flops()                                   # the original model
+        >>> half = space.cost.flops({"channels": torch.full((n,), 0.5)})
     """
 
     def __init__(self, space) -> None:
         self.space = space
-        self._flops = _Terms(space.flops_terms, space.blocks, space.num_units)
-        self._params = _Terms(space.param_terms, space.blocks, space.num_units)
-        self._full_cost: dict[str, float] = {}
+        self.offsets: dict[str, int] = {}
+        total = 0
+        for kind, choices in space.items():
+            self.offsets[kind] = total
+            total += choices.size
+        self.total = total
+        self.flops_terms = space.refined_terms(space.flops_terms)
+        self.param_terms = space.refined_terms(space.param_terms)
+        self._flops = CompiledTerms(self.flops_terms, self.offsets, total)
+        self._params = CompiledTerms(self.param_terms, self.offsets, total)
+        self._full: dict[str, float] = {}
 
-    def _defaults(self, keep, block_keep):
-        if keep is None:
-            keep = torch.ones(self.space.num_units, dtype=torch.double)
-        if block_keep is None:
-            block_keep = torch.ones(len(self.space.blocks), dtype=torch.double)
-        return keep, block_keep
+    def flat(self, values: Values | None = None) -> torch.Tensor:
+        """The flat slot vector of ``values`` (ones where a kind is missing), on their device."""
+        values = values or {}
+        like = next((v for v in values.values() if isinstance(v, torch.Tensor)), None)
+        device = like.device if like is not None else torch.device("cpu")
+        parts = []
+        for kind, choices in self.space.items():
+            v = values.get(kind)
+            if v is None:
+                parts.append(torch.ones(choices.size, dtype=torch.double, device=device))
+            else:
+                v = torch.as_tensor(v, device=device).double().reshape(-1)
+                if v.numel() != choices.size:
+                    raise ValueError(f"{kind}: expected {choices.size} values, got {v.numel()}")
+                parts.append(v)
+        unknown = set(values) - set(self.offsets)
+        if unknown:
+            raise ValueError(f"values for kinds this space does not have: {sorted(unknown)}")
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.double, device=device)
 
-    def flops(self, keep: torch.Tensor | None = None, block_keep: torch.Tensor | None = None) -> torch.Tensor:
-        return self._flops(*self._defaults(keep, block_keep))
+    def flops(self, values: Values | None = None) -> torch.Tensor:
+        return self._flops(self.flat(values))
 
-    def params(self, keep: torch.Tensor | None = None, block_keep: torch.Tensor | None = None) -> torch.Tensor:
-        return self._params(*self._defaults(keep, block_keep))
+    def params(self, values: Values | None = None) -> torch.Tensor:
+        return self._params(self.flat(values))
 
-    def fraction(self, what: str, keep: torch.Tensor | None = None,
-                 block_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """``what`` ("flops" or "params") of a (soft) decision as a fraction of the full model's;
-        differentiable like :meth:`flops`."""
-        cost = self.flops if what == "flops" else self.params
-        if what not in self._full_cost:
-            self._full_cost[what] = float(cost())
-        return cost(keep, block_keep) / self._full_cost[what]
+    def of(self, what: str, values: Values | None = None) -> torch.Tensor:
+        """``what`` ("flops" or "params") of ``values``."""
+        if what not in ("flops", "params"):
+            raise ValueError(f"unknown cost {what!r}; expected flops or params")
+        return self.flops(values) if what == "flops" else self.params(values)
 
-    def breakdown(self, what: str = "flops") -> dict[int, float]:
-        """Share of the full cost that each group's units carry (terms split evenly between groups)."""
-        terms = self.space.flops_terms if what == "flops" else self.space.param_terms
-        unit_group = self.space.unit_group()
-        total = 0.0
-        shares: dict[int, float] = {}
-        for t in terms:
-            value = t.coef * float(np.prod([c.sum() for _, c in t.factors])) if t.factors else t.coef
-            total += value
-            gids = {int(unit_group[u]) for units, _ in t.factors for u in units if u >= 0}
-            for g in gids:
-                shares[g] = shares.get(g, 0.0) + value / len(gids)
-        return {g: v / total for g, v in shares.items()} if total else {}
+    def full(self, what: str) -> float:
+        """The original model's ``what``."""
+        if what not in self._full:
+            self._full[what] = float(self.of(what))
+        return self._full[what]
+
+    def fraction(self, what: str, values: Values | None = None) -> torch.Tensor:
+        """``what`` of ``values`` as a fraction of the full model's; differentiable."""
+        return self.of(what, values) / self.full(what)
+
+    def terms(self, what: str) -> list[Term]:
+        return self.flops_terms if what == "flops" else self.param_terms

@@ -50,8 +50,7 @@ class CostTerm:
     """``coef * prod(sum of keep(atom) over each factor)``; an atom of -1 always counts as kept.
 
     Factors are stored compressed as ``(atoms, counts)`` pairs.  ``op_index`` is the traced op
-    that costs this; ``live_blocks``, when set, names the blocks of which one must be kept for the
-    op's result to be used at all (:mod:`compressor.space.liveness`).
+    that costs this.
     """
 
     op: str
@@ -59,7 +58,7 @@ class CostTerm:
     coef: float
     factors: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     op_index: int = -1
-    live_blocks: frozenset[str] | None = None
+    weight: str | None = None  # the parameter the op reads (conv/linear weight)
 
 
 @dataclass
@@ -104,3 +103,19 @@ class SplitSite:
     module: str
     sizes: list[int]
     atoms: np.ndarray
+
+
+@dataclass
+class ParamOp:
+    """An op that reads a named weight (a convolution): what kinds of choice over the op itself
+    (its kernel window, its type) need to know.  ``attrs`` holds the op's arguments (``stride``,
+    ``padding``, ``dilation``, ``groups``, ``transposed``); shapes are the traced ones."""
+
+    op: str
+    weight: str
+    module: str
+    op_index: int
+    weight_shape: tuple[int, ...]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    attrs: dict = field(default_factory=dict)

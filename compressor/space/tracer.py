@@ -27,6 +27,7 @@ from .records import (
     Merge,
     NormSite,
     ParamDim,
+    ParamOp,
     Producer,
     ReshapeSite,
     SplitSite,
@@ -57,6 +58,7 @@ class Trace:
         self.gate_sites: list[GateSite] = []
         self.norm_sites: list[NormSite] = []
         self.costs: list[CostTerm] = []
+        self.param_ops: list[ParamOp] = []  # convolutions reading a named weight
         self.producers: list[Producer] = []
         self.merges: list[Merge] = []
         self.pinned: np.ndarray = np.zeros(0, dtype=np.int64)  # output + box-pinned atoms
@@ -279,7 +281,7 @@ class Trace:
         if name is not None:
             self.norm_sites.append(NormSite(name, kind, np.asarray(atoms, dtype=np.int64), groups))
 
-    def cost(self, op: str, coef: float, *factors: np.ndarray | torch.Tensor) -> None:
+    def cost(self, op: str, coef: float, *factors: np.ndarray | torch.Tensor, weight: str | None = None) -> None:
         packed = []
         for f in factors:
             if isinstance(f, torch.Tensor):
@@ -287,7 +289,7 @@ class Trace:
             else:
                 atoms, counts = np.unique(np.asarray(f).reshape(-1), return_counts=True)
                 packed.append((atoms.astype(np.int64), counts.astype(np.float64)))
-        self.costs.append(CostTerm(op, self.module, float(coef), packed, op_index=self.flow.current))
+        self.costs.append(CostTerm(op, self.module, float(coef), packed, op_index=self.flow.current, weight=weight))
 
 
 Rule = Callable[[Trace, Any, tuple, dict, Any], None]

@@ -2,7 +2,8 @@
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistEnv
 from .hooks import TrainHooks
-from .trainer import DivergedError, EpochResult, Evaluation, Trainer
+from .log import EpochResult
+from .trainer import DivergedError, Evaluation, Stage, Trainer
 
-__all__ = ["CheckpointError", "DistEnv", "DivergedError", "EpochResult", "Evaluation", "TrainHooks", "Trainer", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = ["CheckpointError", "DistEnv", "DivergedError", "EpochResult", "Evaluation", "Stage", "TrainHooks", "Trainer",
+           "load_checkpoint", "save_checkpoint"]

@@ -7,20 +7,17 @@ A stage resumed from its last checkpoint continues bit-for-bit: data order comes
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..errors import one_line
@@ -29,7 +26,9 @@ from ..recipe import RunConfig, TrainConfig
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistEnv, resolve_device
 from .hooks import TrainHooks
+from .log import EpochResult, append_csv, tensorboard
 from .part import part_optimizer, return_state, sync_lr
+from .sampling import EpochSampler, IndexedDataset, cycle
 from .schedule import lr_factor
 
 CHECKPOINT_FORMAT = 1
@@ -60,70 +59,51 @@ class Evaluation(NamedTuple):
 
 
 @dataclass
-class EpochResult:
-    """What one epoch measured (losses are means over samples; accuracies in [0, 1])."""
+class Stage:
+    """One training stage: what :meth:`Trainer.fit` trains on, how, and where it checkpoints.
 
-    epoch: int
-    lr: float
-    train_loss: float
-    train_acc: float
-    val_loss: float | None
-    val_acc: float | None
-    seconds: float
-    extra: dict[str, float] = field(default_factory=dict)
+    ``criterion(inputs, outputs, targets)`` replaces cross-entropy as the task loss (e.g. a
+    :class:`~compressor.train.distill.Distillation`).  ``arch_set`` feeds the hooks' ``arch_step``
+    (default: ``val_set``, which is evaluated after every epoch).  With ``checkpoint``, the full
+    state is written there atomically after every epoch, and ``resume`` continues from it when it
+    exists (a finished stage returns at once).  ``workers``: DataLoader workers (None: the trainer's).
+    """
 
-    def row(self) -> dict[str, float | int | None]:
-        d = asdict(self)
-        d.pop("extra")
-        return {**d, **self.extra}
-
-
-class IndexedDataset(Dataset):
-    """``(x, y, i)``: a dataset's samples with their index (per-sample state such as voting
-    teachers is keyed by it)."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int):
-        x, y = self.dataset[i]
-        return x, y, i
+    name: str
+    train_set: Dataset
+    config: TrainConfig
+    batch_size: int
+    val_set: Dataset | None = None
+    arch_set: Dataset | None = None
+    hooks: TrainHooks | None = None
+    criterion: Criterion | None = None
+    checkpoint: str | os.PathLike | None = None
+    resume: bool = False
+    workers: int | None = None
 
 
-class EpochSampler(Sampler[int]):
-    """A permutation drawn from ``(seed, epoch)``, sharded over the processes of a DDP run."""
+@dataclass
+class _Run:
+    """The mutable state of one :meth:`Trainer.fit` call."""
 
-    def __init__(self, n: int, seed: int, dist: DistEnv, shuffle: bool = True) -> None:
-        self.n, self.seed, self.dist, self.shuffle, self.epoch = n, seed, dist, shuffle, 0
-        self.per_rank = math.ceil(n / dist.world_size) if shuffle else len(range(dist.rank, n, dist.world_size))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.dist.rank, self.n, self.dist.world_size))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        order += order[: self.per_rank * self.dist.world_size - self.n]  # equal shards
-        return iter(order[self.dist.rank::self.dist.world_size])
-
-    def __len__(self) -> int:
-        return self.per_rank
+    stage: Stage
+    hooks: TrainHooks
+    loader: DataLoader
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    ckpt: Path | None
 
 
 class Trainer:
-    """Trains a module on a dataset for one :class:`~compressor.recipe.TrainConfig` stage.
+    """Trains a module for one :class:`Stage` at a time.
 
     During :meth:`fit`, ``trainer.optimizer`` is the weight optimizer (a second-order architecture
     step reads its learning rates and momentum buffers).
 
     Example:
         >>> trainer = Trainer(RunConfig(seed=0, progress=False))
-        >>> history = trainer.fit(model, train_set, TrainConfig(epochs=2), stage="base", batch_size=64)
+        >>> history = trainer.fit(model, Stage("base", train_set, TrainConfig(epochs=2), batch_size=64))
     """
 
     def __init__(self, run: RunConfig, *, log_dir: str | os.PathLike | None = None,
@@ -199,122 +179,124 @@ class Trainer:
                                nesterov=cfg.nesterov and cfg.momentum > 0)
 
     # -- the loop --------------------------------------------------------------------------------
-    def fit(self, model: nn.Module, train_set: Dataset, cfg: TrainConfig, *, stage: str, batch_size: int,
-            val_set: Dataset | None = None, hooks: TrainHooks | None = None,
-            checkpoint: str | os.PathLike | None = None, resume: bool = False,
-            workers: int | None = None, criterion: Criterion | None = None,
-            arch_set: Dataset | None = None) -> list[EpochResult]:
-        """Train ``model`` in place for ``cfg.epochs`` epochs; return the per-epoch history.
-
-        ``criterion(inputs, outputs, targets)`` replaces cross-entropy as the task loss (e.g. a
-        :class:`~compressor.train.distill.Distillation`).  ``arch_set`` feeds the hooks'
-        ``arch_step`` (default: ``val_set``), which ``val_set`` is evaluated on after every epoch.
-        With ``checkpoint``, the full state is written there atomically after every epoch, and
-        ``resume`` continues from it when it exists (a finished stage returns at once).
-        """
-        hooks = hooks or TrainHooks()
+    def fit(self, model: nn.Module, stage: Stage) -> list[EpochResult]:
+        """Train ``model`` in place for ``stage.config.epochs`` epochs; return the per-epoch history."""
+        hooks = stage.hooks or TrainHooks()
         model.to(self.device)
         if self.run.channels_last:
             to_channels_last(model)
-        if hasattr(criterion, "prepare"):
-            criterion.prepare(self.device, self.run.channels_last)  # type: ignore[union-attr]
-        loader = self.loader(train_set, batch_size, shuffle=True, workers=workers, indexed=True)
-        steps = len(loader)
-        opt = self.optimizer = self._optimizer(model, cfg, hooks)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps))
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        history: list[EpochResult] = []
-        start = 0
-        ckpt = Path(checkpoint) if checkpoint else None
-        if ckpt is not None and resume and ckpt.exists():
-            state = load_checkpoint(ckpt)
-            if state.get("stage") != stage:
-                raise CheckpointError(f"checkpoint {ckpt} belongs to stage {state.get('stage')!r}, not {stage!r}")
-            try:
-                model.load_state_dict(state["model"])
-                opt.load_state_dict(state["optimizer"])
-                sched.load_state_dict(state["scheduler"])
-                hooks.load_state_dict(state["hooks"])
-                torch.set_rng_state(state["rng"])
-                history = [EpochResult(**h) for h in state["history"]]
-                start = int(state["epoch"])
-            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-                raise CheckpointError(f"checkpoint {ckpt} does not fit this run's {stage} stage "
-                                      f"({one_line(exc, 120)}); start again in another --out") from None
-        else:
-            torch.manual_seed(self.run.seed)
+        if hasattr(stage.criterion, "prepare"):
+            stage.criterion.prepare(self.device, self.run.channels_last)  # type: ignore[union-attr]
+        loader = self.loader(stage.train_set, stage.batch_size, shuffle=True, workers=stage.workers, indexed=True)
+        opt = self.optimizer = self._optimizer(model, stage.config, hooks)
+        run = _Run(stage, hooks, loader, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(stage.config, len(loader))),
+                   torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16),
+                   Path(stage.checkpoint) if stage.checkpoint else None)
+        history = self._restore(model, run)
         net = self._ddp(model)
-        for epoch in range(start, cfg.epochs):
-            t0 = time.perf_counter()
-            extra = dict(hooks.begin_epoch(epoch, cfg.epochs))
-            part = hooks.epoch_network(model)
-            train_model, train_net, step_opt = model, net, opt
-            if part is not None:  # a smaller network stands in for the model this epoch
-                train_model = part.module.to(self.device)
-                if self.run.channels_last:
-                    to_channels_last(train_model)
-                step_opt = part_optimizer(opt, part)
-                train_net = self._ddp(train_model)
-            loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
-            train_net.train()
-            loss_sum = correct = count = 0.0
-            bar = tqdm(loader, total=steps, desc=f"{stage} {epoch + 1}/{cfg.epochs}", leave=False,
-                       disable=not (self.run.progress and self.dist.is_main), mininterval=1.0, dynamic_ncols=True)
-            arch_data = arch_set if arch_set is not None else val_set
-            held_out = _cycle(self.loader(arch_data, batch_size, shuffle=True, indexed=True)) \
-                if hooks.has_arch_step and arch_data is not None else None
-            for step, (x, y, idx) in enumerate(bar):
-                x, y, idx = self._to_device(x, y, idx)
-                if held_out is not None:
-                    hooks.arch_step(self._to_device(*next(held_out)), (x, y, idx))
-                with self.autocast():
-                    out = first_output(train_net(x))
-                    loss = criterion(x, out, y) if criterion is not None else F.cross_entropy(out.float(), y)
-                    penalty = hooks.extra_loss(train_model, out, y, idx)
-                total = loss if penalty is None else loss + penalty
-                if not torch.isfinite(total.detach()):
-                    raise DivergedError(self._diverged(stage, epoch, step, total, ckpt))
-                step_opt.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(step_opt)
-                    nn.utils.clip_grad_norm_(train_model.parameters(), cfg.grad_clip)
-                scaler.step(step_opt)
-                scaler.update()
-                if part is None:
-                    sched.step()
-                else:  # ``opt`` itself did not step: the scheduler's order warning does not apply
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                        sched.step()
-                    sync_lr(opt, step_opt)
-                loss_sum += float(loss.detach()) * len(y)
-                correct += float((out.argmax(1) == y).sum())
-                count += len(y)
-                bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}",
-                                **{k: f"{v:.3f}" for k, v in hooks.step_metrics().items()}, refresh=False)
-                for cb in self.callbacks:
-                    cb(stage, epoch, step)
-            bar.close()
-            loss_sum, correct, count = self.dist.sum([loss_sum, correct, count])
-            val_loss = val_acc = None
-            if val_set is not None and len(val_set):  # a part computes what the whole model does, for less
-                val_loss, val_acc, _ = self.evaluate(train_net, val_set, batch_size, workers)
-            if part is not None:
-                return_state(opt, step_opt, part)
-                part.finish()
-            extra.update(hooks.end_epoch(epoch, cfg.epochs))
-            result = EpochResult(epoch + 1, opt.param_groups[0]["lr"], loss_sum / max(count, 1),
-                                 correct / max(count, 1), val_loss, val_acc, time.perf_counter() - t0, extra)
-            history.append(result)
-            self._report(stage, cfg.epochs, result)
-            if ckpt is not None and self.dist.is_main:
-                save_checkpoint({"format": CHECKPOINT_FORMAT, "stage": stage, "epoch": epoch + 1,
+        for epoch in range(len(history), stage.config.epochs):
+            history.append(self._epoch(model, net, run, epoch))
+            self._report(stage.name, stage.config.epochs, history[-1])
+            if run.ckpt is not None and self.dist.is_main:
+                save_checkpoint({"format": CHECKPOINT_FORMAT, "stage": stage.name, "epoch": epoch + 1,
                                  "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                 "scheduler": sched.state_dict(), "hooks": hooks.state_dict(),
-                                 "rng": torch.get_rng_state(), "history": [asdict(h) for h in history]}, ckpt)
+                                 "scheduler": run.sched.state_dict(), "hooks": hooks.state_dict(),
+                                 "rng": torch.get_rng_state(), "history": [asdict(h) for h in history]}, run.ckpt)
             self.dist.barrier()
         return history
+
+    def _restore(self, model: nn.Module, run: _Run) -> list[EpochResult]:
+        """The history of a resumed stage (its state restored from the checkpoint), else []."""
+        ckpt, name = run.ckpt, run.stage.name
+        if ckpt is None or not run.stage.resume or not ckpt.exists():
+            torch.manual_seed(self.run.seed)
+            return []
+        state = load_checkpoint(ckpt)
+        if state.get("stage") != name:
+            raise CheckpointError(f"checkpoint {ckpt} belongs to stage {state.get('stage')!r}, not {name!r}")
+        try:
+            model.load_state_dict(state["model"])
+            run.opt.load_state_dict(state["optimizer"])
+            run.sched.load_state_dict(state["scheduler"])
+            run.hooks.load_state_dict(state["hooks"])
+            torch.set_rng_state(state["rng"])
+            history = [EpochResult(**h) for h in state["history"]]
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {ckpt} does not fit this run's {name} stage "
+                                  f"({one_line(exc, 120)}); start again in another --out") from None
+        if len(history) != int(state["epoch"]):
+            raise CheckpointError(f"checkpoint {ckpt} is inconsistent (epoch {state['epoch']}, {len(history)} rows)")
+        return history
+
+    def _epoch(self, model: nn.Module, net: nn.Module, run: _Run, epoch: int) -> EpochResult:
+        stage, hooks, epochs = run.stage, run.hooks, run.stage.config.epochs
+        t0 = time.perf_counter()
+        extra = dict(hooks.begin_epoch(epoch, epochs))
+        part = hooks.epoch_network(model)
+        train_model, train_net, step_opt = model, net, run.opt
+        if part is not None:  # a smaller network stands in for the model this epoch
+            train_model = part.module.to(self.device)
+            if self.run.channels_last:
+                to_channels_last(train_model)
+            step_opt = part_optimizer(run.opt, part)
+            train_net = self._ddp(train_model)
+        run.loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        train_net.train()
+        sums = [0.0, 0.0, 0.0]  # loss * samples, correct, samples
+        bar = tqdm(run.loader, total=len(run.loader), desc=f"{stage.name} {epoch + 1}/{epochs}", leave=False,
+                   disable=not (self.run.progress and self.dist.is_main), mininterval=1.0, dynamic_ncols=True)
+        arch_data = stage.arch_set if stage.arch_set is not None else stage.val_set
+        held_out = cycle(self.loader(arch_data, stage.batch_size, shuffle=True, indexed=True)) \
+            if hooks.has_arch_step and arch_data is not None else None
+        for step, (x, y, idx) in enumerate(bar):
+            x, y, idx = self._to_device(x, y, idx)
+            if held_out is not None:
+                hooks.arch_step(self._to_device(*next(held_out)), (x, y, idx))
+            self._step(run, (train_model, train_net, step_opt, part), (x, y, idx), (epoch, step), sums)
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}",
+                            **{k: f"{v:.3f}" for k, v in hooks.step_metrics().items()}, refresh=False)
+            for cb in self.callbacks:
+                cb(stage.name, epoch, step)
+        bar.close()
+        loss_sum, correct, count = self.dist.sum(sums)
+        val_loss = val_acc = None
+        if stage.val_set is not None and len(stage.val_set):  # a part computes what the whole model does
+            val_loss, val_acc, _ = self.evaluate(train_net, stage.val_set, stage.batch_size, stage.workers)
+        if part is not None:
+            return_state(run.opt, step_opt, part)
+            part.finish()
+        extra.update(hooks.end_epoch(epoch, epochs))
+        return EpochResult(epoch + 1, run.opt.param_groups[0]["lr"], loss_sum / max(count, 1),
+                           correct / max(count, 1), val_loss, val_acc, time.perf_counter() - t0, extra)
+
+    def _step(self, run: _Run, nets: tuple, batch: tuple, where: tuple[int, int], sums: list[float]) -> None:
+        """One weight step on ``batch``; adds the loss, correct count and samples to ``sums``."""
+        train_model, train_net, step_opt, part = nets
+        x, y, idx = batch
+        with self.autocast():
+            out = first_output(train_net(x))
+            loss = run.stage.criterion(x, out, y) if run.stage.criterion is not None else F.cross_entropy(out.float(), y)
+            penalty = run.hooks.extra_loss(train_model, out, y, idx)
+        total = loss if penalty is None else loss + penalty
+        if not torch.isfinite(total.detach()):
+            raise DivergedError(self._diverged(run.stage.name, *where, total, run.ckpt))
+        step_opt.zero_grad(set_to_none=True)
+        run.scaler.scale(total).backward()
+        if run.stage.config.grad_clip:
+            run.scaler.unscale_(step_opt)
+            nn.utils.clip_grad_norm_(train_model.parameters(), run.stage.config.grad_clip)
+        run.scaler.step(step_opt)
+        run.scaler.update()
+        if part is None:
+            run.sched.step()
+        else:  # ``opt`` itself did not step: the scheduler's order warning does not apply
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                run.sched.step()
+            sync_lr(run.opt, step_opt)
+        sums[0] += float(loss.detach()) * len(y)
+        sums[1] += float((out.argmax(1) == y).sum())
+        sums[2] += len(y)
 
     @staticmethod
     def _diverged(stage: str, epoch: int, step: int, loss: torch.Tensor, ckpt: Path | None) -> str:
@@ -340,42 +322,5 @@ class Trainer:
             tqdm.write(f"{stage} epoch {r.epoch}/{epochs}: loss {r.train_loss:.3f} acc {100 * r.train_acc:.2f}%"
                        f"{val}{extra} ({r.seconds:.0f} s)")
         if self.log_dir is not None:
-            self._append_csv(self.log_dir / f"{stage}.csv", r.row())
-            _tensorboard(self.log_dir, stage, r)
-
-    @staticmethod
-    def _append_csv(path: Path, row: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if path.exists():
-            rows = [r for r in csv.DictReader(io.StringIO(path.read_text())) if int(r["epoch"]) < int(row["epoch"])]
-        rows.append({k: ("" if v is None else v) for k, v in row.items()})
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, path)
-
-
-def _cycle(loader: DataLoader):
-    while True:
-        yield from loader
-
-
-_WRITERS: dict[str, object] = {}
-
-
-def _tensorboard(log_dir: Path, stage: str, r: EpochResult) -> None:
-    """Scalars to TensorBoard when it is installed (an optional extra)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # noqa: BLE001 - tensorboard not installed
-        return
-    writer = _WRITERS.setdefault(str(log_dir), SummaryWriter(str(log_dir / "tensorboard")))
-    for k, v in r.row().items():
-        if k != "epoch" and isinstance(v, (int, float)):
-            writer.add_scalar(f"{stage}/{k}", v, r.epoch)  # type: ignore[attr-defined]
-    writer.flush()  # type: ignore[attr-defined]
+            append_csv(self.log_dir / f"{stage}.csv", r.row())
+            tensorboard(self.log_dir, stage, r)

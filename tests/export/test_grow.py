@@ -4,10 +4,10 @@ import timm
 import torch
 import torchvision
 
-from compressor.export.grow import GrowError, grow_model, growth_gap, seed_model, shared_groups, split_halves
+from compressor.surgery.widen import GrowError, grow_model, growth_gap, seed_model, shared_groups, split_halves
 from compressor.frontend import trace
 from compressor.models import MODELS
-from compressor.gates.templates import attach_templates, growth_fill, materialize_templates, orthogonal_rows
+from compressor.methods.mixtures import attach_templates, growth_fill, materialize_templates, orthogonal_rows
 
 
 def randomized(model, seed):
@@ -49,7 +49,7 @@ def test_grown_weight_holds_both_seeds_on_the_diagonal_and_fills_the_rest():
     assert torch.equal(w[ia][:, ja], wa) and torch.equal(w[ib][:, jb], wb)
     assert (w[ia][:, jb] == 7).all() and (w[ib][:, ja] == 7).all()
     fc, fa, fb = ones.fc, seed_a.fc, seed_b.fc
-    stream = next(g for g in space.groups if g.offset == space.param_slices["fc.weight"].dims[1].min())
+    stream = next(g for g in space["channels"].groups if g.offset == space["channels"].param_slices["fc.weight"].dims[1].min())
     ia, ib = halves.a[stream.name], halves.b[stream.name]
     assert torch.equal(fc.bias, fa.bias + fb.bias)   # logits: the sum of both heads
     assert torch.equal(fc.weight[:, ia], fa.weight) and torch.equal(fc.weight[:, ib], fb.weight)

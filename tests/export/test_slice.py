@@ -2,9 +2,9 @@
 import torch
 import torchvision
 
-from compressor.checks import gated_output
+from compressor.gates.outputs import gated_output
 from compressor.decision import Decision
-from compressor.export import slice_model
+from compressor.surgery import slice_model
 from compressor.frontend import trace
 
 
@@ -15,7 +15,7 @@ def test_removed_block_with_in_place_ops_after_its_add_trains_and_leaves_its_inp
     model = torchvision.models.resnet18(num_classes=4).eval()
     x = torch.randn(2, 3, 32, 32)
     space = trace(model, x[:1])
-    decision = Decision({}, ["layer2.1#0", "layer3.1#0"])
+    decision = Decision({"depth": ["layer2.1#0", "layer3.1#0"]})
     sliced = slice_model(model, space, decision)
     with torch.no_grad():
         assert torch.allclose(sliced(x), gated_output(model, space, decision, x), atol=1e-5)
@@ -42,8 +42,8 @@ def test_a_grouped_conv_whose_inputs_stay_keeps_its_groups():
     whole groups removed, but the groups stay (cpubone_nano's seed model broke on this)."""
     model, x = WideGroupsOnTheInput().eval(), torch.randn(2, 6, 8, 8)
     space = trace(model, x[:1])
-    (group,) = [g for g in space.groups if g.prunable]
-    decision = Decision({group.name: list(range(group.size // 2))})
+    (group,) = [g for g in space["channels"].groups if g.prunable]
+    decision = Decision({"channels": {group.name: list(range(group.size // 2))}})
     sliced = slice_model(model, space, decision).eval()
     assert sliced.conv.groups == 2 and sliced.conv.in_channels == 6 and sliced.conv.out_channels == 8
     with torch.no_grad():

@@ -4,7 +4,7 @@ import numpy as np
 import timm
 import torch
 
-from compressor.export.subnet import sub_network
+from compressor.surgery.subnet import sub_network
 from compressor.frontend import trace
 from compressor.gates import ControlledModel, PartController, attach_gates
 from compressor.gates.outputs import gated_output
@@ -15,8 +15,8 @@ from tests.tiny import TinyNet
 
 def _keep(space, share, seed):
     rng = np.random.default_rng(seed)
-    keep = np.ones(space.num_units, dtype=bool)
-    for g in space.groups:
+    keep = np.ones(space["channels"].size, dtype=bool)
+    for g in space["channels"].groups:
         if g.prunable:
             free = np.flatnonzero(~g.pinned)
             off = rng.choice(free, size=int(len(free) * (1 - share)), replace=False)
@@ -25,7 +25,8 @@ def _keep(space, share, seed):
 
 
 def _decision(space, keep):
-    return Decision({g.name: np.flatnonzero(keep[g.offset:g.offset + g.size]).tolist() for g in space.groups}, [])
+    return Decision({"channels": {g.name: np.flatnonzero(keep[g.offset:g.offset + g.size]).tolist()
+                                  for g in space["channels"].groups}})
 
 
 def test_sub_network_equals_hard_gates_and_soft_values_carry_over():
@@ -40,14 +41,14 @@ def test_sub_network_equals_hard_gates_and_soft_values_carry_over():
             y_sub = sub.module.eval()(x)
         assert rel_diff(y_sub, gated_output(model, space, _decision(space, keep), x)) < 1e-5
         # soft values on the kept units: the gated part equals the gated whole (LayerNorm weighs too)
-        values = torch.rand(space.num_units) * torch.from_numpy(keep).float()
+        values = torch.rand(space["channels"].size) * torch.from_numpy(keep).float()
         whole = attach_gates(model, space)
-        whole.set(units=values)
+        whole.set({"channels": values})
         with torch.no_grad():
             y_whole = whole.model(x)
         whole.remove()
         part = attach_gates(sub.module, sub.space)
-        part.set(units=values[torch.from_numpy(sub.old_units)])
+        part.set({"channels": values[torch.from_numpy(sub.old_units)]})
         with torch.no_grad():
             y_part = part.model(x)
         assert rel_diff(y_part, y_whole) < 1e-5
@@ -76,8 +77,8 @@ def test_part_controller_hands_the_kept_units_their_values():
 
     class Fixed(torch.nn.Module):
         def forward(self):
-            return torch.arange(space.num_units, dtype=torch.float), None
+            return {"channels": torch.arange(space["channels"].size, dtype=torch.float)}
 
     part = ControlledModel(attach_gates(sub.module, sub.space), PartController(Fixed(), torch.from_numpy(sub.old_units)))
     part(torch.randn(1, 3, 16, 16))
-    assert torch.equal(part.gates.values.units, torch.from_numpy(sub.old_units).float())
+    assert torch.equal(part.gates.values["channels"], torch.from_numpy(sub.old_units).float())

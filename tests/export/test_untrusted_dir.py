@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 
 import compressor.machine as machine_module
 from compressor.cli import main
-from compressor.decision import decision_for_budget
-from compressor.export import SavedModelError, export_onnx, load_compressed, save_compressed, slice_model
+from compressor.budget import decision_for_budget
+from compressor.export import SavedModelError, export_onnx, load_compressed, save_compressed
+from compressor.surgery import slice_model
 from compressor.export.manifest import UntrustedSourceError
 from compressor.frontend import trace
 from compressor.zoo import create_model
@@ -135,19 +136,21 @@ def _onnx_reaching_out(d: Path) -> None:
 
 def _group_and_units(d: Path, units: list[int]) -> dict:
     arch = json.loads((d / "compressor.json").read_text())
-    groups = dict(arch["decision"]["groups"])
+    groups = dict(arch["decision"]["channels"])
     groups[next(iter(groups))] = units
-    return {"groups": groups, "removed_blocks": arch["decision"]["removed_blocks"]}
+    return {**arch["decision"], "channels": groups}
 
 
 CASES = {  # what is damaged -> the text the one line must hold
     "terabyte-input": (lambda d: {"input_shape": [1, 3, 300000, 300000]}, "compressor.json: input_shape"),
     "unit-1e9": (lambda d: {"decision": _group_and_units(d, [0, 10**9])}, "decision: group"),
     "negative-unit": (lambda d: {"decision": _group_and_units(d, [-1, 0])}, "decision: group"),
-    "unknown-block": (lambda d: {"decision": {"groups": {}, "removed_blocks": ["nowhere#0"]}},
-                      "unknown residual block 'nowhere#0'"),
-    "string-units": (lambda d: {"decision": {"groups": {"conv1": "0,1"}, "removed_blocks": []}},
-                     "decision.groups.conv1"),
+    "unknown-block": (lambda d: {"decision": {"depth": ["nowhere#0"]}}, "unknown residual block 'nowhere#0'"),
+    "string-units": (lambda d: {"decision": {"channels": {"conv1": "0,1"}}}, "decision: channels: expected"),
+    "format-1-string-units": (lambda d: {"format": 1, "decision": {"groups": {"conv1": "0,1"}, "removed_blocks": []}},
+                              "decision.groups.conv1"),
+    "unknown-kind": (lambda d: {"decision": {"colours": [1]}}, "decision: decision names unknown choice kind"),
+    "bool-unit": (lambda d: {"decision": {"channels": {"conv1": [True]}}}, "lists True, not a unit index"),
     "format-9": (lambda d: {"format": 9}, "compressor.json: format"),
     "unknown-field": (lambda d: {"plugins": ["x"]}, "plugins: unknown field"),
     "untrusted-kwarg": (lambda d: {"source_kwargs": {"checkpoint_path": "/etc/passwd"}},

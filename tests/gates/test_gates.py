@@ -23,7 +23,7 @@ def test_detach_restores_the_original_model_exactly():
     with torch.no_grad():
         before = model(x)
     gates = attach_gates(model, space)
-    gates.set(units=torch.zeros(space.num_units).index_fill_(0, torch.arange(0, space.num_units, 2), 1.0))
+    gates.set({"channels": torch.zeros(space["channels"].size).index_fill_(0, torch.arange(0, space["channels"].size, 2), 1.0)})
     model = gates.remove()
     with torch.no_grad():
         assert torch.equal(model(x), before)
@@ -61,9 +61,9 @@ def test_detach_restores_nested_block_owners():
     with torch.no_grad():
         before = model(x)
     space = trace(model, x[:1])
-    assert {b.owner for b in space.blocks} == {"", "pos"}
+    assert {b.owner for b in space["depth"].blocks} == {"", "pos"}
     gates = attach_gates(model, space)
-    gates.set(blocks=torch.zeros(len(space.blocks)))
+    gates.set({"depth": torch.zeros(len(space["depth"].blocks))})
     model = gates.remove()
     with torch.no_grad():
         assert torch.equal(model(x), before)
@@ -87,7 +87,7 @@ def test_detach_keeps_a_non_persistent_buffer_out_of_the_state_dict():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), Blur(8), torch.nn.Conv2d(8, 4, 1)).eval()
     keys = sorted(model.state_dict())
     space = trace(model, torch.randn(1, 3, 8, 8))
-    assert any(name == "1.filt" for name, _, _ in space.gate_sites)
+    assert any(site.name == "1.filt" for site in space["channels"].gate_sites)
     attach_gates(model, space).remove()
     assert sorted(model.state_dict()) == keys
 
@@ -95,11 +95,11 @@ def test_detach_keeps_a_non_persistent_buffer_out_of_the_state_dict():
 def test_soft_gate_values_receive_gradients():
     model, x, space = _setup()
     gates = attach_gates(model, space)
-    units = torch.full((space.num_units,), 0.7, requires_grad=True)
-    blocks = torch.full((len(space.blocks),), 0.9, requires_grad=True)
-    gates.set(units=units, blocks=blocks)
+    units = torch.full((space["channels"].size,), 0.7, requires_grad=True)
+    blocks = torch.full((len(space["depth"].blocks),), 0.9, requires_grad=True)
+    gates.set({"channels": units, "depth": blocks})
     gates.model(x).square().mean().backward()
-    prunable = torch.from_numpy(space.prunable_mask())
+    prunable = torch.from_numpy(space["channels"].free())
     assert units.grad[prunable].abs().sum() > 0 and blocks.grad.abs().min() > 0
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
@@ -110,12 +110,12 @@ def test_gating_a_small_input_equals_gating_the_weight():
     model, x, space = _setup()
     gates = attach_gates(model, space)
     g = torch.Generator().manual_seed(0)
-    base_units = torch.rand(space.num_units, generator=g)
+    base_units = torch.rand(space["channels"].size, generator=g)
     results = []
     for gate_inputs in (True, False):
         gates.values.gate_inputs = gate_inputs
         units = base_units.clone().requires_grad_(True)
-        gates.set(units=units)
+        gates.set({"channels": units})
         model.zero_grad()
         bypassed = []
         hooks = [m.register_forward_pre_hook(lambda mod, a: bypassed.append(
@@ -140,7 +140,7 @@ def test_gating_a_small_input_equals_gating_the_weight():
 def test_gated_model_runs_under_bf16_autocast_and_keeps_a_state_dict():
     model, x, space = _setup()
     gates = attach_gates(model, space)
-    gates.set(units=random_decision(space, 0.5).keep_vector(space).float())
+    gates.set({"channels": random_decision(space, 0.5).values(space)["channels"].float()})
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = gates.model(x)
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
@@ -159,7 +159,7 @@ def _ddp_worker(rank: int, world: int, port: int, result) -> None:
         model, x, space = _setup()
         model.train()
         gates = attach_gates(model, space)
-        gates.set(units=random_decision(space, 0.5).keep_vector(space).float())
+        gates.set({"channels": random_decision(space, 0.5).values(space)["channels"].float()})
         ddp = DistributedDataParallel(gates.model)
         torch.manual_seed(rank)
         ddp(torch.randn(2, 3, 32, 32)).sum().backward()
@@ -196,13 +196,13 @@ def test_cut_blocks_compute_what_a_zero_block_gate_does(name, kwargs, size, cut)
     space = trace(model, x[:1])
     with torch.no_grad():
         before = model(x)
-    units = torch.rand(space.num_units, generator=torch.Generator().manual_seed(1))
-    blocks = torch.ones(len(space.blocks))
+    units = torch.rand(space["channels"].size, generator=torch.Generator().manual_seed(1))
+    blocks = torch.ones(len(space["depth"].blocks))
     blocks[cut] = 0
 
     def run(gates):
         values = units.clone().requires_grad_()
-        gates.set(units=values, blocks=blocks)
+        gates.set({"channels": values, "depth": blocks})
         out = gates.model(x)
         out.square().sum().backward()
         grads = {n.replace(".parametrizations", "").replace(".original", ""): p.grad
@@ -214,9 +214,9 @@ def test_cut_blocks_compute_what_a_zero_block_gate_does(name, kwargs, size, cut)
     out_w, grads_w, units_w = run(whole)
     out_p, grads_p, units_p = run(part)
     assert torch.allclose(out_w, out_p, atol=1e-5) and torch.allclose(units_w, units_p, atol=1e-5)
-    in_cut = {n for n in grads_w if any(space.blocks[i].contains(n) for i in cut)}
+    in_cut = {n for n in grads_w if any(space["depth"].blocks[i].contains(n) for i in cut)}
     assert in_cut and set(grads_p) == set(grads_w) - in_cut  # the cut branches hold no parameter
-    assert not any(space.blocks[i].contains(m) for i in cut for m, _ in part.model.named_modules())
+    assert not any(space["depth"].blocks[i].contains(m) for i in cut for m, _ in part.model.named_modules())
     for n, g in grads_p.items():
         assert torch.allclose(g, grads_w[n], atol=1e-5), n
     model = part.remove()

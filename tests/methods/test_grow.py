@@ -6,7 +6,8 @@ import torch
 
 import compressor
 from compressor.methods.grow import GrowMethod, uniform_decision
-from compressor.recipe import GrowConfig, RecipeError, TrainConfig
+from compressor.methods import GrowConfig
+from compressor.recipe import RecipeError, TrainConfig
 from compressor.frontend import trace
 from tests.tiny import TINY_RECIPE, TinyNet
 
@@ -81,8 +82,8 @@ def test_uniform_target_keeps_the_same_share_of_every_group():
     space = trace(TinyNet().eval(), torch.randn(1, 3, 16, 16))
     d = uniform_decision(space, 0.3)
     assert d.flops(space) / float(space.cost.flops()) <= 0.3
-    shares = {round(len(k) / space.group(n).size, 1) for n, k in d.groups.items()}
-    assert len(shares) == 1 and all(len(k) % 2 == 0 for k in d.groups.values())
+    shares = {round(len(k) / space["channels"].group(n).size, 1) for n, k in d["channels"].items()}
+    assert len(shares) == 1 and all(len(k) % 2 == 0 for k in d["channels"].values())
 
 
 def test_seeds_train_under_bf16_autocast_and_channels_last(tmp_path):

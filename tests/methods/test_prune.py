@@ -4,7 +4,8 @@ import torch
 from compressor.importance import block_drop_loss
 from compressor.methods.base import SearchContext
 from compressor.methods.prune import PruneMethod
-from compressor.recipe import BudgetConfig, PruneConfig, RecipeError, RunConfig
+from compressor.methods import PruneConfig
+from compressor.recipe import BudgetConfig, RecipeError, RunConfig
 from compressor.frontend import trace
 from compressor.train import Trainer
 from tests.tiny import TinyNet
@@ -18,14 +19,14 @@ def test_taylor_prune_uses_gradients_and_meets_budget():
     data = torch.utils.data.TensorDataset(torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g))
     ctx = SearchContext(Trainer(RunConfig(progress=False)), data, None, 16, BudgetConfig(params=0.5), 8, 0)
     running = model.stem[1].running_mean.clone()
-    _, taylor, _ = PruneMethod(PruneConfig(importance="taylor", taylor_batches=2), space).search(model, ctx)
-    _, magnitude, _ = PruneMethod(PruneConfig(), space).search(model, ctx)
+    taylor = PruneMethod(PruneConfig(importance="taylor", taylor_batches=2), space).search(model, ctx).decision
+    magnitude = PruneMethod(PruneConfig(), space).search(model, ctx).decision
     assert taylor != magnitude
     assert torch.equal(model.stem[1].running_mean, running)  # scoring does not touch BN statistics
     assert all(p.grad is None for p in model.parameters())
     for d in (taylor, magnitude):
         assert d.params(space) / float(space.cost.params()) <= 0.5
-        assert all(len(k) % 8 == 0 or len(k) == space.group(n).size for n, k in d.groups.items())
+        assert all(len(k) % 8 == 0 or len(k) == space["channels"].group(n).size for n, k in d["channels"].items())
 
 
 def test_prune_removes_the_block_whose_skipping_costs_least():
@@ -44,8 +45,9 @@ def test_prune_removes_the_block_whose_skipping_costs_least():
     scores = block_drop_loss(model, space, [(inputs, data.tensors[1])])
     assert scores[1] == 0 and (scores[[0, 2]] > 0).all()
     ctx = SearchContext(Trainer(RunConfig(progress=False)), data, None, 16, BudgetConfig(flops=0.6), 1, 0)
-    _, decision, summary = PruneMethod(PruneConfig(blocks=1, block_batches=2), space).search(model, ctx)
-    assert decision.removed_blocks == summary["blocks_removed"] == ["stage1.1#0"]
+    result = PruneMethod(PruneConfig(blocks=1, block_batches=2), space).search(model, ctx)
+    decision, summary = result.decision, result.summary
+    assert decision["depth"] == summary["blocks_removed"] == ["stage1.1#0"]
     assert decision.flops(space) / float(space.cost.flops()) <= 0.6
     assert torch.equal(model(x), before)  # scoring left the model as it was
     with pytest.raises(RecipeError, match="method.blocks: .* only 3 removable residual blocks"):

@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.budget import fit_to_budget
+from compressor.budget import decide
+from compressor.decision import Decision
 from compressor.methods.base import SearchContext
 from compressor.importance import get_importance
-from compressor.methods.scs import ScsLogits, ScsMethod, importance_prior
-from compressor.recipe import BudgetConfig, RecipeError, RunConfig, ScsConfig, TrainConfig, load_recipe
+from compressor.methods.scs import ScsConfig, ScsMethod
+from compressor.methods.scs_logits import ScsLogits, importance_prior
+from compressor.recipe import BudgetConfig, RecipeError, RunConfig, TrainConfig, load_recipe
 from compressor.frontend import trace
 from compressor.train import Trainer
 from tests.tiny import TinyNet
@@ -21,12 +23,12 @@ def _space():
 def test_grow_mode_seeds_one_unit_per_group_and_one_block_per_stage():
     _, space = _space()
     lg = ScsLogits(space, ScsConfig(mode="grow"), epochs=10)
-    on = lg.s_c.detach() > 0
-    group_of = space.unit_group()[lg.free.numpy()]
+    on = lg["channels"].s.detach() > 0
+    group_of = space["channels"].unit_group()[lg["channels"].free.numpy()]
     assert int(on.sum()) == len(set(group_of.tolist()))
     assert all(on[torch.from_numpy(group_of == g)].sum() == 1 for g in set(group_of.tolist()))
-    stages = {b.stage for b in space.blocks}
-    assert int((lg.s_l.detach() > 0).sum()) == len(stages)
+    stages = {b.stage for b in space["depth"].blocks}
+    assert int((lg["depth"].s.detach() > 0).sum()) == len(stages)
 
 
 def test_epoch_updates_temperature_lambda_and_masks():
@@ -37,21 +39,21 @@ def test_epoch_updates_temperature_lambda_and_masks():
     metrics = method.begin_epoch(0, 4)
     # all gates start on (s = 3): u(q) is small, so du = 0.5 - u > 0 and the penalty prunes
     assert method.lambda1 > 0 and metrics["sampled_cost"] > 0.5
-    q_first = method.logits.q_c.clone()
+    q_first = method.logits["channels"].q.clone()
     method.begin_epoch(0, 4)
-    assert torch.equal(q_first, method.logits.q_c)  # the same (seed, epoch) draws the same masks
+    assert torch.equal(q_first, method.logits["channels"].q)  # the same (seed, epoch) draws the same masks
     method.end_epoch(0, 4)
-    assert torch.equal(method.logits.t_c, q_first)  # per-gate counters count on-epochs
-    beta = method.logits.beta0 * torch.exp(method.logits.log_gamma * method.logits.t_c)
+    assert torch.equal(method.logits["channels"].t, q_first)  # per-gate counters count on-epochs
+    beta = method.logits.beta0 * torch.exp(method.logits.log_gamma * method.logits["channels"].t)
     assert torch.allclose(beta[q_first > 0], torch.tensor(100.0 ** 0.25))
     # too sparse: the penalty changes sign and grows the model
     with torch.no_grad():
-        method.logits.s_c.fill_(-3.0)
+        method.logits["channels"].s.fill_(-3.0)
     method.begin_epoch(1, 4)
     assert method.lambda1 < 0
     method.config = ScsConfig(temperature="global")
     method.end_epoch(1, 4)
-    assert torch.all(method.logits.t_c == 2)
+    assert torch.all(method.logits["channels"].t == 2)
 
 
 def test_grow_epochs_paces_the_target_of_each_draw():
@@ -85,14 +87,14 @@ def test_controller_measures_the_next_draw_at_the_next_temperatures():
         method.budget, method.seed = BudgetConfig(flops=0.5), 0
         method.logits = ScsLogits(space, method.config, epochs=4)
         with torch.no_grad():
-            method.logits.s_c.uniform_(-1, 1)
+            method.logits["channels"].s.uniform_(-1, 1)
         method.begin_epoch(1, 4)
         method.end_epoch(0, 4)
         ahead = method.logits.soft(ahead=True)
-        assert not torch.allclose(ahead[0], method.logits.soft()[0])
+        assert not torch.allclose(ahead["channels"], method.logits.soft()["channels"])
         method.end_epoch(1, 4)
-        for a, b in zip(ahead, method.logits.soft()):
-            torch.testing.assert_close(a, b)
+        for kind, values in method.logits.soft().items():
+            torch.testing.assert_close(ahead[kind], values)
 
 
 def test_search_meets_budget_and_decides_from_logits(tmp_path):
@@ -100,37 +102,40 @@ def test_search_meets_budget_and_decides_from_logits(tmp_path):
     g = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g))
     trainer = Trainer(RunConfig(progress=False))
-    ctx = SearchContext(trainer, data, None, 16, BudgetConfig(flops=0.4), None, 0)
+    ctx = SearchContext(trainer, data, None, 16, BudgetConfig(flops=0.4), None, 0, epochs=TrainConfig(epochs=2, lr=0.01))
     method = ScsMethod(ScsConfig(), space)
-    plain, decision, summary = method.search(model.train(), ctx, epochs_cfg=TrainConfig(epochs=2, lr=0.01))
+    result = method.search(model.train(), ctx)
+    plain, decision, summary = result.model, result.decision, result.summary
     assert not any("parametrizations" in k for k in plain.state_dict())  # gates are gone
     frac = decision.flops(space) / float(space.cost.flops())
     assert 0.3 < frac <= 0.4
     # the kept units are the best-ranked logits: fitting the same scores again gives the same decision
-    scores = np.zeros(space.num_units)
-    scores[method.logits.free.numpy()] = method.logits.s_c.detach().numpy()
-    removed = [b.name for b, s in zip(space.blocks, method.logits.s_l.tolist()) if s <= 0]
-    assert fit_to_budget(space, scores, 0.4, removed_blocks=removed) == decision
-    assert summary["units_kept"] <= summary["units_free"] and len(summary["history"]) == 2
+    scores = np.zeros(space["channels"].size)
+    scores[method.logits["channels"].free.numpy()] = method.logits["channels"].s.detach().numpy()
+    removed = [b.name for b, s in zip(space["depth"].blocks, method.logits["depth"].s.tolist()) if s <= 0]
+    assert decide(space, {"channels": scores}, 0.4, fixed=Decision({"depth": removed})) == decision
+    assert summary["units_kept"] <= summary["units_free"] and len(result.history) == 2
 
 
 def test_grow_mode_search_draws_fresh_weights_for_new_units():
     model, space = _space()
     g = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g))
-    ctx = SearchContext(Trainer(RunConfig(progress=False)), data, None, 16, BudgetConfig(flops=0.5), None, 0)
+    ctx = SearchContext(Trainer(RunConfig(progress=False)), data, None, 16, BudgetConfig(flops=0.5), None, 0,
+                        epochs=TrainConfig(epochs=2, lr=0.01))
     method = ScsMethod(ScsConfig(mode="grow", init_logit=0.5), space)
     before = model.stem[0].weight.detach().clone()
-    plain, decision, _ = method.search(model.train(), ctx, epochs_cfg=TrainConfig(epochs=2, lr=0.01))
+    result = method.search(model.train(), ctx)
+    plain, decision = result.model, result.decision
     lg = method.logits
-    seeds = len(set(space.unit_group()[lg.free.numpy()].tolist()))  # one per group at the start
-    assert int(lg.ever_on.sum()) > seeds
+    seeds = len(set(space["channels"].unit_group()[lg["channels"].free.numpy()].tolist()))  # one per group at the start
+    assert int(lg["channels"].ever_on.sum()) > seeds
     decision.validate(space)
     assert decision.flops(space) / float(space.cost.flops()) <= 0.5
     # stem units that were off at the start and got switched on were re-drawn, not trained from the old values
-    stem = space.group("stem.0")
+    stem = space["channels"].group("stem.0")
     newly = [u - stem.offset for u in range(stem.offset, stem.offset + stem.size)
-             if bool(lg.ever_on[(lg.free == u).nonzero()].any()) and u != stem.offset]
+             if bool(lg["channels"].ever_on[(lg["channels"].free == u).nonzero()].any()) and u != stem.offset]
     assert newly, "sigma(0.5) = 0.62: some stem units must have been drawn on in two epochs"
     after = plain.stem[0].weight.detach()
     assert not torch.allclose(after[newly], before[newly])
@@ -142,26 +147,27 @@ def test_importance_init_starts_from_the_prune_decision():
     model, space = _space()
     budget = 0.4
     prior = importance_prior(model, space, budget)
-    free = np.flatnonzero(space.prunable_mask())
+    free = np.flatnonzero(space["channels"].free())
     scores = get_importance("magnitude")(model, space)
-    pruned = fit_to_budget(space, scores, budget, normalize=True)
-    kept = pruned.keep_vector(space).numpy()[free] > 0.5
-    assert np.array_equal(prior > 0, kept) and (prior != 0).all() and np.abs(prior).max() == 1
+    pruned = decide(space, scores, budget)
+    kept = pruned.keep(space)["channels"][free] > 0.5
+    assert np.array_equal(prior["channels"] > 0, kept) and (prior["channels"] != 0).all()
+    assert np.abs(prior["channels"]).max() == 1
     lg = ScsLogits(space, ScsConfig(init="importance"), epochs=4, prior=prior)
-    assert torch.equal(lg.s_c.detach() > 0, torch.from_numpy(kept))
+    assert torch.equal(lg["channels"].s.detach() > 0, torch.from_numpy(kept))
     # only the units next to the cut start undecided: the farthest sit at 100, blocks too
-    assert lg.s_c.detach().abs().max() == 100 and (lg.s_l.detach() == 100).all()
+    assert lg["channels"].s.detach().abs().max() == 100 and (lg["depth"].s.detach() == 100).all()
     assert ScsConfig().start_logit == ScsConfig(init="importance", init_logit=3).start_logit == 3
-    logits = np.zeros(space.num_units)
-    logits[free] = lg.s_c.detach().numpy()
-    assert fit_to_budget(space, logits, budget) == pruned
+    logits = np.zeros(space["channels"].size)
+    logits[free] = lg["channels"].s.detach().numpy()
+    assert decide(space, {"channels": logits}, budget) == pruned
     # inside the kept side, a higher normalised magnitude never gets a smaller logit
-    group_of = space.unit_group()
-    for gi, g in enumerate(space.groups):
+    group_of = space["channels"].unit_group()
+    for gi, g in enumerate(space["channels"].groups):
         mine = kept & (group_of[free] == gi)
         if mine.sum() > 1:
-            order = np.argsort(scores[free][mine], kind="stable")
-            assert np.all(np.diff(prior[mine][order]) > 0)
+            order = np.argsort(scores["channels"][free][mine], kind="stable")
+            assert np.all(np.diff(prior["channels"][mine][order]) > 0)
     with pytest.raises(RecipeError, match="grow mode"):
         load_recipe({"method": {"name": "scs", "mode": "grow", "init": "importance"}})
 
@@ -169,19 +175,20 @@ def test_importance_init_starts_from_the_prune_decision():
 def test_channels_only_has_no_empty_parameters():
     _, space = _space()
     lg = ScsLogits(space, ScsConfig(layers=False), epochs=3)
-    assert [n for n, _ in lg.named_parameters()] == ["s_c"]
-    units, blocks = lg()
-    assert blocks is None and units.shape == (space.num_units,)
+    assert [n for n, _ in lg.named_parameters()] == ["gates.channels.s"]
+    values = lg()
+    assert set(values) == {"channels"} and values["channels"].shape == (space["channels"].size,)
 
 
 def _one_epoch(sparse: bool, **train):
     model, space = _space()
     g = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g))
-    ctx = SearchContext(Trainer(RunConfig(progress=False)), data, None, 16, BudgetConfig(flops=0.5), None, 0)
+    ctx = SearchContext(Trainer(RunConfig(progress=False)), data, None, 16, BudgetConfig(flops=0.5), None, 0,
+                        epochs=TrainConfig(epochs=1, lr=0.05, **train))
     method = ScsMethod(ScsConfig(sparse_epochs=sparse, init_logit=0.01), space)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    plain, _, _ = method.search(model.train(), ctx, epochs_cfg=TrainConfig(epochs=1, lr=0.05, **train))
+    plain = method.search(model.train(), ctx).model
     return space, method, before, plain
 
 
@@ -191,14 +198,14 @@ def test_sparse_epoch_equals_the_gated_epoch_and_leaves_drawn_off_units_alone():
     keep their weights exactly, the drawn-on ones move."""
     space, dense, _, plain_dense = _one_epoch(False, momentum=0.0, weight_decay=0.0)
     _, sparse, before, plain_sparse = _one_epoch(True, momentum=0.0, weight_decay=0.0)
-    assert torch.equal(dense.logits.q_c, sparse.logits.q_c) and 0 < int(sparse.logits.q_c.sum()) < len(sparse.logits.q_c)
+    assert torch.equal(dense.logits["channels"].q, sparse.logits["channels"].q) and 0 < int(sparse.logits["channels"].q.sum()) < len(sparse.logits["channels"].q)
     for name, p in plain_dense.named_parameters():
         q = dict(plain_sparse.named_parameters())[name]
         assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), name
-    assert torch.allclose(dense.logits.s_c, sparse.logits.s_c, atol=1e-5)
-    stem = space.group("stem.0")
-    on = torch.ones(space.num_units, dtype=torch.bool)
-    on[sparse.logits.free] = sparse.logits.q_c.bool()
+    assert torch.allclose(dense.logits["channels"].s, sparse.logits["channels"].s, atol=1e-5)
+    stem = space["channels"].group("stem.0")
+    on = torch.ones(space["channels"].size, dtype=torch.bool)
+    on[sparse.logits["channels"].free] = sparse.logits["channels"].q.bool()
     on = on[stem.offset:stem.offset + stem.size]
     w0, w1 = before["stem.0.weight"], plain_sparse.stem[0].weight.detach()
     assert torch.equal(w1[~on], w0[~on]) and not torch.allclose(w1[on], w0[on])
@@ -208,13 +215,13 @@ def test_sparse_epoch_freezes_drawn_off_units_under_momentum_and_weight_decay():
     """With momentum and weight decay the two differ only where units were drawn off: those do not
     move at all in a sparse epoch."""
     space, sparse_method, before, plain = _one_epoch(True, momentum=0.9, weight_decay=5e-4)
-    stem = space.group("stem.0")
-    on = torch.ones(space.num_units, dtype=torch.bool)
-    on[sparse_method.logits.free] = sparse_method.logits.q_c.bool()
+    stem = space["channels"].group("stem.0")
+    on = torch.ones(space["channels"].size, dtype=torch.bool)
+    on[sparse_method.logits["channels"].free] = sparse_method.logits["channels"].q.bool()
     on = on[stem.offset:stem.offset + stem.size]
     assert torch.equal(plain.stem[0].weight.detach()[~on], before["stem.0.weight"][~on])
     # blocks drawn off are cut out of the epoch's network: their branches do not move either
-    off = [b for b, q in zip(space.blocks, sparse_method.logits.q_l.tolist()) if q == 0]
+    off = [b for b, q in zip(space["depth"].blocks, sparse_method.logits["depth"].q.tolist()) if q == 0]
     assert off, "the test's draw should switch a block off"
     for name, p in plain.named_parameters():
         if any(b.contains(name) for b in off):

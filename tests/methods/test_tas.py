@@ -3,13 +3,13 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.checks import gated_output
+from compressor.gates.outputs import gated_output
 from compressor.decision import Decision
 from compressor.gates import ControlledModel, attach_gates
 from compressor.methods.base import SearchContext
-from compressor.methods.tas import TasMethod
-from compressor.methods.tas_space import TasArchitecture, depth_candidates, width_candidates
-from compressor.recipe import BudgetConfig, RunConfig, TasConfig, TrainConfig
+from compressor.methods.tas import TasConfig, TasMethod
+from compressor.methods.tas_space import TasArchitecture, channel_sites, depth_candidates, width_candidates
+from compressor.recipe import BudgetConfig, RunConfig, TrainConfig
 from compressor.frontend import trace
 from compressor.train import Trainer
 from tests.tiny import TinyNet
@@ -40,8 +40,12 @@ def test_candidate_sets():
 
 def _arch(model, space, **cfg):
     gates = attach_gates(model, space)
-    arch = TasArchitecture(space, TasConfig(**cfg), np.arange(space.num_units, dtype=float), mixable=gates.mixable)
-    return ControlledModel(gates, arch), arch
+    return ControlledModel(gates, arch := _architecture(space, TasConfig(**cfg), np.arange(space["channels"].size,
+                                                                                          dtype=float), gates.mixable)), arch
+
+
+def _architecture(space, cfg, scores, mixable=None, head_start=None):
+    return TasArchitecture(space, cfg, channel_sites(space, cfg, scores, None, mixable), head_start=head_start)
 
 
 @pytest.mark.parametrize("mixture", ["cwi", "pad"])
@@ -72,12 +76,10 @@ def test_argmax_at_full_width_is_the_original_and_eval_is_the_argmax():
         assert float((net.eval()(x) - y0).abs().max()) < 1e-5
         arch.alpha.normal_()
         arch.beta.normal_()
-        units, blocks = (v.float() for v in arch.argmax_keep())
+        keep = {k: v.numpy() for k, v in arch.argmax_keep().items()}
         y_eval = net.eval()(x)
     net.release()
-    keep = units.numpy() > 0.5
-    decision = Decision({g.name: np.flatnonzero(keep[g.offset:g.offset + g.size]).tolist() for g in space.groups
-                         if g.prunable}, [b.name for b, k in zip(space.blocks, blocks.tolist()) if k < 0.5])
+    decision = Decision.from_keep(space, keep)
     assert torch.allclose(y_eval, gated_output(model, space, decision, x), atol=1e-5)
 
 
@@ -94,9 +96,9 @@ def test_cwi_mixture_is_channel_wise_interpolation():
     torch.manual_seed(0)
     model = MLP().eval()
     space = trace(model, torch.randn(1, 5))
-    scores = torch.randn(space.num_units).double().numpy()
+    scores = torch.randn(space["channels"].size).double().numpy()
     gates = attach_gates(model, space)
-    arch = TasArchitecture(space, TasConfig(mixture="cwi"), scores, mixable=gates.mixable)
+    arch = _architecture(space, TasConfig(mixture="cwi"), scores, gates.mixable)
     assert arch.cwi_group.tolist() == [True]
     x = torch.randn(6, 5)
     cands = arch.widths[0].tolist()   # [3, 4, 5, 6, 7, 8, 9, 10]
@@ -106,7 +108,7 @@ def test_cwi_mixture_is_channel_wise_interpolation():
         with torch.no_grad():
             got = gates.model(x)
         # by hand: rank the hidden units, average each narrower prefix onto the widest one
-        g = space.groups[0]
+        g = space["channels"].groups[0]
         order = np.lexsort((-scores[g.offset:g.offset + g.size], ~g.pinned))
         h = torch.relu(model.fc1(x))[:, torch.from_numpy(order)]
         c_max = max(cands[a], cands[b])
@@ -125,9 +127,9 @@ def _search(cfg: TasConfig, budget=0.5, epochs=1):
     model, space = _tiny()
     method = TasMethod(cfg, space)
     ctx = SearchContext(Trainer(RunConfig(progress=False)), _data(), None, 16, BudgetConfig(flops=budget), None, 0,
-                        num_classes=10)
-    net, decision, summary = method.search(model, ctx, epochs_cfg=TrainConfig(epochs=epochs, lr=0.05))
-    return method, space, decision, summary
+                        num_classes=10, epochs=TrainConfig(epochs=epochs, lr=0.05))
+    result = method.search(model, ctx)
+    return method, space, result.decision, result.summary
 
 
 def test_arch_steps_move_the_width_logits_only_with_two_candidates(monkeypatch):
@@ -157,7 +159,7 @@ def test_search_decides_within_the_budget_band():
     assert 0.5 - 0.05 - 1e-9 <= fraction <= 0.5
     assert summary["searched_groups"] == len(summary["widths"]) == 5 and summary["cwi_groups"] == 5
     assert summary["voting_teachers_mb"] > 0
-    assert set(summary["depths"]) == {b.stage for b in space.blocks}
+    assert set(summary["depths"]) == {b.stage for b in space["depth"].blocks}
     assert "argmax_cost" in summary and isinstance(summary["fitted_to_budget"], bool)
 
 
@@ -167,33 +169,33 @@ def test_second_order_search_runs():
 
 
 def test_budget_init_starts_at_the_one_shot_fit_and_full_depth():
-    from compressor.budget import fit_to_budget
+    from compressor.budget import decide
     from compressor.importance import get_importance
 
     model, space = _tiny()
     scores = get_importance("magnitude")(model, space)
-    fit = fit_to_budget(space, scores, 0.3, round_to=None, normalize=True)
-    head = {n: len(k) for n, k in fit.groups.items()}
-    arch = TasArchitecture(space, TasConfig(), scores, head_start=head)
+    fit = decide(space, scores, 0.3)
+    head = {n: len(k) for n, k in fit["channels"].items()}
+    arch = _architecture(space, TasConfig(), scores["channels"], head_start=head)
     argmax = arch.widths.gather(1, arch.alpha.argmax(1, keepdim=True)).squeeze(1).tolist()
-    for name, w, cands, valid in zip(arch.group_names, argmax, arch.widths.tolist(), arch.width_valid.tolist()):
-        want = head.get(name, space.group(name).size)
+    for name, w, cands, valid in zip(arch.site_names, argmax, arch.widths.tolist(), arch.width_valid.tolist()):
+        want = head.get(name, space["channels"].group(name).size)
         assert abs(w - want) == min(abs(c - want) for c, ok in zip(cands, valid) if ok)
-    assert any(head.get(n, space.group(n).size) < space.group(n).size for n in arch.group_names)
+    assert any(head.get(n, space["channels"].group(n).size) < space["channels"].group(n).size for n in arch.site_names)
     assert (arch.depths.gather(1, arch.beta.argmax(1, keepdim=True)) == arch.depths.max(1, keepdim=True).values).all()
-    plain = TasArchitecture(space, TasConfig(), scores)
+    plain = _architecture(space, TasConfig(), scores["channels"])
     assert plain.alpha.abs().max() < 0.1   # the paper's N(0, 0.01)
 
 
 def test_movement_counts_groups_whose_argmax_left_the_start_and_the_summary_says_when_none_did():
     model, space = _tiny()
-    arch = TasArchitecture(space, TasConfig(), np.ones(space.num_units))
-    assert arch.movement() == {"logit_move_max": 0.0, "groups_moved": f"0/{len(arch.group_names)}",
+    arch = _architecture(space, TasConfig(), np.ones(space["channels"].size))
+    assert arch.movement() == {"logit_move_max": 0.0, "groups_moved": f"0/{len(arch.site_names)}",
                                "stages_moved": f"0/{len(arch.stage_names)}"}
     with torch.no_grad():
         first = arch.alpha[0].masked_fill(~arch.width_valid[0], -1e9).argmin()
         arch.alpha[0, first] += 3.0   # the worst candidate of group 0 becomes its argmax
-    assert arch.movement()["groups_moved"] == f"1/{len(arch.group_names)}"
+    assert arch.movement()["groups_moved"] == f"1/{len(arch.site_names)}"
     assert arch.movement()["logit_move_max"] == pytest.approx(3.0)
     *_, still = _search(TasConfig(init="budget", arch_lr=1e-9))
     assert still["groups_moved"].startswith("0/") and "ended where it started" in still["note"]

@@ -23,8 +23,8 @@ def flat_net() -> nn.Module:
 
 def test_a_stage_is_a_run_of_blocks_on_one_stream_not_one_parent():
     space = trace(flat_net(), torch.randn(1, 3, 16, 16))
-    stages = [b.stage for b in space.blocks]
-    assert [b.owner for b in space.blocks] == ["1", "2", "4", "6", "7", "8"]
+    stages = [b.stage for b in space["depth"].blocks]
+    assert [b.owner for b in space["depth"].blocks] == ["1", "2", "4", "6", "7", "8"]
     assert stages == ["1-2", "1-2", "4", "6-8", "6-8", "6-8"]
 
 
@@ -32,7 +32,7 @@ def test_blocks_under_their_own_parent_take_its_name():
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Sequential(Res(8), Res(8)), nn.Conv2d(8, 16, 1),
                         nn.Sequential(Res(16)), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2))
     space = trace(net, torch.randn(1, 3, 16, 16))
-    assert [b.stage for b in space.blocks] == ["1", "1", "3"]
+    assert [b.stage for b in space["depth"].blocks] == ["1", "1", "3"]
 
 
 class Masked(nn.Module):
@@ -65,7 +65,7 @@ def test_a_branch_may_read_optional_arguments_but_not_another_required_input():
     net = nn.Sequential(nn.Conv2d(3, 8, 3), MaskedMix(8), MaskedMix(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(8, 2))
     space = trace(net, torch.randn(1, 3, 16, 16))
-    assert [b.name for b in space.blocks] == ["1#0", "1#1", "2#0", "2#1"]
+    assert [b.name for b in space["depth"].blocks] == ["1#0", "1#1", "2#0", "2#1"]
 
     from compressor.space.blocks import find_blocks
 
@@ -99,14 +99,14 @@ def test_a_parameter_applied_in_place_to_the_branch_goes_with_the_block():
     """``out.mul_(gain)`` is no ancestor of the branch output in the graph; removing the block
     still removes ``gain``, and the parameter count says so."""
     from compressor.decision import Decision
-    from compressor.export.slice import slice_model
+    from compressor.surgery import slice_model
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3), InplaceGainRes(8), InplaceGainRes(8), nn.Flatten(), nn.LazyLinear(5))
     x = torch.randn(1, 3, 8, 8)
     model(x)
     space = trace(model.eval(), x)
-    assert [b.params for b in space.blocks] == [["1.gain"], ["2.gain"]]
-    decision = Decision({}, [space.blocks[0].name])
+    assert [b.params for b in space["depth"].blocks] == [["1.gain"], ["2.gain"]]
+    decision = Decision({"depth": [space["depth"].blocks[0].name]})
     sliced = slice_model(model, space, decision)
     assert int(round(decision.params(space))) == sum(p.numel() for p in sliced.parameters())
 
@@ -134,12 +134,12 @@ def test_a_branch_calling_a_module_shared_with_other_code_is_not_a_block():
     block (with the reason), the others stay, and the cost model matches fvcore after slicing."""
     from compressor.decision import Decision
     from compressor.export.flops import fvcore_flops
-    from compressor.export.slice import slice_model
+    from compressor.surgery import slice_model
 
     model, x = SharedMlpBranches().eval(), torch.randn(1, 3, 8, 8)
     space = trace(model, x)
-    assert [b.modules for b in space.blocks] == [["own"]]
-    assert any("mlp2" in why for why in space.dropped_blocks.values())
-    decision = Decision({}, [space.blocks[0].name])
+    assert [b.modules for b in space["depth"].blocks] == [["own"]]
+    assert any("mlp2" in why for why in space["depth"].dropped.values())
+    decision = Decision({"depth": [space["depth"].blocks[0].name]})
     sliced = slice_model(model, space, decision)
     assert decision.flops(space) == fvcore_flops(sliced, x)

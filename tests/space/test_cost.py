@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from compressor.decision import random_decision
-from compressor.export import slice_model
+from compressor.surgery import slice_model
 from compressor.export.flops import fvcore_flops
 from compressor.frontend import trace
 from compressor.zoo import create_model
@@ -24,19 +24,21 @@ def test_gradient_matches_finite_differences():
     """FLOPs are multilinear in the keep values, so a unit step is an exact difference."""
     model = create_model("resnet18").eval()
     space = trace(model, torch.randn(1, 3, 32, 32), validate=False)
-    keep = torch.full((space.num_units,), 0.5, dtype=torch.double, requires_grad=True)
-    blocks = torch.full((len(space.blocks),), 0.5, dtype=torch.double, requires_grad=True)
-    flops = space.cost.flops(keep, blocks)
+    keep = torch.full((space["channels"].size,), 0.5, dtype=torch.double, requires_grad=True)
+    blocks = torch.full((len(space["depth"].blocks),), 0.5, dtype=torch.double, requires_grad=True)
+    flops = space.cost.flops({"channels": keep, "depth": blocks})
     flops.backward()
-    g = space.groups[1]
+    g = space["channels"].groups[1]
     i = g.offset + 3
     step = keep.detach().clone()
     step[i] += 1.0
     flops = flops.detach()
-    assert float(space.cost.flops(step, blocks.detach()) - flops) == pytest.approx(float(keep.grad[i]), rel=1e-9)
+    assert float(space.cost.flops({"channels": step, "depth": blocks.detach()}) - flops) \
+        == pytest.approx(float(keep.grad[i]), rel=1e-9)
     bstep = blocks.detach().clone()
     bstep[0] += 1.0
-    assert float(space.cost.flops(keep.detach(), bstep) - flops) == pytest.approx(float(blocks.grad[0]), rel=1e-9)
+    assert float(space.cost.flops({"channels": keep.detach(), "depth": bstep}) - flops) \
+        == pytest.approx(float(blocks.grad[0]), rel=1e-9)
     assert float(blocks.grad[0]) > 0
 
 
@@ -48,10 +50,10 @@ def test_fraction_is_cost_over_full_cost():
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
     space = trace(model, torch.randn(1, 3, 10, 10))
-    keep = torch.rand(space.num_units, dtype=torch.double, requires_grad=True)
+    keep = torch.rand(space["channels"].size, dtype=torch.double, requires_grad=True)
     for what, cost in (("flops", space.cost.flops), ("params", space.cost.params)):
-        frac = space.cost.fraction(what, keep)
-        assert torch.allclose(frac, cost(keep) / cost())
+        frac = space.cost.fraction(what, {"channels": keep})
+        assert torch.allclose(frac, cost({"channels": keep}) / cost())
         assert float(space.cost.fraction(what)) == 1.0
     frac.backward()
     assert keep.grad is not None and keep.grad.abs().sum() > 0
@@ -77,7 +79,7 @@ def test_transposed_convolutions_cost_what_fvcore_counts(ratio):
     model = UpSampler().eval()
     x = torch.randn(1, 3, 16, 16)
     space = trace(model, x)
-    assert space.group("up").prunable and space.group("down").prunable
+    assert space["channels"].group("up").prunable and space["channels"].group("down").prunable
     d = random_decision(space, ratio, seed=0)
     sliced = slice_model(model, space, d)
     assert d.flops(space) == pytest.approx(fvcore_flops(sliced, x), rel=1e-3)
@@ -148,15 +150,16 @@ def test_an_op_read_only_by_removed_blocks_costs_nothing(removed):
     model = _SharedContextStage().eval()
     x = torch.randn(1, 3, 12, 12)
     space = trace(model, x)
-    assert sorted(b.name for b in space.blocks) == [f"blocks.{i}#0" for i in range(4)]
-    live = {t.live_blocks for t in space.flops_terms if t.module == "context"}
+    assert sorted(b.name for b in space["depth"].blocks) == [f"blocks.{i}#0" for i in range(4)]
+    live = {frozenset(space["depth"].blocks[i].name for _, i in t.live)
+            for t in space.cost.flops_terms if t.module == "context"}
     assert live == {frozenset({"blocks.1#0", "blocks.3#0"})}
-    d = Decision({g.name: list(range(g.size)) for g in space.groups}, removed)
+    d = Decision({"depth": removed})
     sliced = slice_model(model, space, d)
     assert d.flops(space) == pytest.approx(fvcore_flops(sliced, x), rel=1e-9)
     # soft block values: the context is live with probability 1 - (1 - k1)(1 - k3), so keeping
     # block 1 adds its own conv and the context's share that block 3 does not already pay for
     conv = 8 * 8 * 9 * 144  # the context conv and each block's conv
     with_1, without_1 = (torch.tensor([0.5, k1, 0.5, 0.25], dtype=torch.double) for k1 in (1.0, 0.0))
-    assert float(space.cost.flops(block_keep=with_1) - space.cost.flops(block_keep=without_1)) \
+    assert float(space.cost.flops({"depth": with_1}) - space.cost.flops({"depth": without_1})) \
         == pytest.approx(conv + conv * (1 - 0.25), rel=1e-12)

@@ -144,21 +144,21 @@ class Attention(nn.Module):
 
 
 def _groups_with(space, param):
-    return [g for g in space.groups if param in g.producers]
+    return [g for g in space["channels"].groups if param in g.producers]
 
 
 def test_residual_add_ties_both_sides():
     space, _, _, ys, yg = round_trip(ResidualAdd(), torch.randn(2, 3, 8, 8))
     (g,) = _groups_with(space, "stem.weight")
     assert "b.weight" in g.producers and g.prunable
-    assert [b.name for b in space.blocks] == ["#0"]
+    assert [b.name for b in space["depth"].blocks] == ["#0"]
     assert rel_diff(ys, yg) < 1e-5
 
 
 def test_concat_keeps_inputs_apart():
     space, d, sliced, ys, yg = round_trip(Concat(), torch.randn(2, 3, 8, 8))
     assert _groups_with(space, "a.weight")[0] is not _groups_with(space, "b.weight")[0]
-    kept = len(d.groups["a"]) + len(d.groups["b"])
+    kept = len(d["channels"]["a"]) + len(d["channels"]["b"])
     assert sliced.head.in_channels == kept
     assert rel_diff(ys, yg) < 1e-5
 
@@ -167,7 +167,7 @@ def test_split_halves_lose_the_same_positions():
     space, d, sliced, ys, yg = round_trip(Split(), torch.randn(2, 3, 8, 8))
     (g,) = _groups_with(space, "a.weight")
     assert g.size == 6 and int(g.channels[0]) == 2  # unit i = channel i of each half
-    assert sliced.left.in_channels == sliced.right.in_channels == len(d.groups["a"])
+    assert sliced.left.in_channels == sliced.right.in_channels == len(d["channels"]["a"])
     assert rel_diff(ys, yg) < 1e-5
 
 
@@ -175,7 +175,7 @@ def test_split_with_sizes_refreshes_the_sizes_attribute():
     space, d, sliced, ys, yg = round_trip(MixedKernels(), torch.randn(2, 3, 8, 8))
     (g,) = _groups_with(space, "a.weight")
     assert g.prunable and g.pinned[[0, 4]].all()  # each part keeps a channel
-    kept = np.asarray(d.groups["a"])
+    kept = np.asarray(d["channels"]["a"])
     assert sliced.splits == [int((kept < 4).sum()), int((kept >= 4).sum())]
     assert rel_diff(ys, yg) < 1e-5
 
@@ -184,7 +184,7 @@ def test_group_conv_prunes_whole_groups():
     space, d, sliced, ys, yg = round_trip(Grouped(), torch.randn(2, 3, 8, 8))
     (g,) = _groups_with(space, "g.weight")
     assert g.size == 4 and "a.weight" in g.producers
-    assert sliced.g.groups == len(d.groups[g.name])
+    assert sliced.g.groups == len(d["channels"][g.name])
     assert rel_diff(ys, yg) < 1e-5
 
 
@@ -193,7 +193,7 @@ def test_few_wide_groups_keep_the_same_positions_in_every_group():
     (g,) = _groups_with(space, "a.weight")
     (h,) = _groups_with(space, "g.weight")
     assert g.size == 8 and h.size == 8 and g.prunable and h.prunable
-    assert sliced.g.groups == 2 and sliced.g.in_channels == 2 * len(d.groups[g.name])
+    assert sliced.g.groups == 2 and sliced.g.in_channels == 2 * len(d["channels"][g.name])
     assert rel_diff(ys, yg) < 1e-5
 
 
@@ -201,13 +201,13 @@ def test_depthwise_follows_its_input():
     space, d, sliced, ys, yg = round_trip(Depthwise(), torch.randn(2, 3, 8, 8))
     (g,) = _groups_with(space, "expand.weight")
     assert "dw.weight" in g.producers and g.size == 12
-    assert sliced.dw.groups == sliced.dw.out_channels == sliced.bn.num_features == len(d.groups[g.name])
+    assert sliced.dw.groups == sliced.dw.out_channels == sliced.bn.num_features == len(d["channels"][g.name])
     assert rel_diff(ys, yg) < 1e-5
 
 
 def test_flatten_linear_cuts_every_spatial_position_of_a_channel():
     space, d, sliced, ys, yg = round_trip(FlattenLinear(), torch.randn(2, 3, 8, 8))
-    assert sliced.fc.in_features == 16 * len(d.groups["conv"])
+    assert sliced.fc.in_features == 16 * len(d["channels"]["conv"])
     assert rel_diff(ys, yg) < 1e-5
 
 
@@ -217,17 +217,17 @@ def test_attention_layer():
     # kept channels, so its channels go one by one, like the sliced model's.
     stream = _groups_with(space, "embed.weight")[0]
     assert stream.prunable and stream.size == 24
-    assert sliced.norm.normalized_shape == (len(d.groups[stream.name]),) < (24,)
+    assert sliced.norm.normalized_shape == (len(d["channels"][stream.name]),) < (24,)
     # Free parameters (class token, positions, layer scale) join the stream's channels.
     assert {"cls", "pos", "gamma"} <= set(stream.producers)
     # The MLP hidden layer is free to shrink.
     (hidden,) = _groups_with(space, "fc1.weight")
-    assert hidden.prunable and sliced.fc1.out_features == len(d.groups["fc1"])
+    assert hidden.prunable and sliced.fc1.out_features == len(d["channels"]["fc1"])
     # q, k, v and proj channels of one head meet in attention: heads are the units.
     (qkv,) = _groups_with(space, "qkv.weight")
     assert qkv.prunable and qkv.size == 4 and int(qkv.channels[0]) == 3 * 6
-    assert sliced.heads == len(d.groups["qkv"]) and sliced.proj.in_features == 6 * sliced.heads
-    assert [b.name for b in space.blocks] == ["#0", "#1"]
+    assert sliced.heads == len(d["channels"]["qkv"]) and sliced.proj.in_features == 6 * sliced.heads
+    assert [b.name for b in space["depth"].blocks] == ["#0", "#1"]
     assert rel_diff(ys, yg) < 1e-5
 
 
@@ -272,10 +272,10 @@ def test_one_module_on_both_halves_of_a_split_ties_the_halves():
     model = SharedOnHalves().eval()
     x = torch.randn(2, 3, 8, 8)
     space, decision, sliced, ys, yg = round_trip(model, x, ratio=0.5, seed=2)
-    stem, shared = space.group("stem"), space.group("shared")
+    stem, shared = space["channels"].group("stem"), space["channels"].group("shared")
     assert stem.prunable and stem.size == 8 and int(stem.channels[0]) == 2  # channel i of each half
     assert shared.prunable and shared.size == 6
-    kept = decision.groups["stem"]
+    kept = decision["channels"]["stem"]
     assert sliced.shared.in_channels == len(kept) and sliced.stem.out_channels == 2 * len(kept)
     assert rel_diff(ys, yg) < 1e-5
     from compressor.export.flops import fvcore_flops
@@ -303,9 +303,9 @@ def test_a_split_along_height_leaves_the_channels_prunable():
     model = CatSplitOnHeight().eval()
     x = torch.randn(2, 16, 5, 5)
     space, decision, sliced, ys, yg = round_trip(model, x, ratio=0.5, seed=0)
-    mix = space.group("mix")
+    mix = space["channels"].group("mix")
     assert mix.prunable and mix.size == 16 and not mix.pinned.any()
-    assert space.group("left.3").prunable  # both branches' last convs: tied by the cat along H
+    assert space["channels"].group("left.3").prunable  # both branches' last convs: tied by the cat along H
     assert rel_diff(ys, yg) < 1e-5
 
 
@@ -324,7 +324,7 @@ def test_a_group_pinned_by_split_sizes_says_so():
             return (self.a(p) + self.b(q)).mean((2, 3))
 
     space = trace(OnePerPart().eval(), torch.randn(1, 3, 6, 6))
-    stem = space.group("stem")
+    stem = space["channels"].group("stem")
     assert not stem.prunable and "first of a split" in stem.frozen
 
 
@@ -352,7 +352,7 @@ def test_a_model_traces_the_same_before_and_after_its_first_call():
     fresh = build_space(LazyIndices(), x)
     used = LazyIndices()
     used(x)
-    assert [g.name for g in build_space(used, x).groups] == [g.name for g in fresh.groups]
+    assert [g.name for g in build_space(used, x)["channels"].groups] == [g.name for g in fresh["channels"].groups]
 
 
 class ReduceAfterConv(nn.Module):
@@ -387,14 +387,14 @@ def topk_over_flat_scores(y):
 def test_reductions_along_a_dim_keep_the_channels_of_the_others(reduce):
     x = torch.randn(2, 3, 8, 8)
     space, _, _, ys, yg = round_trip(ReduceAfterConv(reduce, 8), x)
-    conv = space.group("conv")
+    conv = space["channels"].group("conv")
     assert conv.prunable and conv.size == 8
     assert rel_diff(ys, yg) < 1e-5
 
 
 def test_topk_over_channels_and_positions_ties_them_and_traces():
     space = trace(ReduceAfterConv(topk_over_flat_scores, 20).eval(), torch.randn(1, 3, 8, 8))
-    assert space.group("conv").size == 1  # which values survive depends on every channel
+    assert space["channels"].group("conv").size == 1  # which values survive depends on every channel
 
 
 class EmptySelection(nn.Module):
@@ -414,4 +414,4 @@ class EmptySelection(nn.Module):
 
 def test_ops_on_tensors_without_elements_trace():
     space = trace(EmptySelection().eval(), torch.randn(1, 3, 8, 8))
-    assert space.group("conv").prunable
+    assert space["channels"].group("conv").prunable

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.decision import random_decision
-from compressor.export.slice import slice_model
+from compressor.surgery import slice_model
 from compressor.space import build_space
 from compressor.space import tracer as tracer_module
 from compressor.space.labels import atom_counts, compact, core
@@ -77,9 +77,9 @@ class MaskedAttention(nn.Module):
 
 def test_a_group_nothing_can_remove_is_one_unit():
     space, _, _, ys, yg = round_trip(MaskedAttention(), torch.randn(2, 64, 16))
-    (mask_group,) = [g for g in space.groups if "mask" in g.producers]
+    (mask_group,) = [g for g in space["channels"].groups if "mask" in g.producers]
     assert mask_group.size == 1 and not mask_group.prunable
-    assert space.num_units < 64 * 64
+    assert space["channels"].size < 64 * 64
     assert rel_diff(ys, yg) < 1e-5
 
 
@@ -97,7 +97,7 @@ class Recurrent(nn.Module):
 def test_a_parameter_an_unknown_op_ties_whole_is_one_atom():
     net = Recurrent().eval()
     space, _, _, ys, yg = round_trip(net, torch.randn(2, 7, 5))
-    ps = space.param_slices["rnn.weight_ih_l0"]
+    ps = space["channels"].param_slices["rnn.weight_ih_l0"]
     assert ps.dense is not None and 0 in ps.dense.strides  # one unit, stored once
     assert float(space.cost.params()) == sum(p.numel() for p in net.parameters())
     assert rel_diff(ys, yg) < 1e-5
@@ -114,11 +114,11 @@ def test_re_rooting_reshape_sites_changes_nothing(monkeypatch):
 
     monkeypatch.setattr(tracer_module.Trace, "__init__", tiny_budget)
     shrunk = build_space(model, x)
-    assert [(g.name, g.size, g.frozen) for g in shrunk.groups] == \
-        [(g.name, g.size, g.frozen) for g in reference.groups]
-    assert len(shrunk.reshapes) == len(reference.reshapes) > 0
+    assert [(g.name, g.size, g.frozen) for g in shrunk["channels"].groups] == \
+        [(g.name, g.size, g.frozen) for g in reference["channels"].groups]
+    assert len(shrunk["channels"].reshapes) == len(reference["channels"].reshapes) > 0
     # a dim along which the final units do not vary is no information: compare what is left
-    for a, b in zip(shrunk.reshapes, reference.reshapes):
+    for a, b in zip(shrunk["channels"].reshapes, reference["channels"].reshapes):
         assert (a.module, a.shape) == (b.module, b.shape)
         assert np.array_equal(_varying_part(a.atoms), _varying_part(b.atoms))
     decision = random_decision(reference, 0.5, seed=1)

@@ -71,7 +71,7 @@ CASES = {
 
 
 def _stream(space):
-    return next(g for g in space.groups if {"embed.weight", "stem.weight"} & set(g.producers))
+    return next(g for g in space["channels"].groups if {"embed.weight", "stem.weight"} & set(g.producers))
 
 
 def _input(name):
@@ -86,7 +86,7 @@ def test_sliced_norm_equals_gated_norm(name, seed):
     space, d, sliced, ys, yg = round_trip(model, _input(name), seed=seed)
     stream = _stream(space)
     assert stream.prunable, stream.frozen
-    kept = len(d.groups[stream.name])
+    kept = len(d["channels"][stream.name])
     assert sliced.norm.weight.shape[0] == kept * int(stream.channels[0]) < 16
     assert rel_diff(ys, yg) < 1e-5
 
@@ -95,19 +95,19 @@ def test_group_norm_keeps_the_same_positions_in_every_group():
     space, d, sliced, _, _ = round_trip(NormNet(nn.GroupNorm(4, 16)), torch.randn(2, 3, 8, 8))
     stream = _stream(space)
     assert stream.size == 4 and int(stream.channels[0]) == 4   # position i of each of 4 groups
-    assert sliced.norm.num_groups == 4 and sliced.norm.num_channels == 4 * len(d.groups[stream.name])
+    assert sliced.norm.num_groups == 4 and sliced.norm.num_channels == 4 * len(d["channels"][stream.name])
 
 
 def test_per_channel_group_norm_loses_its_groups_with_its_channels():
     space, d, sliced, _, _ = round_trip(NormNet(nn.GroupNorm(16, 16)), torch.randn(2, 3, 8, 8))
-    kept = len(d.groups[_stream(space).name])
+    kept = len(d["channels"][_stream(space).name])
     assert sliced.norm.num_groups == sliced.norm.num_channels == kept
 
 
 def test_a_norm_without_weight_still_ties_its_channels():
     """Without an affine weight there is nothing to carry the gates: the channels stay tied."""
     space = trace(TokenNet(nn.LayerNorm(16, elementwise_affine=False)).eval(), torch.randn(1, 7, 12))
-    stream = next(g for g in space.groups if "embed.weight" in g.producers)
+    stream = next(g for g in space["channels"].groups if "embed.weight" in g.producers)
     assert not stream.prunable and "layer_norm" in stream.frozen
 
 
@@ -121,17 +121,17 @@ def test_soft_gates_weigh_the_statistics():
     gates = attach_gates(model, space)
     assert type(model.norm.weight) is not MaskedNormWeight
     stream = _stream(space)
-    units = torch.ones(space.num_units, requires_grad=True)
-    gates.set(units=units)
+    units = torch.ones(space["channels"].size, requires_grad=True)
+    gates.set({"channels": units})
     assert isinstance(model.norm.weight, MaskedNormWeight)
     h = gates.model.embed(x)
     out = model.norm(h)
     ref = F.layer_norm(h, (16,), model.norm.weight.as_subclass(torch.Tensor), model.norm.bias)
     assert rel_diff(out.detach(), ref.detach()) < 1e-5   # gates at 1 with gradients on: the plain statistics
-    values = torch.ones(space.num_units)
+    values = torch.ones(space["channels"].size)
     values[stream.offset:stream.offset + 16] = torch.linspace(0.1, 1.0, 16)
     values.requires_grad_(True)
-    gates.set(units=values)
+    gates.set({"channels": values})
     w = values[stream.offset:stream.offset + 16]
     mean = (h * w).sum(-1, keepdim=True) / w.sum()
     var = ((h - mean) ** 2 * w).sum(-1, keepdim=True) / w.sum()
@@ -151,9 +151,9 @@ def test_masked_norm_under_bf16_autocast():
     x = torch.randn(2, 7, 12)
     space = trace(model, x)
     gates = attach_gates(model, space)
-    units = torch.ones(space.num_units)
+    units = torch.ones(space["channels"].size)
     units[::3] = 0
-    gates.set(units=units)
+    gates.set({"channels": units})
     with torch.no_grad():
         y32 = gates.model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):

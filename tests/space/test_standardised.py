@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.layers import ScaledStdConv2d, StdConv2d
 from torch import nn
 
-from compressor.export.grow import normalised_groups
+from compressor.surgery.widen import normalised_groups
 from compressor.frontend import trace
 from compressor.gates import attach_gates
 from compressor.gates.standardised import StandardisedWeight
@@ -39,11 +39,11 @@ class StdNet(nn.Module):
 def test_sliced_standardised_conv_equals_gated(groups, seed):
     torch.manual_seed(seed)
     space, d, sliced, ys, yg = round_trip(StdNet(groups), torch.randn(2, 3, 10, 10), seed=seed)
-    assert space.standardised == {"stem.weight", "a.weight", "b.weight", "c.weight"}
-    stream = space.group("stem")
-    assert stream.prunable and space.group("a").prunable, (stream.frozen, space.group("a").frozen)
-    assert sliced.c.weight.shape[0] == sliced.stem.weight.shape[0] == len(d.groups["stem"]) < 16
-    assert sliced.a.gain.shape[0] == len(d.groups["a"]) * int(space.group("a").channels[0]) < 24
+    assert space["channels"].standardised == {"stem.weight", "a.weight", "b.weight", "c.weight"}
+    stream = space["channels"].group("stem")
+    assert stream.prunable and space["channels"].group("a").prunable, (stream.frozen, space["channels"].group("a").frozen)
+    assert sliced.c.weight.shape[0] == sliced.stem.weight.shape[0] == len(d["channels"]["stem"]) < 16
+    assert sliced.a.gain.shape[0] == len(d["channels"]["a"]) * int(space["channels"].group("a").channels[0]) < 24
     assert rel_diff(ys, yg) < 1e-5
 
 
@@ -67,15 +67,15 @@ def test_soft_gates_weigh_the_statistics_and_reach_the_gates():
     assert type(model.a.weight) is nn.Parameter   # gates at 1: the plain weight
     with torch.no_grad():
         y1 = gates.model(x)
-    units = torch.ones(space.num_units, requires_grad=True)
-    gates.set(units=units)
+    units = torch.ones(space["channels"].size, requires_grad=True)
+    gates.set({"channels": units})
     assert isinstance(model.a.weight, StandardisedWeight)
     assert rel_diff(gates.model(x).detach(), y1) < 1e-5   # gates at 1 with gradients on
-    stem = space.group("stem")
-    values = torch.ones(space.num_units)
+    stem = space["channels"].group("stem")
+    values = torch.ones(space["channels"].size)
     values[stem.offset:stem.offset + stem.size] = torch.linspace(0.1, 1.0, stem.size)
     values.requires_grad_(True)
-    gates.set(units=values)
+    gates.set({"channels": values})
     g = values[stem.offset:stem.offset + stem.size].view(1, -1, 1, 1)
     p = model.a.parametrizations.weight.original
     mean = (p * g).sum((1, 2, 3), keepdim=True) / (g.sum() * 9)
@@ -109,8 +109,8 @@ def test_a_weight_standardised_by_hand_still_ties_its_channels():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), HandStd(8, 8, 3), nn.ReLU(),
                           nn.Conv2d(8, 4, 1)).eval()
     space, d, sliced, ys, yg = round_trip(model, torch.randn(2, 3, 8, 8))
-    assert not space.standardised
-    assert not space.group("0").prunable
+    assert not space["channels"].standardised
+    assert not space["channels"].group("0").prunable
     assert rel_diff(ys, yg) < 1e-5
 
 
@@ -123,9 +123,9 @@ def test_a_one_by_one_standardised_conv_keeps_two_inputs():
     model = StdNet().eval()
     x = torch.randn(2, 3, 10, 10)
     space = trace(model, x[:1])
-    assert int(space.group("b").pinned.sum()) == 2   # c is 1x1 over b's channels
-    smallest = Decision({g.name: (sorted(set(map(int, g.pinned.nonzero()[0]))) or [0])
-                         for g in space.groups if g.prunable})
+    assert int(space["channels"].group("b").pinned.sum()) == 2   # c is 1x1 over b's channels
+    smallest = Decision({"channels": {g.name: (sorted(set(map(int, g.pinned.nonzero()[0]))) or [0])
+                                      for g in space["channels"].groups if g.prunable}})
     _, _, sliced, ys, yg = round_trip(model, x, decision=smallest)
     assert sliced.c.weight.shape[1] == 2
     assert rel_diff(ys, yg) < 1e-5

@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.checks import gated_output
+from compressor.gates.outputs import gated_output
 from compressor.decision import random_decision
-from compressor.export import slice_model
+from compressor.surgery import slice_model
 from compressor.gates import attach_gates
 from compressor.frontend import trace
 from compressor.space import TraceError
@@ -74,9 +74,9 @@ def test_a_weight_whose_gate_changes_the_model_is_frozen_by_trace():
     model = PeeksAtParameters().eval()
     x = torch.randn(2, 3, 12, 12)
     space = trace(model, x[:1])
-    c1 = space.group("c1")  # the units gated on c2.weight (its input channels)
+    c1 = space["channels"].group("c1")  # the units gated on c2.weight (its input channels)
     assert not c1.prunable and "gating c2.weight changes the model" in c1.frozen
-    assert space.group("c2").prunable and space.group("c3").prunable
+    assert space["channels"].group("c2").prunable and space["channels"].group("c3").prunable
     with torch.no_grad():
         y = model(x)
     assert torch.equal(gated_output(model, space, None, x), y)  # invariant 1 now holds
@@ -89,8 +89,8 @@ def test_a_weight_whose_gate_changes_the_model_is_frozen_by_trace():
 def test_an_owner_fx_cannot_reproduce_loses_its_blocks():
     model = TracesDifferently().eval()
     space = trace(model, torch.randn(1, 3, 8, 8))
-    assert space.blocks == [] and len(space.dropped_blocks) == 2
-    assert all("changes the model" in why for why in space.dropped_blocks.values())
+    assert space["depth"].blocks == () and len(space["depth"].dropped) == 2
+    assert all("changes the model" in why for why in space["depth"].dropped.values())
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(gated_output(model, space, None, x), model(x))
@@ -100,7 +100,7 @@ def test_several_inputs_are_passed_as_several_arguments():
     model = TwoInputs().eval()
     x = (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8))
     space = trace(model, tuple(t[:1] for t in x))
-    assert space.group("a").prunable and space.group("mid").prunable
+    assert space["channels"].group("a").prunable and space["channels"].group("mid").prunable
     decision = random_decision(space, 0.5, seed=1)
     sliced = slice_model(model, space, decision).eval()
     with torch.no_grad():
@@ -139,8 +139,8 @@ def test_validation_catches_a_hidden_equal_width_constraint():
     model = SizesFromAnotherModule().eval()
     space = trace(model, torch.randn(1, 3, 8, 8))
     for name in ("a", "b"):
-        assert not space.group(name).prunable and "split_with_sizes" in space.group(name).frozen
-    assert space.group("p").prunable  # the rest stays prunable
+        assert not space["channels"].group(name).prunable and "split_with_sizes" in space["channels"].group(name).frozen
+    assert space["channels"].group("p").prunable  # the rest stays prunable
     for ratio, seed in ((0.3, 0), (0.7, 1)):  # any decision now slices into a working model
         decision = random_decision(space, ratio, seed=seed)
         sliced = slice_model(model, space, decision).eval()

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from compressor.recipe import RunConfig, TrainConfig
-from compressor.train import Trainer
+from compressor.train import Stage, Trainer
 from compressor.train.distill import Distillation, kd_loss
 
 
@@ -27,7 +27,7 @@ def test_distillation_trains_the_student_only():
     before = [p.clone() for p in teacher.parameters()]
     data = torch.utils.data.TensorDataset(torch.randn(40, 3, 2, 2), torch.randint(0, 3, (40,)))
     kd = Distillation(teacher, alpha=0.9, temperature=4.0)
-    Trainer(RunConfig(progress=False)).fit(student, data, TrainConfig(epochs=1), stage="kd", batch_size=8, criterion=kd)
+    Trainer(RunConfig(progress=False)).fit(student, Stage("kd", data, TrainConfig(epochs=1), 8, criterion=kd))
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
     assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
     assert kd.steps == 5 and kd.teacher_seconds > 0

@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from compressor.recipe import RunConfig, TrainConfig
-from compressor.train import CheckpointError, Trainer, load_checkpoint, save_checkpoint
+from compressor.train import CheckpointError, Stage, Trainer, load_checkpoint, save_checkpoint
 from compressor.train.schedule import lr_factor
 
 
@@ -34,8 +34,7 @@ def test_schedules():
 def test_training_learns_and_logs(tmp_path):
     model = _model()
     trainer = Trainer(RunConfig(progress=False), log_dir=tmp_path)
-    hist = trainer.fit(model, _data(), TrainConfig(epochs=4, lr=0.1), stage="base", batch_size=16,
-                       val_set=_data(32, seed=1))
+    hist = trainer.fit(model, Stage("base", _data(), TrainConfig(epochs=4, lr=0.1), 16, val_set=_data(32, seed=1)))
     assert len(hist) == 4 and hist[-1].train_loss < hist[0].train_loss
     lines = (tmp_path / "base.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,lr,train_loss") and len(lines) == 5
@@ -57,17 +56,16 @@ def test_resume_is_exact(tmp_path):
     """Interrupted in the middle of epoch 2, resumed in a fresh trainer: bit-identical weights."""
     cfg = TrainConfig(epochs=3, lr=0.1, warmup_epochs=0.5)
     full = _model()
-    Trainer(RunConfig(progress=False, seed=3)).fit(full, _data(), cfg, stage="s", batch_size=16)
+    Trainer(RunConfig(progress=False, seed=3)).fit(full, Stage("s", _data(), cfg, 16))
     part = _model()
     ckpt = tmp_path / "s.pt"
     with pytest.raises(_Interrupt):
         Trainer(RunConfig(progress=False, seed=3), callbacks=(_interrupt_at(1, 2),)).fit(
-            part, _data(), cfg, stage="s", batch_size=16, checkpoint=ckpt)
+            part, Stage("s", _data(), cfg, 16, checkpoint=ckpt))
     assert load_checkpoint(ckpt)["epoch"] == 1
     torch.manual_seed(12345)  # whatever happened in between must not matter
     resumed = _model()
-    Trainer(RunConfig(progress=False, seed=3)).fit(resumed, _data(), cfg, stage="s", batch_size=16,
-                                                   checkpoint=ckpt, resume=True)
+    Trainer(RunConfig(progress=False, seed=3)).fit(resumed, Stage("s", _data(), cfg, 16, checkpoint=ckpt, resume=True))
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -75,7 +73,7 @@ def test_resume_is_exact(tmp_path):
 def test_bf16_autocast_on_cpu():
     model = _model()
     hist = Trainer(RunConfig(progress=False, amp="bf16", channels_last=True)).fit(
-        model, _data(), TrainConfig(epochs=1, grad_clip=1.0), stage="amp", batch_size=16)
+        model, Stage("amp", _data(), TrainConfig(epochs=1, grad_clip=1.0), 16))
     assert math.isfinite(hist[0].train_loss)
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         Trainer(RunConfig(amp="fp16", device="cpu"))
@@ -107,8 +105,8 @@ def test_arch_step_gets_held_out_batches():
 
     hooks = Bilevel()
     held_out = _data(20, seed=7)
-    Trainer(RunConfig(progress=False)).fit(_model(), _data(), TrainConfig(epochs=1), stage="bi", batch_size=16,
-                                           val_set=held_out, hooks=hooks)
+    Trainer(RunConfig(progress=False)).fit(_model(), Stage("bi", _data(), TrainConfig(epochs=1), 16, val_set=held_out,
+                                                           hooks=hooks))
     assert len(hooks.seen) == 6  # one per weight step; the 20 held-out images cycle
     values = set(torch.cat(hooks.seen).tolist())
     assert values <= set(held_out.tensors[0][:, 0, 0, 0].tolist())
@@ -117,6 +115,6 @@ def test_arch_step_gets_held_out_batches():
 def test_a_last_batch_of_one_is_dropped_in_training():
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
     trainer = Trainer(RunConfig(progress=False))
-    history = trainer.fit(model, _data(17), TrainConfig(epochs=1), stage="bn", batch_size=16)  # 16 + 1
+    history = trainer.fit(model, Stage("bn", _data(17), TrainConfig(epochs=1), 16))  # 16 + 1
     assert len(history) == 1 and len(trainer.loader(_data(17), 16, shuffle=True)) == 1
     assert len(trainer.loader(_data(17), 16, shuffle=False)) == 2  # evaluation sees every sample

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..labels import flat_atoms, unlabelled
+from ..records import ParamOp
 from ..standardise import WEIGHT
 from ..tracer import Trace
 from .attention import activation_product_rule
@@ -37,6 +38,10 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
         root = int(tr.label(out).reshape(-1)[0]) if out.numel() else -1
         tr.cost("conv", math.prod(w.shape[2:]) * (cin // groups), torch.full(positions, root, dtype=torch.long))
         return
+    tr.param_ops.append(ParamOp("conv", wname, tr.module, tr.flow.current, tuple(w.shape), tuple(x.shape),
+                                tuple(out.shape), {"stride": tuple(args[3]), "padding": tuple(args[4]),
+                                                   "dilation": tuple(args[5]), "transposed": transposed,
+                                                   "groups": groups}))
     lin = tr.vector(tr.label(x), 1, str(func))
     o_atoms = tr.fresh(cout, f"{wname}")
     in_dim, out_dim = (0, 1) if transposed else (1, 0)
@@ -46,7 +51,7 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
         tr.param_dim(w, in_dim, lin)
         tr.gate_site(w, in_dim, lin)
         out_lab = _channel_labels(o_atoms, out.shape)
-        tr.cost("conv", ksize, _channel_labels(o_atoms, positions), lin)
+        tr.cost("conv", ksize, _channel_labels(o_atoms, positions), lin, weight=wname)
         w_rows, w_cols = o_atoms, lin
     elif not transposed and groups < cin // groups:
         # Few wide groups (ResNeSt's radix): position i of every group is one unit, on each side,
@@ -58,7 +63,7 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
         tr.param_dim(w, 1, pin)
         tr.gate_site(w, 1, pin)
         out_lab = _channel_labels(np.tile(pout, groups), out.shape)
-        tr.cost("conv", ksize, out_lab, pin)
+        tr.cost("conv", ksize, out_lab, pin, weight=wname)
         w_rows, w_cols = np.tile(pout, groups), pin
     else:
         # Every group of channels stays whole: input group g and output group g are one unit.
@@ -74,7 +79,7 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
             tr.param_dim(w, 0, o_atoms)
             tr.gate_site(w, 0, o_atoms)
         out_lab = _channel_labels(tr.ds.find(o_atoms), out.shape)
-        tr.cost("conv", ksize * kin, _channel_labels(tr.ds.find(o_atoms), positions))
+        tr.cost("conv", ksize * kin, _channel_labels(tr.ds.find(o_atoms), positions), weight=wname)
         w_rows, w_cols = tr.ds.find(o_atoms), np.full(kin, -1)
     if std is not None:
         _standardised_rows(tr, std, w_rows, w_cols, ksize)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..decision import Decision
 from ..space import Space
-from ..space.restrict import restrict_space
+from .restrict import restrict_space
 from .slice import slice_model
 
 Index = list[tuple[int, torch.Tensor]]  # (dim, kept positions), in increasing dim order
@@ -58,13 +58,11 @@ def sub_network(model: nn.Module, space: Space, keep: np.ndarray) -> SubNetwork:
     """Slice ``model`` (plain: no gates attached) to the units where ``keep`` is True.  Every group
     must keep a unit, and pinned or frozen units must be kept."""
     keep = np.asarray(keep, dtype=bool)
-    decision = Decision({g.name: np.flatnonzero(keep[g.offset:g.offset + g.size]).tolist()
-                         for g in space.groups}, [])
-    module = slice_model(model, space, decision)
+    module = slice_model(model, space, Decision.from_keep(space, {"channels": keep}))
     sub_space, old_units = restrict_space(space, keep)
     keep_ext = np.concatenate([keep, [True]])
     index: dict[str, Index] = {}
-    for name, ps in space.param_slices.items():
+    for name, ps in space["channels"].param_slices.items():
         found = ps.kept(keep_ext)
         if found:
             index[name] = [(d, torch.as_tensor(found[d], dtype=torch.long)) for d in sorted(found)]

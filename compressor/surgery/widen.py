@@ -23,8 +23,9 @@ from torch import nn
 
 from ..decision import Decision
 from ..space import Space
-from ..space.space import REACHES_OUTPUT
-from .slice import _get, slice_model
+from ..space.grouping import REACHES_OUTPUT
+from .channels import tensor_named
+from .slice import slice_model
 
 # Labels of a parameter position: shared by both seeds, A's half, B's half, or dropped.
 SHARED, A, B, DROP = 0, 1, 2, 3
@@ -55,15 +56,15 @@ class Halves:
 
     def seed_decision(self, space: Space) -> Decision:
         """The decision that cuts a seed's architecture out of the target."""
-        return Decision({g: sorted(kept + _pinned(space, g)) for g, kept in self.a.items()})
+        return Decision({"channels": {g: sorted(kept + _pinned(space, g)) for g, kept in self.a.items()}})
 
     def grown_decision(self, space: Space) -> Decision:
         """The decision that cuts the grown architecture out of the target (drops odd units)."""
-        return Decision({g: sorted(self.a[g] + self.b[g] + _pinned(space, g)) for g in self.a})
+        return Decision({"channels": {g: sorted(self.a[g] + self.b[g] + _pinned(space, g)) for g in self.a}})
 
 
 def _pinned(space: Space, group: str) -> list[int]:
-    return np.flatnonzero(space.group(group).pinned).tolist()
+    return np.flatnonzero(space["channels"].group(group).pinned).tolist()
 
 
 def split_halves(space: Space) -> Halves:
@@ -73,7 +74,7 @@ def split_halves(space: Space) -> Halves:
     would mix both seeds' channels.  Raises GrowError when no group can be split."""
     a, b, dropped = {}, {}, {}
     normalised = normalised_groups(space)
-    for g in space.groups:
+    for g in space["channels"].groups:
         if not g.prunable or g.name in normalised:
             continue
         free = np.flatnonzero(~g.pinned).tolist()
@@ -108,8 +109,8 @@ def grow_model(target: nn.Module, space: Space, halves: Halves, seed_a: nn.Modul
     grown = slice_model(target, space, halves.grown_decision(space))
     sa, sb = _tensors(seed_a), _tensors(seed_b) if seed_b is not None else None
     done = set()
-    for name, ps in space.param_slices.items():
-        t = _get(grown, name)
+    for name, ps in space["channels"].param_slices.items():
+        t = tensor_named(grown, name)
         if t is None:
             continue
         done.add(name)
@@ -133,11 +134,11 @@ def grow_model(target: nn.Module, space: Space, halves: Halves, seed_a: nn.Modul
 def _unit_labels_and_slots(space: Space, halves: Halves) -> tuple[np.ndarray, np.ndarray]:
     """Label of every flat unit (plus a last entry for -1, "not a unit": shared), and for B's
     units the flat unit of A's they stand in for (identity elsewhere)."""
-    n = space.num_units
+    n = space["channels"].size
     labels = np.full(n + 1, SHARED, dtype=np.int64)
     partner = np.arange(n + 1)
     for name in halves.a:
-        g = space.group(name)
+        g = space["channels"].group(name)
         ua, ub = g.offset + np.asarray(halves.a[name]), g.offset + np.asarray(halves.b[name])
         labels[ua], labels[ub] = A, B
         partner[ub] = ua
@@ -206,7 +207,8 @@ def _occurrence(units: np.ndarray) -> np.ndarray:
 
 
 def _writes_output(ps, space: Space) -> bool:
-    pinned = np.concatenate([g.pinned for g in space.groups]) if space.groups else np.zeros(0, bool)
+    groups = space["channels"].groups
+    pinned = np.concatenate([g.pinned for g in groups]) if groups else np.zeros(0, bool)
     for units in list(ps.dims.values()) + ([ps.dense.ravel()] if ps.dense is not None else []):
         u = units[units >= 0]
         if len(u) and pinned[u].any():
@@ -293,7 +295,7 @@ def shared_groups(space: Space, halves: Halves) -> dict[str, str]:
     seeds (both seeds' layers write into one set of channels)."""
     out = {}
     normalised = normalised_groups(space)
-    for g in space.groups:
+    for g in space["channels"].groups:
         if g.name in halves.a or g.frozen == REACHES_OUTPUT:
             continue
         out[g.name] = g.frozen or normalised.get(g.name) or "fewer than two free units"
@@ -304,14 +306,15 @@ def normalised_groups(space: Space) -> dict[str, str]:
     """Groups some normalisation computes statistics over (LayerNorm, GroupNorm, RMSNorm, the
     inputs of a standardised weight), with the reason: pruning them is exact, growing them is not
     (the statistics would mix the seeds)."""
-    group_of = space.unit_group()
+    ch = space["channels"]
+    group_of = ch.unit_group()
     out = {}
-    sites = [(name, kind, units) for name, kind, units, _ in space.norm_sites]
-    sites += [(name, "weight standardisation", units) for name, dim, units in space.gate_sites
-              if name in space.standardised and dim != 0]  # rows are normalised over their inputs
+    sites = [(s.name, s.kind, s.units) for s in ch.norm_sites]
+    sites += [(s.name, "weight standardisation", s.units) for s in ch.gate_sites
+              if s.name in ch.standardised and s.dim != 0]  # rows are normalised over their inputs
     for name, kind, units in sites:
         for gi in np.unique(group_of[units[units >= 0]]).tolist():
-            out.setdefault(space.groups[gi].name, f"normalised over its channels by {kind} ({name})")
+            out.setdefault(ch.groups[gi].name, f"normalised over its channels by {kind} ({name})")
     return out
 
 

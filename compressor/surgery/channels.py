@@ -1,38 +1,26 @@
-"""``slice_model``: apply a :class:`Decision` to a copy of a model, making it dense and smaller."""
+"""Channel surgery: cut every parameter and buffer that reads or writes a removed unit, and refresh
+the attributes that held the old sizes (``out_channels``, ``num_heads``, split sizes...)."""
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 
 import numpy as np
 import torch
-from torch import fx, nn
+from torch import nn
 
-from ..decision import Decision
-from ..space import Space
-from ..space.blocks import cut_branches, trace_owner
+from ..space.grouping import ParamSlice
 
 
 class SliceError(RuntimeError):
     """The decision cannot be applied to a parameter; the message names it."""
 
 
-def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to: int | None = None) -> nn.Module:
-    """Return a dense copy of ``model`` with the decision's units and blocks removed.
-
-    Every parameter and buffer that reads or writes a removed unit is cut, module attributes
-    (``out_channels``, ``groups``, ``num_features``...) are refreshed from the new shapes, and each
-    removed residual block is replaced by (a copy of) its skip path plus whatever followed the add.
-    """
-    if round_to:
-        decision = decision.rounded(space, round_to)
-    decision.validate(space)
-    keep = decision.keep_vector(space).numpy() > 0.5
-    keep_ext = np.concatenate([keep, [True]])
-    out = copy.deepcopy(model)
+def cut_channels(out: nn.Module, choices, keep: np.ndarray) -> nn.Module:
+    """Cut ``out`` (a copy the caller owns) to the units where ``keep`` is True, in place."""
+    keep_ext = np.concatenate([np.asarray(keep, dtype=bool), [True]])
     changed: dict[str, dict] = defaultdict(dict)
-    for name, ps in space.param_slices.items():
-        tensor = _get(out, name)
+    for name, ps in choices.param_slices.items():
+        tensor = tensor_named(out, name)
         if tensor is None:
             continue
         index = _indices(name, ps, keep_ext)
@@ -51,27 +39,12 @@ def slice_model(model: nn.Module, space: Space, decision: Decision, *, round_to:
         changed[mod_name][attr] = (old_shape, index.get(0))
     for mod_name, shapes in changed.items():
         _refresh(out.get_submodule(mod_name), shapes)
-    _refresh_reshape_attributes(out, space, keep_ext)
-    _refresh_split_attributes(out, space, keep_ext)
-    removed = set(decision.removed_blocks)
-    by_owner: dict[str, list] = defaultdict(list)
-    for b in space.blocks:
-        if b.name in removed:
-            by_owner[b.owner].append(b)
-    for owner, blocks in by_owner.items():
-        mod = out.get_submodule(owner) if owner else out
-        gm = trace_owner(mod)
-        cut_branches(gm, blocks)
-        gm.recompile()
-        gm = fx.GraphModule(mod, gm.graph, class_name=type(mod).__name__)  # drops modules no longer called
-        if owner:
-            out.set_submodule(owner, gm)
-        else:
-            out = gm
+    _refresh_reshape_attributes(out, choices.reshapes, keep_ext)
+    _refresh_split_attributes(out, choices.splits, keep_ext)
     return out
 
 
-def _get(model: nn.Module, name: str) -> torch.Tensor | None:
+def tensor_named(model: nn.Module, name: str) -> torch.Tensor | None:
     mod_name, _, attr = name.rpartition(".")
     try:
         module = model.get_submodule(mod_name)
@@ -80,7 +53,7 @@ def _get(model: nn.Module, name: str) -> torch.Tensor | None:
     return module._parameters.get(attr, module._buffers.get(attr))
 
 
-def _indices(name: str, ps, keep_ext: np.ndarray) -> dict[int, np.ndarray] | None:
+def _indices(name: str, ps: ParamSlice, keep_ext: np.ndarray) -> dict[int, np.ndarray] | None:
     """Kept positions per dim, or None if nothing changes."""
     try:
         return ps.kept(keep_ext) or None
@@ -88,12 +61,12 @@ def _indices(name: str, ps, keep_ext: np.ndarray) -> dict[int, np.ndarray] | Non
         raise SliceError(str(exc)) from None
 
 
-def _refresh_reshape_attributes(model: nn.Module, space: Space, keep_ext: np.ndarray) -> None:
+def _refresh_reshape_attributes(model: nn.Module, reshapes, keep_ext: np.ndarray) -> None:
     """Measure after surgery: where a reshape's size changed (heads removed), an integer
     attribute of the module running it that held the old size (``num_heads``) gets the new one."""
     updates: dict[str, dict[int, int]] = defaultdict(dict)
     conflicts: set[tuple[str, int]] = set()
-    for site in space.reshapes:
+    for site in reshapes:
         kept = keep_ext[np.where(site.atoms >= 0, site.atoms, len(keep_ext) - 1)]
         for d in site.varying:
             rows = np.moveaxis(kept, d, 0).reshape(kept.shape[d], -1)
@@ -121,9 +94,9 @@ def _refresh_reshape_attributes(model: nn.Module, space: Space, keep_ext: np.nda
                 setattr(module, attrs[0], sizes[value])
 
 
-def _refresh_split_attributes(model: nn.Module, space: Space, keep_ext: np.ndarray) -> None:
+def _refresh_split_attributes(model: nn.Module, splits, keep_ext: np.ndarray) -> None:
     """A list attribute that held a split's old part sizes gets the kept sizes."""
-    for site in space.splits:
+    for site in splits:
         kept = keep_ext[np.where(site.atoms >= 0, site.atoms, len(keep_ext) - 1)]
         bounds = np.cumsum([0] + site.sizes)
         new = [int(kept[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
