@@ -114,6 +114,10 @@ def register_method_config(cls: type[MethodConfig]) -> type[MethodConfig]:
     return cls
 
 
+def unregister_method_config(name: str) -> None:
+    _METHOD_CONFIGS.pop(name, None)
+
+
 def method_names() -> list[str]:
     """Every registered method, in registration order."""
     return list(_METHOD_CONFIGS)

@@ -25,6 +25,7 @@ from .export.flops import fvcore_flops
 from .export.latency import ort_latency
 from .recipe import Recipe
 from .space import Space
+from .markdown import cell, table
 from .space.kinds import get_kind
 from .train import Evaluation
 
@@ -140,7 +141,7 @@ def _markdown(r: dict[str, Any], plots: list[str]) -> str:
                                           for p, v in r["rules"].items()]
     lines += ["", "## Time", ""] + [f"- {k}: {v:.1f} s" for k, v in r["seconds"].items()]
     if r["method_summary"] or r["method_section"]:
-        lines += ["", f"## Method: {r['method']}", ""] + (r["method_section"] or table(r["method_summary"]))
+        lines += ["", f"## Method: {r['method']}", ""] + r["method_section"]
     lines += [""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -188,27 +189,6 @@ def _plots(r: dict[str, Any], out: Path) -> list[str]:
     return made
 
 
-def table(d: dict[str, Any], depth: int = 0) -> list[str]:
-    """A mapping as Markdown: scalars and short lists in one key | value table, every nested mapping
-    its own sub-table under a heading (never a raw Python dict)."""
-    flat = {k: v for k, v in d.items() if not isinstance(v, dict)}
-    lines = []
-    if flat:
-        lines += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in flat.items()]
-    for k, v in d.items():
-        if isinstance(v, dict):
-            lines += ["", f"{'#' * min(3 + depth, 6)} {k}", ""] + (table(v, depth + 1) if v else ["(none)"])
-    return lines
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return ", ".join(_cell(x) for x in v) if v else "-"
-    return str(v)
-
-
 def _choices_md(choices: dict[str, dict]) -> list[str]:
     lines = []
     for kind, summary in choices.items():
@@ -217,8 +197,10 @@ def _choices_md(choices: dict[str, dict]) -> list[str]:
             if isinstance(value, dict) and value and all(isinstance(x, dict) for x in value.values()):
                 cols = list(next(iter(value.values())))
                 lines += [f"| {key} | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-                lines += [f"| {name} | " + " | ".join(_cell(x.get(c)) for c in cols) + " |" for name, x in value.items()]
+                lines += [f"| {name} | " + " | ".join(cell(x.get(c)) for c in cols) + " |" for name, x in value.items()]
+            elif isinstance(value, dict):
+                lines += table({key: value}, depth=1) if value else [f"- {key}: -"]
             else:
-                lines.append(f"- {key}: {_cell(value) if not isinstance(value, dict) else value or '-'}")
+                lines.append(f"- {key}: {cell(value)}")
             lines.append("")
     return lines

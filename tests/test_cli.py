@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from compressor.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +23,7 @@ def test_unknown_model_suggests_and_exits_2(capsys):
     assert "unknown model 'resnt18'" in err and "resnet18" in err
 
 
+@pytest.mark.slow
 def test_coverage_tool_on_a_representative_slice(tmp_path):
     """CI's slice of tools/coverage.py: a CNN with blocks, a depthwise net, a timm transformer, and a
     detection model, refused by name."""

@@ -13,6 +13,8 @@ from compressor.decision import Decision
 from compressor.frontend import trace
 from tests.tiny import TinyNet
 
+pytestmark = pytest.mark.slow  # subprocesses running the pipeline; CI runs them
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import sys

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # subprocesses running the pipeline; CI runs them
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import os, signal, sys

@@ -16,6 +16,8 @@ from tools import (
     sparse_epochs,
 )
 
+pytestmark = pytest.mark.slow  # the benchmarks' code paths, several minutes in all; CI runs them
+
 
 def test_latency_rows():
     rows = latency.measure("resnet18", 64, 0.5, [1, 8], repeats=2, batches=(1, 2))

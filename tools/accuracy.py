@@ -34,9 +34,9 @@ from compressor.recipe import method_override
 from compressor.train import Stage, Trainer
 
 try:  # as part of the tools package (tests) or as a script (python tools/X.py)
-    from tools._bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
+    from tools.bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
 except ModuleNotFoundError:
-    from _bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
+    from bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
 
 
 def base_weights(model: str, recipe, seed: int, directory: Path) -> tuple[Path, float]:

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 try:  # as part of the tools package (tests) or as a script (python tools/X.py)
-    from tools._bench import write_csv
+    from tools.bench import write_csv
 except ModuleNotFoundError:
-    from _bench import write_csv
+    from bench import write_csv
 
 # Run settings: extra ``compress`` arguments, and whether the command runs under torchrun.
 SETTINGS: dict[str, tuple[list[str], bool]] = {

@@ -37,9 +37,9 @@ from compressor.gates import attach_gates
 from compressor.zoo import create_model
 
 try:  # as part of the tools package (tests) or as a script (python tools/X.py)
-    from tools._bench import share_of_units
+    from tools.bench import share_of_units
 except ModuleNotFoundError:
-    from _bench import share_of_units
+    from bench import share_of_units
 
 VARIANTS = ("plain", "weights", "inputs", "cut")
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from compressor import compress, load_recipe
 
 try:  # as part of the tools package (tests) or as a script (python tools/X.py)
-    from tools._bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
+    from tools.bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
 except ModuleNotFoundError:
-    from _bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
+    from bench import QUIET, mean_std, parse_overrides, parse_sets, write_csv
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:

@@ -49,9 +49,9 @@ from compressor.train import Trainer
 from compressor.zoo import create_model_for_size
 
 try:  # as part of the tools package (tests) or as a script (python tools/X.py)
-    from tools._bench import parse_sets
+    from tools.bench import parse_sets
 except ModuleNotFoundError:
-    from _bench import parse_sets
+    from bench import parse_sets
 
 
 def build(name: str, size: int, method: str, device: str,

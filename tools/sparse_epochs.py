@@ -27,9 +27,9 @@ from compressor.train import Stage, Trainer
 from compressor.zoo import create_model_for_size
 
 try:
-    from tools._bench import share_of_units, write_csv
+    from tools.bench import share_of_units, write_csv
 except ImportError:  # run as a script from tools/
-    from _bench import share_of_units, write_csv
+    from bench import share_of_units, write_csv
 
 
 class FixedDraw(ScsMethod):

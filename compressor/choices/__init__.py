@@ -1,6 +1,7 @@
-"""The built-in kinds of choice, registered on import: ``channels``, ``depth`` (see
-:mod:`compressor.space.kinds` for the contract a new kind follows)."""
+"""The built-in kinds of choice, registered on import in this order: ``channels``, ``depth``,
+``kernel`` (see :mod:`compressor.space.kinds` for the contract a new kind follows)."""
 from .channels import ChannelChoices, ChannelKind
 from .depth import DepthChoices, DepthKind
+from .kernel import KernelChoices, KernelKind
 
-__all__ = ["ChannelChoices", "ChannelKind", "DepthChoices", "DepthKind"]
+__all__ = ["ChannelChoices", "ChannelKind", "DepthChoices", "DepthKind", "KernelChoices", "KernelKind"]

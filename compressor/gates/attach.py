@@ -60,6 +60,8 @@ class Gates:
             h.remove()
         self._hooks.clear()
         for module, name, transient in reversed(self._parametrized):
+            if not parametrize.is_parametrized(module, name):
+                continue  # several kinds parametrized it: the first removal took them all
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
             if transient:  # remove_parametrizations registers a buffer back as persistent
                 module._non_persistent_buffers_set.add(name)

@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..decision import Decision
-from ..recipe import BudgetConfig, MethodConfig, TrainConfig, register_method_config
+from ..markdown import table
+from ..recipe import BudgetConfig, MethodConfig, TrainConfig, register_method_config, unregister_method_config
 from ..space import Space
 from ..train import Stage, Trainer, TrainHooks
 from ..train.trainer import Criterion
@@ -32,6 +33,12 @@ def register_method(cls: type["Method"]) -> type["Method"]:
     register_method_config(cls.config_class)
     _METHODS[cls.name] = cls
     return cls
+
+
+def unregister_method(name: str) -> None:
+    """Forget a method (a plug-in registered for a while, as tests do)."""
+    _METHODS.pop(name, None)
+    unregister_method_config(name)
 
 
 def get_method(name: str) -> type["Method"]:
@@ -152,5 +159,5 @@ class Method(TrainHooks):
         return finetune
 
     def report(self, summary: dict[str, Any]) -> list[str]:
-        """Markdown lines of the method's own report section (tables; default: none)."""
-        return []
+        """Markdown lines of the method's report section (default: its summary as tables)."""
+        return table(summary)

@@ -109,6 +109,29 @@ class TasArchitecture(GateController):
         self.candidates = cfg.candidates
         self.tau = cfg.tau_max
         self.site_names = [s.name for s in sites]
+        self._width_tables(sites)
+        self.alpha = nn.Parameter(torch.randn(*self.widths.shape) * 0.01)
+        if head_start is not None:  # the candidate nearest each site's given width starts ahead
+            with torch.no_grad():
+                for i, s in enumerate(sites):
+                    kept = head_start.get(s.name, s.widths[-1])
+                    self.alpha[i, int(np.argmin([abs(c - kept) for c in s.widths]))] += HEAD_START
+        self.register_buffer("alpha_init", self.alpha.detach().clone())  # where the search started
+        stages: dict[str, list[int]] = {}
+        if cfg.depth and "depth" in space:
+            for i, b in enumerate(space["depth"].blocks):
+                stages.setdefault(b.stage, []).append(i)
+        self.stage_names = list(stages)
+        self._depth_tables(list(stages.values()))
+        self.beta = nn.Parameter(torch.randn(*self.depths.shape) * 0.01)
+        if head_start is not None:  # and so does full depth
+            with torch.no_grad():
+                self.beta[torch.arange(len(stages)), self.depth_valid.sum(1) - 1] += HEAD_START
+        self.register_buffer("beta_init", self.beta.detach().clone())
+        self._noise: dict[str, torch.Tensor] | None = None
+
+    def _width_tables(self, sites: list[SearchedSite]) -> None:
+        """Candidate widths per site, and per searched slot its site, rank and flat index."""
         units, unit_site, rank, unit_at = [], [], [], []
         for i, s in enumerate(sites):
             flat = self.offset[s.kind] + np.asarray(s.slots)
@@ -128,31 +151,20 @@ class TasArchitecture(GateController):
         self.register_buffer("unit_group", torch.tensor(unit_site, dtype=torch.long))
         self.register_buffer("unit_rank", torch.tensor(rank, dtype=torch.long))
         self.register_buffer("cwi_group", torch.tensor([s.cwi for s in sites], dtype=torch.bool))
-        size = max((len(u) for u in unit_at), default=1)
-        at = torch.full((len(unit_at), size), self.total, dtype=torch.long)
+        at = torch.full((len(unit_at), max((len(u) for u in unit_at), default=1)), self.total, dtype=torch.long)
         for i, u in enumerate(unit_at):
             at[i, :len(u)] = torch.from_numpy(u)
         self.register_buffer("unit_at", at)  # flat slot of (site, rank)
         self.min_valid = int(valid.sum(1).min()) if len(sites) else 0
-        self.alpha = nn.Parameter(torch.randn(len(sites), n_c) * 0.01)
-        if head_start is not None:  # the candidate nearest each site's given width starts ahead
-            with torch.no_grad():
-                for i, s in enumerate(sites):
-                    kept = head_start.get(s.name, s.widths[-1])
-                    self.alpha[i, int(np.argmin([abs(c - kept) for c in s.widths]))] += HEAD_START
-        self.register_buffer("alpha_init", self.alpha.detach().clone())  # where the search started
 
-        stages: dict[str, list[int]] = {}
-        if cfg.depth and "depth" in space:
-            for i, b in enumerate(space["depth"].blocks):
-                stages.setdefault(b.stage, []).append(i)
-        self.stage_names = list(stages)
-        depths = [depth_candidates(len(bs)) for bs in stages.values()]
+    def _depth_tables(self, stages: list[list[int]]) -> None:
+        """Candidate depths per stage, and per block its stage and position in it."""
+        depths = [depth_candidates(len(bs)) for bs in stages]
         n_d = max((len(d) for d in depths), default=1)
         dt = torch.zeros(len(depths), n_d, dtype=torch.long)
         dv = torch.zeros(len(depths), n_d, dtype=torch.bool)
         block_stage, block_pos, block_idx = [], [], []
-        for s, (bs, ds) in enumerate(zip(stages.values(), depths)):
+        for s, (bs, ds) in enumerate(zip(stages, depths)):
             dt[s, :len(ds)] = torch.tensor(ds)
             dv[s, :len(ds)] = True
             block_idx.extend(bs)
@@ -163,13 +175,6 @@ class TasArchitecture(GateController):
         self.register_buffer("blocks", torch.tensor(block_idx, dtype=torch.long))
         self.register_buffer("block_stage", torch.tensor(block_stage, dtype=torch.long))
         self.register_buffer("block_pos", torch.tensor(block_pos, dtype=torch.long))
-        self.beta = nn.Parameter(torch.randn(len(depths), n_d) * 0.01)
-        if head_start is not None:  # and so does full depth
-            with torch.no_grad():
-                for s, ds in enumerate(depths):
-                    self.beta[s, len(ds) - 1] += HEAD_START
-        self.register_buffer("beta_init", self.beta.detach().clone())
-        self._noise: dict[str, torch.Tensor] | None = None
 
     # -- distributions ---------------------------------------------------------------------------
     def width_log_probs(self) -> torch.Tensor:

@@ -167,15 +167,55 @@ def _unique(items: list, key) -> list:
 def _groups(tr, roots: np.ndarray) -> tuple[list[ChannelGroup], np.ndarray]:
     """The channel groups: units (roots of atoms) joined by sharing a producer, groups and units
     ordered by first producer; and the flat unit index of every root (-1 for none)."""
-    n_atoms = len(roots)
     grouping = DisjointSets()  # a second union-find, over the roots
-    grouping.new(n_atoms)
+    grouping.new(len(roots))
     for prod in tr.producers:
         grouping.union_all(roots[prod.atoms])
+    units_by_group, names_by_group, channels = _units_by_group(tr, roots, grouping)
+    merge_reasons: dict[int, list[str]] = defaultdict(list)
+    for m in tr.merges:
+        r = roots[m.atoms[:1]]
+        if len(r):
+            reason = f"{m.op.replace('aten.', '').split('.')[0]} in '{m.module or '<root>'}'"
+            reasons = merge_reasons[int(grouping.find(r)[0])]
+            if reason not in reasons:
+                reasons.append(reason)
+    del grouping
+    pinned_roots, output_roots = np.unique(roots[tr.pinned]), np.unique(roots[tr.output_pinned])
+    unit_of_root = np.full(len(roots), -1, dtype=np.int64)
+    groups: list[ChannelGroup] = []
+    used_names: set[str] = set()
+    offset = 0
+    for gid, parts in units_by_group.items():  # dicts keep insertion order: first producer first
+        units = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        pinned = np.isin(units, pinned_roots)
+        count = np.maximum(channels[units], 1).astype(np.int64)
+        if len(units) > 1 and pinned.all():
+            # Nothing can remove any part of it: one unit (a float buffer read whole, such as an
+            # attention mask, would otherwise hold one unit per element).
+            unit_of_root[units] = offset
+            count, pinned = count.sum(keepdims=True), pinned[:1]
+        else:
+            unit_of_root[units] = offset + np.arange(len(units))
+        frozen = None
+        if pinned.all():
+            frozen = REACHES_OUTPUT if np.isin(units, output_roots).any() else \
+                "every channel is the first of a split or reshape part (one must stay in each)"
+        elif len(units) < 2:
+            frozen = f"channels are tied together by {'; '.join(merge_reasons[gid][:3]) or 'a single channel'}"
+        name = _unique_name(_module_of(names_by_group[gid][0]), used_names)
+        groups.append(ChannelGroup(name, len(pinned), offset, count, pinned, frozen, tuple(names_by_group[gid])))
+        offset += len(pinned)
+    return groups, unit_of_root
+
+
+def _units_by_group(tr, roots: np.ndarray, grouping: DisjointSets):
+    """Per group (by its root in ``grouping``): its units in first-seen order, its producers'
+    names, and per root the channels of its group's first producer."""
     units_by_group: dict[int, list[np.ndarray]] = {}
     names_by_group: dict[int, list[str]] = defaultdict(list)
-    channels = np.zeros(n_atoms, dtype=np.int32)  # per root: channels of its group's first producer
-    seen = np.zeros(n_atoms, dtype=bool)
+    channels = np.zeros(len(roots), dtype=np.int32)
+    seen = np.zeros(len(roots), dtype=bool)
     for prod in tr.producers:
         r = roots[prod.atoms]
         if len(r) == 0:
@@ -192,50 +232,16 @@ def _groups(tr, roots: np.ndarray) -> tuple[list[ChannelGroup], np.ndarray]:
             units_by_group[gid].append(new)
         if names_by_group[gid] == [prod.name]:
             np.add.at(channels, r, 1)
-    del seen
-    merge_reasons: dict[int, list[str]] = defaultdict(list)
-    for m in tr.merges:
-        r = roots[m.atoms[:1]]
-        if len(r):
-            gid = int(grouping.find(r)[0])
-            reason = f"{m.op.replace('aten.', '').split('.')[0]} in '{m.module or '<root>'}'"
-            if reason not in merge_reasons[gid]:
-                merge_reasons[gid].append(reason)
-    del grouping
-    pinned_roots = np.unique(roots[tr.pinned])
-    output_roots = np.unique(roots[tr.output_pinned])
+    return units_by_group, names_by_group, channels
 
-    unit_of_root = np.full(n_atoms, -1, dtype=np.int64)
-    groups: list[ChannelGroup] = []
-    used_names: set[str] = set()
-    offset = 0
-    for gid, parts in units_by_group.items():  # dicts keep insertion order: first producer first
-        units = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        pinned = np.isin(units, pinned_roots)
-        count = np.maximum(channels[units], 1).astype(np.int64)
-        if len(units) > 1 and pinned.all():
-            # Nothing can remove any part of it: one unit (a float buffer read whole, such as an
-            # attention mask, would otherwise hold one unit per element).
-            unit_of_root[units] = offset
-            count, pinned = count.sum(keepdims=True), pinned[:1]
-        else:
-            unit_of_root[units] = offset + np.arange(len(units))
-        name = _module_of(names_by_group[gid][0])
-        base, k = name, 1
-        while name in used_names:
-            k += 1
-            name = f"{base}~{k}"
-        used_names.add(name)
-        frozen = None
-        if pinned.all():
-            frozen = REACHES_OUTPUT if np.isin(units, output_roots).any() else \
-                "every channel is the first of a split or reshape part (one must stay in each)"
-        elif len(units) < 2:
-            why = "; ".join(merge_reasons[gid][:3]) or "a single channel"
-            frozen = f"channels are tied together by {why}"
-        groups.append(ChannelGroup(name, len(pinned), offset, count, pinned, frozen, tuple(names_by_group[gid])))
-        offset += len(pinned)
-    return groups, unit_of_root
+
+def _unique_name(base: str, used: set[str]) -> str:
+    name, k = base, 1
+    while name in used:
+        k += 1
+        name = f"{base}~{k}"
+    used.add(name)
+    return name
 
 
 def _stored(a: np.ndarray) -> np.ndarray:

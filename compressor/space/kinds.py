@@ -168,6 +168,11 @@ def register_kind(cls: type[ChoiceKind]) -> type[ChoiceKind]:
     return cls
 
 
+def unregister_kind(name: str) -> None:
+    """Forget a kind (a plug-in registered for a while, as tests do)."""
+    _KINDS.pop(name, None)
+
+
 def get_kind(name: str) -> ChoiceKind:
     if name not in _KINDS:
         raise KeyError(f"unknown choice kind {name!r}; known: {', '.join(_KINDS)}")

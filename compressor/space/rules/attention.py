@@ -6,7 +6,7 @@ import torch
 
 from ..labels import narrow_repeats
 from ..tracer import Trace
-from .base import _outputs, aten, merge_rule, register
+from .base import tensor_outputs, aten, merge_rule, register
 
 
 def _per_batch_index(tr: Trace, tensors: list[torch.Tensor], batch_shape: tuple, op: str) -> torch.Tensor:
@@ -52,7 +52,7 @@ def sdpa_rule(tr: Trace, func, args, kwargs, out) -> None:
     """Fused attention: q, k, v and any additive mask of one (batch, head) index are one unit."""
     q, k, v = args[0], args[1], args[2]
     mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
-    first = _outputs(out)[0]
+    first = tensor_outputs(out)[0]
     tensors = [q, k, v]
     if isinstance(mask, torch.Tensor) and mask.is_floating_point():
         tensors.append(mask)
@@ -60,7 +60,7 @@ def sdpa_rule(tr: Trace, func, args, kwargs, out) -> None:
         merge_rule(tr, func, tuple(tensors), {}, out)  # unbatched or grouped-query: not split yet
     else:
         heads = _per_batch_index(tr, tensors, tuple(q.shape[:-2]), str(func))
-        for o in _outputs(out):
+        for o in tensor_outputs(out):
             if tuple(o.shape[: heads.dim()]) == tuple(heads.shape):
                 _label_by_head(tr, o, heads)
     # MACs of the two products, as our fvcore handle counts them: B * H * Nq * Nk * (D + Dv).

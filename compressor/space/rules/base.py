@@ -58,7 +58,7 @@ def _tensor_args(args: tuple) -> list[torch.Tensor]:
     return out
 
 
-def _outputs(out: Any) -> list[torch.Tensor]:
+def tensor_outputs(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, (list, tuple)):
@@ -67,7 +67,7 @@ def _outputs(out: Any) -> list[torch.Tensor]:
 
 
 def _fill(out: Any, root: int, tr: Trace) -> None:
-    for o in _outputs(out):
+    for o in tensor_outputs(out):
         tr.set_label(o, filled(o.shape, root))
 
 
@@ -90,7 +90,7 @@ def _varies(lab: torch.Tensor, d: int) -> bool:
 
 def pointwise_rule(tr: Trace, func, args, kwargs, out) -> None:
     """Elementwise op: inputs are broadcast, positions that meet are joined."""
-    outs = _outputs(out)
+    outs = tensor_outputs(out)
     if not outs:
         return
     shape = tuple(outs[0].shape)
@@ -139,7 +139,7 @@ def pointwise_rule(tr: Trace, func, args, kwargs, out) -> None:
           aten.equal, aten.allclose, aten.isnan, aten.isinf, aten.nonzero)
 def fresh_rule(tr: Trace, func, args, kwargs, out) -> None:
     """Factories and in-place refills carry no channel."""
-    for o in _outputs(out):
+    for o in tensor_outputs(out):
         tr.set_label(o, unlabelled(o.shape))
 
 

@@ -11,9 +11,9 @@ from ..records import ParamOp
 from ..standardise import WEIGHT
 from ..tracer import Trace
 from .attention import activation_product_rule
-from .base import _outputs, aten, merge_rule, op_name, register
+from .base import tensor_outputs, aten, merge_rule, op_name, register
 from .movement import move_rule
-from .reduce import _reduce
+from .reduce import reduce_labels
 
 # -- layers with parameters ------------------------------------------------------------------------
 @register(aten.convolution, aten._convolution)
@@ -38,10 +38,7 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
         root = int(tr.label(out).reshape(-1)[0]) if out.numel() else -1
         tr.cost("conv", math.prod(w.shape[2:]) * (cin // groups), torch.full(positions, root, dtype=torch.long))
         return
-    tr.param_ops.append(ParamOp("conv", wname, tr.module, tr.flow.current, tuple(w.shape), tuple(x.shape),
-                                tuple(out.shape), {"stride": tuple(args[3]), "padding": tuple(args[4]),
-                                                   "dilation": tuple(args[5]), "transposed": transposed,
-                                                   "groups": groups}))
+    _record_conv(tr, wname, w, x, out, args)
     lin = tr.vector(tr.label(x), 1, str(func))
     o_atoms = tr.fresh(cout, f"{wname}")
     in_dim, out_dim = (0, 1) if transposed else (1, 0)
@@ -86,6 +83,14 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
     if b is not None:
         tr.param_dim(b, 0, o_atoms)
     tr.set_label(out, out_lab)
+
+
+def _record_conv(tr: Trace, wname: str, w: torch.Tensor, x: torch.Tensor, out: torch.Tensor, args) -> None:
+    """What a choice over the op itself (its kernel window) needs: shapes and arguments."""
+    tr.param_ops.append(ParamOp("conv", wname, tr.module, tr.flow.current, tuple(w.shape), tuple(x.shape),
+                                tuple(out.shape), {"stride": tuple(args[3]), "padding": tuple(args[4]),
+                                                   "dilation": tuple(args[5]), "transposed": bool(args[6]),
+                                                   "groups": int(args[8])}))
 
 
 def _standardised_rows(tr: Trace, std, rows: np.ndarray, cols: np.ndarray, ksize: int) -> None:
@@ -207,7 +212,7 @@ def batch_norm_rule(tr: Trace, func, args, kwargs, out) -> None:
     x = args[0]
     vec = _per_channel(tr, str(func), x, 1, args[1:5])
     out_lab = _channel_labels(vec, x.shape)
-    first = _outputs(out)[0]
+    first = tensor_outputs(out)[0]
     tr.set_label(first, out_lab)
     affine = isinstance(args[1], torch.Tensor)
     # Batch statistics computed in the forward (training=True even in eval mode: weight
@@ -219,7 +224,7 @@ def batch_norm_rule(tr: Trace, func, args, kwargs, out) -> None:
 def _norm_over(tr: Trace, func, x: torch.Tensor, dims: list[int], params: tuple, out, coef: float) -> None:
     """Normalisation over ``dims``: every channel inside them becomes one unit (its statistics
     would change if one were removed), and so do the affine parameters."""
-    red = _reduce(tr, tr.label(x), dims, str(func))
+    red = reduce_labels(tr, tr.label(x), dims, str(func))
     row = flat_atoms(red)[:1]
     for p in params:
         if isinstance(p, torch.Tensor):
@@ -228,7 +233,7 @@ def _norm_over(tr: Trace, func, x: torch.Tensor, dims: list[int], params: tuple,
     if (row >= 0).any():
         red = torch.from_numpy(np.where(red.numpy() >= 0, tr.ds.find(np.maximum(red.numpy(), 0)), -1))
     out_lab = red.expand(tuple(x.shape))
-    tr.set_label(_outputs(out)[0], out_lab)
+    tr.set_label(tensor_outputs(out)[0], out_lab)
     tr.cost(op_name(func).replace("native_", ""), coef, out_lab)
 
 
@@ -241,7 +246,7 @@ def _masked_norm(tr: Trace, func, kind: str, x: torch.Tensor, dim: int, groups: 
     is one unit, so each group keeps the same positions and ``num_groups`` stays."""
     vec = _per_channel(tr, str(func), x, dim, params, groups)
     out_lab = _channel_labels(vec, x.shape, dim)
-    tr.set_label(_outputs(out)[0], out_lab)
+    tr.set_label(tensor_outputs(out)[0], out_lab)
     if groups < len(vec):  # one channel per group: statistics never mix channels
         tr.norm_site(params[0], kind, vec, groups)
     tr.cost(kind, coef, out_lab)

@@ -9,7 +9,7 @@ import torch
 from ..labels import filled, has_atoms, narrow_shared
 from ..tracer import Trace
 
-from .base import _outputs, aten, merge_rule, op_name, register
+from .base import tensor_outputs, aten, merge_rule, op_name, register
 
 # t/transpose/permute are registered in layers.py: F.linear reaches us as t(weight).
 _MOVES = [
@@ -48,7 +48,7 @@ def move_rule(tr: Trace, func, args, kwargs, out) -> None:
         dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
         tr.record_split(args[0], dim, [int(v) for v in args[1]])
     elif name in ("split", "unbind", "chunk", "unsafe_split"):
-        _tie_parts(tr, [o for o in _outputs(out)], str(func))
+        _tie_parts(tr, [o for o in tensor_outputs(out)], str(func))
 
 
 def _tie_parts(tr: Trace, parts: list[torch.Tensor], op: str) -> None:
@@ -86,7 +86,7 @@ def pad_rule(tr: Trace, func, args, kwargs, out) -> None:
           aten.native_dropout, aten.feature_dropout, aten.alpha_dropout)
 def identity_rule(tr: Trace, func, args, kwargs, out) -> None:
     lab = tr.label(args[0])
-    for o in _outputs(out):
+    for o in tensor_outputs(out):
         if tuple(o.shape) == tuple(lab.shape):
             tr.set_label(o, lab)
 

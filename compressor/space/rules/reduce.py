@@ -9,10 +9,10 @@ import torch
 from ..labels import narrow_repeats, unlabelled
 from ..tracer import Trace
 
-from .base import _outputs, aten, op_name, register
+from .base import tensor_outputs, aten, op_name, register
 
 # -- reductions ------------------------------------------------------------------------------------
-def _reduce(tr: Trace, lab: torch.Tensor, dims: list[int], op: str) -> torch.Tensor:
+def reduce_labels(tr: Trace, lab: torch.Tensor, dims: list[int], op: str) -> torch.Tensor:
     """Join labels over ``dims`` for every position of the remaining dims (kept as size-1)."""
     nd = lab.dim()
     dims = sorted({d % nd for d in dims}) if nd else []
@@ -41,7 +41,7 @@ def _dims_arg(args, kwargs, pos: int, nd: int) -> list[int]:
 def reduce_rule(tr: Trace, func, args, kwargs, out) -> None:
     x = args[0]
     if tr.norm_depth:  # the statistics of a masked norm: per row, they carry no channel
-        for o in _outputs(out):
+        for o in tensor_outputs(out):
             tr.set_label(o, unlabelled(o.shape))
         return
     lab = tr.label(x)
@@ -51,10 +51,10 @@ def reduce_rule(tr: Trace, func, args, kwargs, out) -> None:
         dims = list(range(x.dim()))
     else:
         dims = _dims_arg(args, kwargs, pos, x.dim())
-    red = _reduce(tr, lab, dims, str(func))
+    red = reduce_labels(tr, lab, dims, str(func))
     if func is aten.mean.dim and "adaptive_avg_pool2d" in tr.functions[:1]:
         tr.cost("adaptive_avg_pool2d", 1.0, lab)  # fvcore counts the pooling op it came from
-    for o in _outputs(out):
+    for o in tensor_outputs(out):
         r = red.reshape(tuple(o.shape)) if red.numel() == o.numel() else red.expand(tuple(o.shape))
         tr.set_label(o, r)
 
@@ -66,8 +66,8 @@ def along_dim_rule(tr: Trace, func, args, kwargs, out) -> None:
     dim = kwargs.get("dim", args[1] if len(args) > 1 and isinstance(args[1], int) else -1)
     if op_name(func) == "topk":  # topk(x, k, dim): args[1] is k
         dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
-    red = _reduce(tr, tr.label(x), [dim], str(func))
-    for o in _outputs(out):
+    red = reduce_labels(tr, tr.label(x), [dim], str(func))
+    for o in tensor_outputs(out):
         if o.dim() == red.dim():
             shape = list(red.shape)
             tr.set_label(o, red.expand(*[o.shape[i] if shape[i] == 1 else shape[i] for i in range(o.dim())]))
@@ -98,15 +98,15 @@ def spatial_rule(tr: Trace, func, args, kwargs, out) -> None:
     spatial = list(range(2, nd)) if nd > 2 else []
     if nd == 3 and op_name(func).endswith("2d"):  # unbatched (C, H, W)
         spatial = [1, 2]
-    red = _reduce(tr, lab, spatial, str(func))
-    for o in _outputs(out):
+    red = reduce_labels(tr, lab, spatial, str(func))
+    for o in tensor_outputs(out):
         if o.dim() == red.dim():
             tr.set_label(o, red.expand(tuple(o.shape)))
     name = op_name(func)
     if "adaptive_avg_pool2d" in name:
         tr.cost("adaptive_avg_pool2d", 1.0, lab)
     elif name.startswith("upsample_nearest2d"):
-        tr.cost("upsample_nearest2d", 1.0, tr.labels[_outputs(out)[0]])
+        tr.cost("upsample_nearest2d", 1.0, tr.labels[tensor_outputs(out)[0]])
     elif name.startswith("upsample_bilinear2d"):
-        tr.cost("upsample_bilinear2d", 4.0, tr.labels[_outputs(out)[0]])
+        tr.cost("upsample_bilinear2d", 4.0, tr.labels[tensor_outputs(out)[0]])
 

@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 
 import numpy as np
 import yaml
 
 
+TOP_LEVEL = ("choices", "rules", "weights", "pretrained")  # recipe keys outside any section
+
+
 def parse_overrides(rest: str) -> dict:
-    """``key=value,key=value`` -> recipe overrides; a key without a dot is a key of the method's section."""
-    return {(k if "." in k else f"method.{k}"): yaml.safe_load(v)
-            for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
+    """``key=value,key=value`` -> recipe overrides; a key without a dot is a key of the method's
+    section, but for the top-level ones (``choices=[channels,depth,kernel]``: commas inside
+    brackets stay in the value)."""
+    pairs = (kv.split("=", 1) for kv in re.split(r",(?![^\[\]]*\])", rest) if kv)
+    return {(k if "." in k or k in TOP_LEVEL else f"method.{k}"): yaml.safe_load(v) for k, v in pairs}
 
 
 # Benchmark runs measure training: no ONNX export, no latency timing, no progress bars.
