@@ -21,7 +21,7 @@ from .export.flops import fvcore_flops
 from .frontend import trace
 from .gates.outputs import first_output
 from .invariants import TOL_GATES_AT_ONE, TOL_SLICE, gates_at_one_diff, slice_diff
-from .space import kind_names
+from .space import get_kind, kind_names
 from .surgery.slice import slice_model
 from .zoo import create_model_for_size, example_input
 
@@ -92,7 +92,7 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
     res["groups"] = len(space["channels"].groups)
     res["prunable"] = sum(g.prunable for g in space["channels"].groups)
     res["blocks"] = len(space["depth"].blocks) if "depth" in space else 0
-    res["kernel_sites"] = len(space["kernel"].items()) if "kernel" in space else 0
+    res["kernel_sites"] = len(get_kind("kernel").checkable(space["kernel"])) if "kernel" in space else 0
     decision = decision_for_budget(space, target, seed=seed)
     full = float(space.cost.flops())
     res["flops_ratio"] = round(decision.flops(space) / full, 4)

@@ -1,7 +1,8 @@
 """Coverage of the frontend/exporter round trip over the model zoo, with torch-pruning as yardstick.
 
 For each model, in its own subprocess with a timeout and a memory cap: random init; trace; a
-random decision removing about half the FLOPs (channels and, where the model has them, blocks);
+random decision removing about half the FLOPs over every kind of choice (channels, kernel windows
+and, where the model has them, blocks);
 slice; DESIGN §4 invariants 1-5; times and peak memory.  Then, in another subprocess, torch-pruning's
 magnitude pruner to 50% MACs (pruned, forward, ONNX).
 
@@ -226,7 +227,7 @@ def main() -> None:
 
 
 COLUMNS = ["model", "source", "status", "flops_ratio", "inv1", "inv2", "flops_vs_fvcore", "params_exact",
-           "inv4", "onnx_exporter", "inv5", "grow", "groups", "prunable", "blocks", "params", "trace_s",
+           "inv4", "onnx_exporter", "inv5", "grow", "groups", "prunable", "blocks", "kernel_sites", "params", "trace_s",
            "trace_mem_x", "trace_peak_mb", "slice_s", "peak_mb", "error",
            "tp_status", "tp_macs_ratio", "tp_error"]
 
