@@ -92,6 +92,9 @@ def decide(space: Space, scores: Mapping[str, np.ndarray], target: float, *, wha
     """
     if not 0 < target <= 1:
         raise BudgetError(f"budget must be a fraction in (0, 1), got {target}")
+    one_of = [k for k in scores if get_kind(k).one_of]
+    if one_of:
+        raise ValueError(f"decide removes slots; {one_of[0]} keeps one option per site: use choose_options")
     fixed = fixed or Decision()
     fit = _Fit(space, scores, what, round_to, fixed, settle)
     n = len(fit.slots)
@@ -149,7 +152,7 @@ def decision_for_budget(space: Space, target: float, *, blocks: bool = True, see
     every kind but depth, with a quarter of the residual blocks removed (half, then three quarters,
     when the rest alone cannot reach the budget).  Raises :class:`BudgetError` if nothing can."""
     rng = np.random.default_rng(seed)
-    scores = {k: rng.random(space[k].size) for k in space if k != "depth"}
+    scores = {k: rng.random(space[k].size) for k in space if k != "depth" and not get_kind(k).one_of}
     names = space["depth"].items() if blocks and "depth" in space else []
     order = rng.permutation(len(names))
     error: BudgetError | None = None
@@ -160,3 +163,46 @@ def decision_for_budget(space: Space, target: float, *, blocks: bool = True, see
         except BudgetError as exc:
             error = exc
     raise error  # type: ignore[misc]
+
+
+def choose_options(space: Space, kind: str, scores: np.ndarray, target: float, *, what: str = "flops",
+                   fixed: Decision | None = None, at_least: float | None = None) -> Decision:
+    """One option per site of a one-of-N ``kind`` (``op``) maximising the summed ``scores`` (one
+    per slot, higher = better) with the cost at most ``target`` of the full model's (and, where
+    one can, at least ``at_least``), the other kinds at ``fixed``: an integer linear program
+    solved exactly by scipy's ``milp`` (HiGHS).
+
+    The cost is linear in the kind's slots once the other kinds are fixed (each term carries at
+    most one of them), so its coefficients are the cost's gradient there.  Raises
+    :class:`BudgetError` when even the cheapest option everywhere misses the budget."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    fixed = fixed or Decision()
+    choices, kd = space[kind], get_kind(kind)
+    values = {k: v.clone() for k, v in fixed.values(space).items()}
+    values[kind] = values[kind].clone().requires_grad_(True)
+    cost = space.cost.fraction(what, values)
+    cost.backward()
+    coef = values[kind].grad.numpy()
+    constant = float(cost.detach()) - float(coef @ values[kind].detach().numpy())
+    sites = [s.slots for s in choices.sites]
+    one_each = np.zeros((len(sites), choices.size))
+    for i, slots in enumerate(sites):
+        one_each[i, slots] = 1
+    free = choices.free()
+    bounds = Bounds(np.zeros(choices.size), np.where(free, 1.0, kd.keep(choices, fixed.get(kind))))
+    smallest = constant + sum(coef[s].min() if free[s].all() else coef[s] @ bounds.ub[s] for s in sites)
+    if smallest > target:
+        want, floor = distinct_figures(target, smallest)
+        raise BudgetError(f"budget {want} of the {what} cannot be met: the cheapest option at every {kind} site "
+                          f"keeps {floor}: ask for at least {figure_at_least(smallest, floor)}")
+    low = -np.inf if at_least is None else at_least - constant
+    solve = lambda lo: milp(-np.asarray(scores, dtype=np.float64), integrality=np.ones(choices.size),  # noqa: E731
+                            bounds=bounds, constraints=[LinearConstraint(one_each, 1, 1),
+                                                        LinearConstraint(coef[None], lo, target - constant)])
+    result = solve(low)
+    if result.x is None and at_least is not None:  # nothing in the band: the best under the budget
+        result = solve(-np.inf)
+    if result.x is None:
+        raise BudgetError(f"budget {target:g} of the {what}: the solver found no choice ({result.message})")
+    return Decision({**fixed, kind: kd.payload(choices, np.round(result.x))})

@@ -17,10 +17,11 @@ from .validate import validate_space
 
 
 def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, kinds: Iterable[str] | None = None,
-          validate: bool = True) -> Space:
+          validate: bool = True, **options) -> Space:
     """Trace ``model`` once on ``example_inputs`` and return its :class:`Space`.
 
-    ``kinds``: the kinds of choice to find (default: channels and depth).  The model runs in eval
+    ``kinds``: the kinds of choice to find (default: channels and depth); ``options`` reach every
+    kind's ``find`` (``candidates``: the op kind's candidate names).  The model runs in eval
     mode (its mode is restored).  Raises :class:`~compressor.space.TraceError` naming the module
     and op when a forward pass cannot be followed.  With ``validate`` (the default) the space is
     checked against the model: what changes the output with every gate at 1, or what slicing
@@ -29,7 +30,7 @@ def trace(model: nn.Module, example_inputs: tuple | torch.Tensor, *, kinds: Iter
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     t0 = time.perf_counter()
-    space = build_space(model, example_inputs, kinds=kinds)
+    space = build_space(model, example_inputs, kinds=kinds, **options)
     if validate:
         space = validate_space(model, space, example_inputs)
         space.trace_seconds = time.perf_counter() - t0

@@ -72,7 +72,9 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
     if recipe.weights:
         load_weights(net, recipe.weights, num_classes=num_classes)
     check_finite(net, f"the weights of {name} ({start})")
-    space = trace(net.cpu().eval(), torch.randn(1, 3, size, size), kinds=recipe.choices)
+    method_class = get_method(recipe.method.name)
+    space = trace(net.cpu().eval(), torch.randn(1, 3, size, size), kinds=method_class.space_kinds(recipe.choices),
+                  **method_class.trace_options(recipe.method))
     space, rules = apply_rules(space, recipe.rules)  # a pattern that matches nothing fails now
     method = get_method(recipe.method.name)(recipe.method, space)  # and so do bad settings
     if recipe.search.epochs < method.min_search_epochs():

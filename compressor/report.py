@@ -78,6 +78,7 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
         "decision": decision.to_dict(),
         "method_summary": method_summary,
         "method_section": method.report(method_summary),
+        "method_plots": method.plots(method_summary, out),
         "metrics": list(method.metrics),
         "history": history,
         "seconds": clock.seconds,
@@ -104,7 +105,7 @@ def _latency(recipe: Recipe, original: nn.Module, example: torch.Tensor, out: Pa
 
 def write_report(report: dict[str, Any], out: Path) -> None:
     """``report.json``, ``report.md`` and the plots into ``out``."""
-    plots = _plots(report, out)
+    plots = _plots(report, out) + report.get("method_plots", [])
     (out / "report.md").write_text(_markdown(report, plots))
     tmp = out / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))

@@ -57,7 +57,7 @@ class BiasKind(ChoiceKind):
         return BiasChoices(tuple(n for n, m in found.model.named_modules()
                                  if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None))
 
-    def refine_terms(self, choices: BiasChoices, terms: list[Term]) -> list[Term]:
+    def refine_terms(self, choices: BiasChoices, terms: list[Term], what: str) -> list[Term]:
         index = {f"{n}.bias": i for i, n in enumerate(choices.layers)}
         return [t.with_(scale=t.scale + ((self.name, index[t.weight]),)) if t.weight in index else t for t in terms]
 

@@ -1,7 +1,7 @@
 """Invariant 6: a run killed (SIGKILL) in the middle of an epoch and resumed ends with the same
 decision and the same weights as an uninterrupted run with the same seed (scs, tas with its
 architecture optimizer and voting-teacher buffers in the checkpoint, grow killed while its
-second seed trains and after growth, and scs in grow mode with sparse epochs)."""
+second seed trains and after growth, scs in grow mode with sparse epochs, and darts's op search)."""
 import json
 import os
 import subprocess
@@ -31,6 +31,8 @@ if sys.argv[3].startswith("grow"):
     recipe["method"] = {"name": "grow", "scratch_baseline": False}
 if sys.argv[3] == "grow-finetune":  # killed after growth: the seeds' checkpoints grow the same model again
     recipe["finetune"] = {**recipe["finetune"], "epochs": 2}
+if sys.argv[3] == "darts":  # op search: alpha, the candidates and the architecture optimizer resume
+    recipe["method"] = {"name": "darts", "distill_steps": 10, "warmup": 0.0}
 if sys.argv[3] == "scs-grow":  # grow mode, sparse epochs: the epoch's sub-network is rebuilt on resume
     recipe["method"] = {"name": "scs", "mode": "grow", "sparse_epochs": True, "init_logit": 0.5,
                         "grow_epochs": 2}  # paced as the scs-grow recipe is
@@ -41,7 +43,7 @@ compressor.compress(TinyNet(), recipe, out=sys.argv[1], resume=sys.argv[2] == "r
 
 
 STAGE = {"scs": "search", "tas": "search", "grow": "seed_b", "grow-finetune": "finetune",
-         "scs-grow": "search"}  # where the kill lands
+         "scs-grow": "search", "darts": "search"}  # where the kill lands
 
 
 def _run(out, mode, method):
@@ -50,7 +52,7 @@ def _run(out, mode, method):
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("method", ["scs", "tas", "grow", "grow-finetune", "scs-grow"])
+@pytest.mark.parametrize("method", ["scs", "tas", "grow", "grow-finetune", "scs-grow", "darts"])
 def test_killed_run_resumes_to_the_same_result(tmp_path, method):
     straight = _run(tmp_path / "a", "plain", method)
     assert straight.returncode == 0, straight.stderr[-2000:]

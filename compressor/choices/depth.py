@@ -70,7 +70,7 @@ class DepthKind(ChoiceKind):
                                for name, ps in found.grouping.param_slices.items()})
         return DepthChoices(tuple(blocks), dropped, skipped, live_blocks(tr.flow, blocks))
 
-    def refine_terms(self, choices: DepthChoices, terms: list[Term]) -> list[Term]:
+    def refine_terms(self, choices: DepthChoices, terms: list[Term], what: str) -> list[Term]:
         index = {b.name: i for i, b in enumerate(choices.blocks)}
         members: dict[str, tuple[tuple[str, int], ...]] = {}
         out = []

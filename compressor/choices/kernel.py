@@ -103,7 +103,7 @@ class KernelKind(ChoiceKind):
             offset += rings
         return KernelChoices(tuple(sites))
 
-    def refine_terms(self, choices: KernelChoices, terms: list[Term]) -> list[Term]:
+    def refine_terms(self, choices: KernelChoices, terms: list[Term], what: str) -> list[Term]:
         by_weight = {s.weight: s for s in choices.sites}
         out = []
         for t in terms:

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list every group, not only the 40 largest")
     p.add_argument("--recipe", help="take the kinds of choice (choices) and rules from this recipe")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="recipe keys, e.g. 'choices=[channels,kernel]' "
-                   "or 'rules={fc: null}' (default: every kind of choice, no rules)")
+                   "or 'rules={fc: null}' (default: every kind of choice but op, no rules)")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("list", help="list known model names")
     p.add_argument("filter", nargs="?", default="*", help="glob, e.g. 'resnet*'")

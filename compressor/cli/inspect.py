@@ -24,7 +24,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     sets = set_values(args.set)
     recipe = load_recipe(args.recipe, sets) if args.recipe or sets else None
-    kinds = recipe.choices if args.recipe or "choices" in sets else kind_names()  # every kind unless told
+    # every kind unless told, but for the ones choosing among operations (each option is traced: slow)
+    kinds = recipe.choices if args.recipe or "choices" in sets else [k for k in kind_names() if not get_kind(k).one_of]
     model = create_model(args.model).eval()
     x = example_input(args.model, model, size=args.size)
     t0 = time.perf_counter()

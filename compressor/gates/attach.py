@@ -24,6 +24,10 @@ class Gates:
         self.model = model
         self.space = space
         self.values = GateValues(space.sizes())
+        for kind, choices in space.items():  # the model as it is: ones for most kinds
+            start = torch.as_tensor(get_kind(kind).keep(choices, None), dtype=torch.float32)
+            if not bool((start == 1).all()):
+                self.values.set(kind, start)
         self.cut = set(cut)  # depth slots held at 0 whose branches are left out of the graph
         self.left_out: Callable[[str], bool] = lambda name: False  # set by the kind that leaves modules out
         # units whose every consumer contracts over them one column each: ``values.mix`` may

@@ -4,6 +4,7 @@ from .scs import ScsConfig, ScsMethod
 from .prune import PruneConfig, PruneMethod
 from .tas import TasConfig, TasMethod
 from .grow import GrowConfig, GrowMethod
+from .darts import DartsConfig, DartsMethod
 
-__all__ = ["GrowConfig", "GrowMethod", "Method", "PruneConfig", "PruneMethod", "ScsConfig", "ScsMethod",
+__all__ = ["DartsConfig", "DartsMethod", "GrowConfig", "GrowMethod", "Method", "PruneConfig", "PruneMethod", "ScsConfig", "ScsMethod",
            "SearchContext", "SearchResult", "TasConfig", "TasMethod", "get_method", "methods", "register_method"]

@@ -135,6 +135,16 @@ class Method(TrainHooks):
     def trains_original(self) -> bool:
         return True
 
+    @classmethod
+    def space_kinds(cls, choices: list[str]) -> list[str]:
+        """The kinds of choice to trace for the recipe's ``choices`` (default: those)."""
+        return list(choices)
+
+    @classmethod
+    def trace_options(cls, config: MethodConfig) -> dict[str, Any]:
+        """Options for the kinds' ``find`` (the op kind's ``candidates``)."""
+        return {}
+
     def min_search_epochs(self) -> int:
         """The fewest search epochs the method can work with (checked before any training)."""
         return 1 if self.trains_in_search else 0
@@ -161,3 +171,7 @@ class Method(TrainHooks):
     def report(self, summary: dict[str, Any]) -> list[str]:
         """Markdown lines of the method's report section (default: its summary as tables)."""
         return table(summary)
+
+    def plots(self, summary: dict[str, Any], out: Any) -> list[str]:
+        """Plots of the method's own into the directory ``out``; their file names (default: none)."""
+        return []

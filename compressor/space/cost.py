@@ -18,6 +18,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from .kinds import get_kind
+
 CONST = -1  # a slot index meaning "always 1"
 
 
@@ -126,14 +128,14 @@ class CostModel:
             self.offsets[kind] = total
             total += choices.size
         self.total = total
-        self.flops_terms = space.refined_terms(space.flops_terms)
-        self.param_terms = space.refined_terms(space.param_terms)
+        self.flops_terms = space.refined_terms(space.flops_terms, "flops")
+        self.param_terms = space.refined_terms(space.param_terms, "params")
         self._flops = CompiledTerms(self.flops_terms, self.offsets, total)
         self._params = CompiledTerms(self.param_terms, self.offsets, total)
         self._full: dict[str, float] = {}
 
     def flat(self, values: Values | None = None) -> torch.Tensor:
-        """The flat slot vector of ``values`` (ones where a kind is missing), on their device."""
+        """The flat slot vector of ``values`` (a missing kind at the model as it is), on their device."""
         values = values or {}
         like = next((v for v in values.values() if isinstance(v, torch.Tensor)), None)
         device = like.device if like is not None else torch.device("cpu")
@@ -141,7 +143,7 @@ class CostModel:
         for kind, choices in self.space.items():
             v = values.get(kind)
             if v is None:
-                parts.append(torch.ones(choices.size, dtype=torch.double, device=device))
+                parts.append(torch.as_tensor(get_kind(kind).keep(choices, None), dtype=torch.double, device=device))
             else:
                 v = torch.as_tensor(v, device=device).double().reshape(-1)
                 if v.numel() != choices.size:

@@ -55,6 +55,7 @@ class ChoiceKind:
     attach_order: ClassVar[int] = 50  # gates attach in this order (graph rewrites before weight masks)
     weight_scored: ClassVar[bool] = True  # importance of the weights ranks its slots (depth: a loss does)
     rule_keys: ClassVar[tuple[str, ...]] = ()  # what a recipe rule may set for this kind
+    one_of: ClassVar[bool] = False  # a site keeps exactly one of its slots (op), instead of any subset
     cut_order: ClassVar[int] = 50  # surgery runs in this order (weights before graph rewrites)
 
     # -- finding -----------------------------------------------------------------------------------
@@ -63,13 +64,15 @@ class ChoiceKind:
         raise NotImplementedError
 
     # -- cost ----------------------------------------------------------------------------------------
-    def refine_terms(self, choices: ChoiceSet, terms: list["Term"]) -> list["Term"]:
-        """The cost terms with this kind's slots worked in (factors, scales, liveness)."""
+    def refine_terms(self, choices: ChoiceSet, terms: list["Term"], what: str) -> list["Term"]:
+        """The ``what`` ("flops" or "params") cost terms with this kind's slots worked in (factors,
+        scales, liveness, terms of its own)."""
         return terms
 
     # -- decisions -----------------------------------------------------------------------------------
     def keep(self, choices: ChoiceSet, payload: Payload | None) -> np.ndarray:
-        """0/1 per slot for ``payload`` (None: everything kept)."""
+        """0/1 per slot for ``payload``; for None the slots of the model as it is (everything kept,
+        for most kinds; a choice of one option among several has its current option at 1)."""
         return np.ones(choices.size)
 
     def payload(self, choices: ChoiceSet, keep: np.ndarray) -> Payload | None:

@@ -76,10 +76,10 @@ class Space(Mapping[str, ChoiceSet]):
         """The :class:`~compressor.space.cost.CostModel` of this space."""
         return CostModel(self)
 
-    def refined_terms(self, terms: list[Term]) -> list[Term]:
-        """``terms`` with every kind's slots worked in (the cost model's terms)."""
+    def refined_terms(self, terms: list[Term], what: str) -> list[Term]:
+        """The ``what`` terms with every kind's slots worked in (the cost model's terms)."""
         for kind, choices in self.items():
-            terms = get_kind(kind).refine_terms(choices, terms)
+            terms = get_kind(kind).refine_terms(choices, terms, what)
         return terms
 
     def sizes(self) -> dict[str, int]:

@@ -139,6 +139,10 @@ def _per_channel(tr: Trace, op: str, x: torch.Tensor, dim: int, params, groups: 
 
 
 def _linear(tr: Trace, func, x: torch.Tensor, w: torch.Tensor, w_in_dim: int, bias, out) -> None:
+    wname = tr.param_name(w)
+    if wname is not None:
+        tr.param_ops.append(ParamOp("linear", wname, tr.module, tr.flow.current, tuple(w.shape), tuple(x.shape),
+                                    tuple(out.shape), {"bias": bias is not None}))
     lab = tr.label(x)
     rows = lab.reshape(-1, lab.shape[-1]) if lab.dim() else lab.reshape(1, 1)
     first = rows[:, :1]
@@ -148,7 +152,7 @@ def _linear(tr: Trace, func, x: torch.Tensor, w: torch.Tensor, w_in_dim: int, bi
         # tokens of each channel): every row keeps its channel, and this layer's own dims stay
         # whole (one label per element cannot hold both).
         out_lab = first.reshape(*lab.shape[:-1], 1).expand(tuple(out.shape))
-        tr.cost("linear", 1.0, out_lab, np.full(rows.shape[1], -1))
+        tr.cost("linear", 1.0, out_lab, np.full(rows.shape[1], -1), weight=wname)
         tr.set_label(out, out_lab)
         return
     lin = tr.vector(lab, x.dim() - 1, str(func))
@@ -164,7 +168,7 @@ def _linear(tr: Trace, func, x: torch.Tensor, w: torch.Tensor, w_in_dim: int, bi
             tr.ds.union(np.broadcast_to(o_atoms, tuple(bias.shape)), tr.label(bias).numpy())
     shape = tuple(out.shape)
     out_lab = torch.from_numpy(o_atoms).expand(shape)
-    tr.cost("linear", 1.0, out_lab, lin)
+    tr.cost("linear", 1.0, out_lab, lin, weight=wname)
     tr.set_label(out, out_lab)
 
 

@@ -1,0 +1,325 @@
+"""``darts``: operation search on any model (DESIGN 5.5; DARTS, Liu et al. ICLR 2019; P-DARTS, Chen et
+al. ICCV 2019; SD-DARTS, arXiv 2302.05629; DNA/LANA for the candidates' initialisation).
+
+    every conv and linear site becomes a mixed op over itself and its candidates (the op kind)
+    blockwise distillation: each candidate learns the original op's output from its input
+        (train/blockwise.py); its final loss is its score
+    selection: ilp    one option per site maximising -score under the budget (scipy milp)
+               darts  split the training set per class: D_w, D_a; for epoch e of E:
+                          after the warm-up, per batch an architecture step (Adam on alpha, first or
+                          second order) on D_a:  L = CE + cost_weight * L_cost  [+ SD]
+                          L_cost = -log E[F] if F < R - t;  +log E[F] if F > R;  else 0
+                          a weight step on D_w (candidates and the rest of the model) [+ SD]
+                          P-DARTS: at each stage boundary every site keeps its most probable options
+                      argmax per site; at most skip_cap skips (P-DARTS's cap); then the nearest
+                      choice within the budget (the ILP over log-probabilities) if the argmax misses it
+    the chosen ops replace the originals with their trained weights; fine-tune with KD
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from ..budget import choose_options
+from ..choices.candidates import candidate_names, label
+from ..choices.op import MixedOp
+from ..data import split_dataset
+from ..decision import Decision
+from ..gates import ControlledModel, attach_gates
+from ..gates.outputs import first_output
+from ..recipe import MethodConfig, RecipeError, SelfDistillConfig
+from ..space import Space
+from ..surgery.slice import slice_model
+from ..train.bilevel import ArchitectureStep
+from ..train.blockwise import distill_candidates
+from ..train.sampling import cycle
+from ..train.self_distill import VotingTeachers
+from .base import Method, SearchContext, SearchResult, register_method
+from .darts_arch import KIND, OpLogits
+
+
+class DartsConfig(MethodConfig):
+    """Operation search: candidates distilled from the original, chosen by DARTS or an ILP."""
+
+    name: Literal["darts"] = "darts"
+    selection: Literal["darts", "ilp"] = Field("darts", description="darts: architecture logits by bilevel search "
+                                               "on a held-out split; ilp: one option per site by the distillation "
+                                               "scores under the budget, solved exactly (no search training).")
+    candidates: list[str] | None = Field(None, description="Candidate names to offer (compressor.choices.candidates; "
+                                         "None = every registered one).")
+    distill_steps: int = Field(300, ge=0, description="Blockwise distillation steps (batches) of the candidates.")
+    distill_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the distillation.")
+    order: Literal[1, 2] = Field(1, description="Bilevel order: 1, or 2 (DARTS's unrolled step).")
+    arch_lr: float = Field(3e-4, gt=0, description="Adam learning rate of alpha (DARTS 3e-4, PC-DARTS 6e-4).")
+    arch_betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of alpha.")
+    arch_weight_decay: float = Field(1e-3, ge=0, description="Adam weight decay of alpha.")
+    cost_weight: float = Field(2.0, ge=0, description="Weight of the banded cost loss (0: no budget pressure).")
+    tolerance: float = Field(0.05, ge=0, lt=1, description="Band below the budget, as a fraction of the full cost.")
+    warmup: float = Field(0.3, ge=0, lt=1, description="Fraction of the search epochs before architecture steps "
+                          "(PC-DARTS: 15 of 50).")
+    split: float = Field(0.5, gt=0, lt=1, description="Share of the training set (per class) for architecture steps.")
+    stages: list[int] = Field([], description="P-DARTS: options each site keeps after each stage, e.g. [5, 3]; "
+                              "the search epochs split evenly into len + 1 stages.")
+    skip_cap: int | None = Field(None, ge=0, description="P-DARTS: at most this many sites choose skip.")
+    self_distill: SelfDistillConfig = Field(default_factory=SelfDistillConfig)
+
+    @field_validator("candidates")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [n for n in v or [] if n not in candidate_names()]
+        if unknown:
+            raise ValueError(f"unknown candidate {unknown[0]!r}; registered: {', '.join(candidate_names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _stages(self) -> "DartsConfig":
+        if any(b >= a for a, b in zip(self.stages, self.stages[1:])) or any(k < 1 for k in self.stages):
+            raise ValueError(f"stages must shrink and stay at least 1, got {self.stages}")
+        return self
+
+
+@register_method
+class DartsMethod(Method):
+    """operation search: candidates distilled from the original, chosen by DARTS or an ILP, then KD"""
+
+    name = "darts"
+    config_class = DartsConfig
+    config: DartsConfig
+    distills_by_default = True
+    has_arch_step = True
+    metrics = ("expected_cost", "argmax_cost")
+
+    def __init__(self, config: DartsConfig, space: Space) -> None:
+        super().__init__(config, space)
+        if KIND not in space:
+            raise RecipeError("darts searches the op kind: put op in the recipe's choices (e.g. choices=[op])")
+        clash = [k for k in ("channels", "kernel") if k in space]
+        if clash:
+            raise RecipeError(f"darts replaces whole operations, and pruning {', '.join(clash)} on the result in the "
+                              "same run is not supported yet: choices=[op] or [op, depth]")
+        if not space[KIND].free().any():
+            raise RecipeError("darts: no site has a candidate (compress inspect MODEL --set choices=[op] lists them)")
+        self.arch: OpLogits | None = None
+        self.ctx: SearchContext | None = None
+        self.voting: dict[str, VotingTeachers] = {}
+        self.live: dict[str, float] = {}
+        self.epoch = self.epochs = 0
+        self.alpha_history: list[list[list[float]]] = []  # per epoch: softmax(alpha), sites x options
+
+    @classmethod
+    def space_kinds(cls, choices: list[str]) -> list[str]:
+        """The recipe's choices when they name the op kind, else the op kind alone (the default
+        recipe's channels and depth are another method's)."""
+        return list(choices) if KIND in choices else [KIND]
+
+    @classmethod
+    def trace_options(cls, config: DartsConfig) -> dict:
+        return {"candidates": config.candidates}
+
+    @property
+    def trains_in_search(self) -> bool:  # type: ignore[override]
+        return self.config.selection == "darts"
+
+    def min_search_epochs(self) -> int:
+        return 1 if self.trains_in_search else 0
+
+    def fixed(self) -> Decision:
+        """The cheapest option at every site (what the early budget check tries)."""
+        choices = self.space[KIND]
+        return Decision({KIND: {s.name: dict(s.options[int(np.argmin([c[0] for c in s.costs]))])
+                                for s in choices.sites if s.frozen is None and len(s.options) > 1}})
+
+    # -- the algorithm ---------------------------------------------------------------------------
+    def search(self, model: nn.Module, ctx: SearchContext) -> SearchResult:
+        self.ctx = ctx
+        gates = attach_gates(model, self.space)
+        mixed = {name: m for name in self.space[KIND].items() if isinstance(m := gates.model.get_submodule(name), MixedOp)}
+        gates.model.to(ctx.trainer.device)
+        batches = (x.to(ctx.trainer.device) for x, _ in cycle(ctx.trainer.loader(ctx.train_set, ctx.batch_size,
+                                                                                   shuffle=True)))
+        scores = distill_candidates(gates.model, mixed, batches, steps=self.config.distill_steps,
+                                    lr=self.config.distill_lr, autocast=ctx.trainer.autocast,
+                                    progress=ctx.trainer.run.progress)
+        slot_scores = self._slot_scores(scores)
+        summary = {"candidate_loss": {n: {"best": float(np.min(s[1:])), "worst": float(np.max(s[1:]))}
+                                      for n, s in scores.items() if len(s) > 1}}
+        history: list[dict] = []
+        if self.config.selection == "ilp":
+            decision = choose_options(self.space, KIND, slot_scores, ctx.budget.target, what=ctx.budget.what)
+        else:
+            decision, history = self._darts(gates, ctx)
+        summary["chosen"] = {n: label(o) for n, o in decision.get(KIND, {}).items()}
+        if self.arch is not None and self.alpha_history:  # the chosen option's probability, epoch by epoch
+            chosen = decision.keep(self.space)[KIND]
+            summary["alpha_of_chosen"] = {s.name: [round(e[i][int(np.argmax(chosen[s.slots]))], 4)
+                                                   for e in self.alpha_history] for i, s in enumerate(self.arch.sites)}
+        summary["cost"] = decision.cost(self.space, ctx.budget.what) / self.space.cost.full(ctx.budget.what)
+        trained = {name: mixed[name].ops[self.space[KIND].site(name).index(o)] for name, o in
+                   decision.get(KIND, {}).items()}
+        plain = gates.remove()
+        return SearchResult(plain, decision, summary, history, carry=self._carry(plain, decision, trained))
+
+    def _darts(self, gates, ctx: SearchContext) -> tuple[Decision, list[dict]]:
+        cfg = self.config
+        self.arch = OpLogits(self.space)
+        controlled = ControlledModel(gates, self.arch)
+        self.arch.alpha.requires_grad_(False)  # the weight optimizer never sees it
+        self.arch_opt = ArchitectureStep([self.arch.alpha], lr=cfg.arch_lr, betas=cfg.arch_betas,
+                                         weight_decay=cfg.arch_weight_decay, order=cfg.order, dist=ctx.trainer.dist)
+        weight_set, arch_set = split_dataset(ctx.train_set, cfg.split, seed=ctx.seed)
+        if cfg.self_distill.enabled:
+            classes = ctx.num_classes or 10
+            self.voting = {"weights": VotingTeachers(len(weight_set), classes, cfg.self_distill.k),
+                           "arch": VotingTeachers(len(arch_set), classes, cfg.self_distill.k)}
+        self.controlled = controlled
+        self.alpha_history = []
+        history = ctx.trainer.fit(controlled, ctx.stage("search", train_set=weight_set, val_set=None,
+                                                        arch_set=arch_set, hooks=self))
+        gates.model = controlled.net  # (the gates stay: the caller takes the trained candidates out)
+        return self._decide(ctx), [h.row() for h in history]
+
+    def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
+        self.epoch, self.epochs = epoch, epochs
+        stages = self.config.stages
+        if stages:  # P-DARTS: drop options at the stage boundaries (epochs split evenly)
+            boundary = [round(epochs * (i + 1) / (len(stages) + 1)) for i in range(len(stages))]
+            for keep, at in zip(stages, boundary):
+                if epoch == at:
+                    self.arch.drop(keep)
+        return {}
+
+    def arch_step(self, held_out, batch) -> None:
+        if self.epoch < math.floor(self.config.warmup * self.epochs):
+            return
+        self.arch.alpha.requires_grad_(True)
+        try:
+            self.live["arch_loss"] = self.arch_opt.step(lambda: self._loss(held_out, "arch", cost=True),
+                                                        lambda: self._loss(batch, "weights", cost=False),
+                                                        weights=self.ctx.trainer.optimizer)
+        finally:
+            self.arch.alpha.requires_grad_(False)
+
+    def _loss(self, batch, buffer: str, *, cost: bool) -> torch.Tensor:
+        x, y, idx = batch
+        with self.ctx.trainer.autocast():
+            out = first_output(self.controlled(x))
+        loss = F.cross_entropy(out.float(), y)
+        if cost and self.config.cost_weight:
+            loss = loss + self.config.cost_weight * self.cost_loss().float()
+        sd = self._self_distill(buffer, out, idx, record=cost)
+        return loss if sd is None else loss + sd
+
+    def cost_loss(self) -> torch.Tensor:
+        """The banded cost loss of TAS on the expected cost under softmax(alpha)."""
+        what = self.ctx.budget.what
+        expected = self.space.cost.fraction(what, {KIND: self.arch.values(self.arch.probabilities()).double()})
+        current = float(self.space.cost.fraction(what, {KIND: self.arch.argmax().double()}))
+        self.live["cost"] = current
+        target, band = self.ctx.budget.target, self.config.tolerance
+        if current < target - band:
+            return -torch.log(expected)
+        if current > target:
+            return torch.log(expected)
+        return expected * 0
+
+    def extra_loss(self, model, outputs, targets, indices) -> torch.Tensor | None:  # noqa: ARG002
+        return self._self_distill("weights", outputs, indices, record=True)
+
+    def _self_distill(self, buffer: str, outputs: torch.Tensor, indices: torch.Tensor, record: bool):
+        vt = self.voting.get(buffer)
+        if vt is None:
+            return None
+        sd = self.config.self_distill
+        loss = sd.weight * vt.loss(outputs, indices) if self.epoch >= math.floor(sd.warmup * self.epochs) else None
+        if record:
+            vt.record(outputs, indices)
+        return loss
+
+    def end_epoch(self, epoch: int, epochs: int) -> dict[str, float]:  # noqa: ARG002
+        for vt in self.voting.values():
+            vt.end_epoch(self.ctx.trainer.dist)
+        self.alpha_history.append(self.arch.probabilities().detach().cpu().tolist())
+        what = self.ctx.budget.what
+        with torch.no_grad():
+            return {"expected_cost": float(self.space.cost.fraction(what, {KIND: self.arch.values(
+                        self.arch.probabilities()).double()})),
+                    "argmax_cost": float(self.space.cost.fraction(what, {KIND: self.arch.argmax().double()}))}
+
+    def step_metrics(self) -> dict[str, float]:
+        return dict(self.live)
+
+    # -- decisions -------------------------------------------------------------------------------
+    def _decide(self, ctx: SearchContext) -> Decision:
+        """argmax per site, at most ``skip_cap`` skips, then within the budget."""
+        p = self.arch.probabilities().detach()
+        choice = p.argmax(1)
+        if self.config.skip_cap is not None:
+            skips = [i for i, s in enumerate(self.arch.sites) if s.options[int(choice[i])]["op"] == "skip"]
+            for i in sorted(skips, key=lambda i: float(p[i, choice[i]]))[:max(0, len(skips) - self.config.skip_cap)]:
+                others = [j for j, o in enumerate(self.arch.sites[i].options) if o["op"] != "skip"]
+                choice[i] = max(others, key=lambda j: float(p[i, j]))
+        one_hot = F.one_hot(choice, p.shape[1]).to(p.dtype)
+        decision = Decision.from_keep(self.space, {KIND: self.arch.values(one_hot).numpy()})
+        cost = decision.cost(self.space, ctx.budget.what) / self.space.cost.full(ctx.budget.what)
+        target, band = ctx.budget.target, self.config.tolerance
+        if target - band <= cost <= target:
+            return decision
+        log_p = torch.log(self.arch.values(p).clamp_min(1e-12)).numpy()  # the likeliest choice in the band
+        return choose_options(self.space, KIND, log_p, target, at_least=target - band, what=ctx.budget.what)
+
+    def _slot_scores(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        out = np.zeros(self.space[KIND].size)
+        for s in self.space[KIND].sites:
+            if s.name in scores:
+                out[s.slots] = -scores[s.name]
+        return out
+
+    def _carry(self, plain: nn.Module, decision: Decision, trained: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+        """The decided model's weights: the searched ones, each chosen op its trained module."""
+        compressed = slice_model(plain.cpu().eval(), self.space, decision)
+        for name, module in trained.items():
+            compressed.set_submodule(name, module)
+        return {k: v.detach().cpu().clone() for k, v in compressed.state_dict().items()}
+
+    def plots(self, summary: dict, out) -> list[str]:
+        """``alpha.png``: per site, the probability of the option finally chosen, epoch by epoch."""
+        curves = summary.get("alpha_of_chosen")
+        if not curves:
+            return []
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for name, ps in curves.items():
+            ax.plot(range(1, len(ps) + 1), ps, alpha=0.6, label=name if len(curves) <= 12 else None)
+        ax.set_xlabel("search epoch")
+        ax.set_ylabel("softmax(alpha) of the chosen option")
+        ax.set_ylim(0, 1.02)
+        if len(curves) <= 12:
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "alpha.png", dpi=100)
+        plt.close(fig)
+        return ["alpha.png"]
+
+    def state_dict(self) -> dict:
+        """alpha and the allowed options are in the model's state (the controller is a submodule)."""
+        if self.arch is None:
+            return {}
+        return {"arch_optimizer": self.arch_opt.state_dict(), "alpha_history": self.alpha_history,
+                "voting": {k: v.state_dict() for k, v in self.voting.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and self.arch is not None:
+            self.arch_opt.load_state_dict(state["arch_optimizer"])
+            self.alpha_history = list(state.get("alpha_history", []))
+            for k, v in state.get("voting", {}).items():
+                self.voting[k].load_state_dict(v)
