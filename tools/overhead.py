@@ -17,6 +17,11 @@ and tracing the model cannot hide what the steps use), on CUDA the growth of ``t
     python tools/overhead.py --method tas --models resnet50 --size 32 --batch 64   # the default recipe's step
     python tools/overhead.py --method tas --method-set mixture=pad --models resnet50 --size 32 --batch 64
     python tools/overhead.py --method grow --models resnet18,mobilenet_v2 --size 32 --batch 64
+    python tools/overhead.py --method darts --method-set partial_channels=4 --models resnet50 --size 32 --batch 64
+
+``--method darts``: every convolution and linear layer with candidates is a mixed op (1/K of its
+output channels mixed with ``partial_channels=K``); a search step is darts's architecture step
+(first order unless ``order=2``) on a held-out batch, then the weight step.
 
 ``--method grow``: the reference ("plain") is grow's target, the model cut to half its FLOPs
 keeping the same share of every group (``method.target: budget``); the method's step is a seed
@@ -39,6 +44,7 @@ from torch import nn
 
 from compressor.gates import ControlledModel, attach_gates
 from compressor.methods.base import SearchContext
+from compressor.methods.darts import DartsConfig, DartsMethod
 from compressor.methods.grow import GrowConfig, grow_target, mixture_seed, uniform_decision
 from compressor.methods.scs import ScsConfig
 from compressor.methods.scs_logits import ScsLogits
@@ -64,6 +70,11 @@ def build(name: str, size: int, method: str, device: str,
     model, _ = create_model_for_size(name, size)
     if method == "plain":
         return model.to(device), None
+    if method == "darts":  # the op kind's mixed ops under darts's architecture step
+        config = DartsConfig(**options)
+        space = trace(model.eval(), torch.randn(1, 3, size, size), kinds=["op"], candidates=config.candidates)
+        darts = DartsMethod(config, space)
+        return darts.supernet(attach_gates(model.train(), space), _context(device)).to(device), darts
     space = trace(model.eval(), torch.randn(1, 3, size, size))
     if method in ("target", "grow"):  # grow's target (the reference) or one of its seeds
         example = torch.randn(1, 3, size, size)
@@ -76,20 +87,25 @@ def build(name: str, size: int, method: str, device: str,
         logits = ScsLogits(space, ScsConfig(**options), epochs=10)
         return ControlledModel(attach_gates(model.train(), space), logits).to(device), logits
     tas = TasMethod(TasConfig(**options), space)
-    ctx = SearchContext(Trainer(RunConfig(device=device, progress=False)), None, None, 0, BudgetConfig(flops=0.5),
-                        16, 0, num_classes=10)
-    return tas.attach(model.train(), ctx).to(device), tas
+    return tas.attach(model.train(), _context(device)).to(device), tas
+
+
+def _context(device: str) -> SearchContext:
+    """What an architecture step needs: a trainer (its optimizer is set per step) and a budget."""
+    return SearchContext(Trainer(RunConfig(device=device, progress=False)), None, None, 0, BudgetConfig(flops=0.5),
+                         16, 0, num_classes=10)
 
 
 def make_step(model: nn.Module, extra: object | None, x: torch.Tensor, y: torch.Tensor):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     model.train()
     batch = (x, y, torch.arange(len(y), device=x.device))
-    if isinstance(extra, TasMethod):
+    searches = isinstance(extra, (TasMethod, DartsMethod))
+    if searches:
         extra.ctx.trainer.optimizer = opt
 
     def step() -> None:
-        if isinstance(extra, TasMethod):  # the architecture step on a held-out batch comes first
+        if searches:  # the architecture step on a held-out batch comes first
             extra.arch_step(batch, batch)
         loss = nn.functional.cross_entropy(model(x), y)
         if isinstance(extra, ScsLogits):  # the scs penalty, with a fixed lambda
@@ -179,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per model (after warm-up)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--method", choices=["scs", "tas", "grow"], default="scs",
+    ap.add_argument("--method", choices=["scs", "tas", "grow", "darts"], default="scs",
                     help="whose search step is measured (grow: a seed against the target)")
     ap.add_argument("--method-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a field of the method's config, e.g. mixture=pad (tas)")

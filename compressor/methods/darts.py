@@ -63,6 +63,8 @@ class DartsConfig(MethodConfig):
     tolerance: float = Field(0.05, ge=0, lt=1, description="Band below the budget, as a fraction of the full cost.")
     warmup: float = Field(0.3, ge=0, lt=1, description="Fraction of the search epochs before architecture steps "
                           "(PC-DARTS: 15 of 50).")
+    partial_channels: int = Field(1, ge=1, description="PC-DARTS's K: 1/K of each convolution's output channels "
+                                  "go through the mixed op during the search (1: all of them).")
     split: float = Field(0.5, gt=0, lt=1, description="Share of the training set (per class) for architecture steps.")
     stages: list[int] = Field([], description="P-DARTS: options each site keeps after each stage, e.g. [5, 3]; "
                               "the search epochs split evenly into len + 1 stages.")
@@ -105,12 +107,23 @@ class DartsMethod(Method):
                               "same run is not supported yet: choices=[op] or [op, depth]")
         if not space[KIND].free().any():
             raise RecipeError("darts: no site has a candidate (compress inspect MODEL --set choices=[op] lists them)")
+        self.partial = self._partial_sites(config.partial_channels)
         self.arch: OpLogits | None = None
         self.ctx: SearchContext | None = None
         self.voting: dict[str, VotingTeachers] = {}
         self.live: dict[str, float] = {}
         self.epoch = self.epochs = 0
         self.alpha_history: list[list[list[float]]] = []  # per epoch: softmax(alpha), sites x options
+
+    def _partial_sites(self, k: int) -> list[str]:
+        """The convolution sites whose output channels ``k`` divides (PC-DARTS runs the others whole)."""
+        convs = [s for s in self.space[KIND].sites if s.site.kind == "conv" and s.frozen is None and len(s.options) > 1]
+        fits = [s.name for s in convs if s.site.attrs["out"] % k == 0]
+        if k > 1 and not fits:
+            widths = sorted({s.site.attrs["out"] for s in convs})
+            raise RecipeError(f"method.partial_channels={k} divides the output channels of no convolution site "
+                              f"(widths {', '.join(map(str, widths[:8]))}{'...' if len(widths) > 8 else ''})")
+        return fits if k > 1 else []
 
     @classmethod
     def space_kinds(cls, choices: list[str]) -> list[str]:
@@ -159,6 +172,9 @@ class DartsMethod(Method):
             chosen = decision.keep(self.space)[KIND]
             summary["alpha_of_chosen"] = {s.name: [round(e[i][int(np.argmax(chosen[s.slots]))], 4)
                                                    for e in self.alpha_history] for i, s in enumerate(self.arch.sites)}
+        if self.partial and self.arch is not None:
+            summary["partial_channels"] = {"K": self.config.partial_channels, "sites": len(self.partial),
+                                           "of": len(self.arch.sites)}
         summary["cost"] = decision.cost(self.space, ctx.budget.what) / self.space.cost.full(ctx.budget.what)
         trained = {name: mixed[name].ops[self.space[KIND].site(name).index(o)] for name, o in
                    decision.get(KIND, {}).items()}
@@ -166,23 +182,32 @@ class DartsMethod(Method):
         return SearchResult(plain, decision, summary, history, carry=self._carry(plain, decision, trained))
 
     def _darts(self, gates, ctx: SearchContext) -> tuple[Decision, list[dict]]:
-        cfg = self.config
-        self.arch = OpLogits(self.space)
-        controlled = ControlledModel(gates, self.arch)
-        self.arch.alpha.requires_grad_(False)  # the weight optimizer never sees it
-        self.arch_opt = ArchitectureStep([self.arch.alpha], lr=cfg.arch_lr, betas=cfg.arch_betas,
-                                         weight_decay=cfg.arch_weight_decay, order=cfg.order, dist=ctx.trainer.dist)
-        weight_set, arch_set = split_dataset(ctx.train_set, cfg.split, seed=ctx.seed)
-        if cfg.self_distill.enabled:
-            classes = ctx.num_classes or 10
-            self.voting = {"weights": VotingTeachers(len(weight_set), classes, cfg.self_distill.k),
-                           "arch": VotingTeachers(len(arch_set), classes, cfg.self_distill.k)}
-        self.controlled = controlled
+        weight_set, arch_set = split_dataset(ctx.train_set, self.config.split, seed=ctx.seed)
+        controlled = self.supernet(gates, ctx, sizes=(len(weight_set), len(arch_set)))
         self.alpha_history = []
         history = ctx.trainer.fit(controlled, ctx.stage("search", train_set=weight_set, val_set=None,
                                                         arch_set=arch_set, hooks=self))
         gates.model = controlled.net  # (the gates stay: the caller takes the trained candidates out)
         return self._decide(ctx), [h.row() for h in history]
+
+    def supernet(self, gates, ctx: SearchContext, sizes: tuple[int, int] = (0, 0)) -> ControlledModel:
+        """The searchable network on ``gates`` (mixed ops in place): partial channels on, the
+        architecture logits as its controller, their optimizer, and voting-teacher buffers for
+        ``sizes`` (weight, arch) samples."""
+        cfg = self.config
+        self.ctx = ctx
+        for name in self.partial:
+            gates.model.get_submodule(name).partial = cfg.partial_channels
+        self.arch = OpLogits(self.space)
+        self.controlled = ControlledModel(gates, self.arch)
+        self.arch.alpha.requires_grad_(False)  # the weight optimizer never sees it
+        self.arch_opt = ArchitectureStep([self.arch.alpha], lr=cfg.arch_lr, betas=cfg.arch_betas,
+                                         weight_decay=cfg.arch_weight_decay, order=cfg.order, dist=ctx.trainer.dist)
+        if cfg.self_distill.enabled:
+            classes = ctx.num_classes or 10
+            self.voting = {"weights": VotingTeachers(sizes[0], classes, cfg.self_distill.k),
+                           "arch": VotingTeachers(sizes[1], classes, cfg.self_distill.k)}
+        return self.controlled
 
     def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
         self.epoch, self.epochs = epoch, epochs

@@ -11,7 +11,7 @@ from torch import nn
 
 from compressor.budget import BudgetError, choose_options
 from compressor.choices.candidates import ITSELF, build_option, candidate_names, label
-from compressor.choices.op import MixedOp
+from compressor.choices.op import MixedOp, narrow_output
 from compressor.decision import Decision
 from compressor.export import load_compressed, save_compressed
 from compressor.export.flops import fvcore_flops
@@ -101,6 +101,35 @@ def test_a_mixed_op_with_one_candidate_on_is_that_candidate():
             assert torch.allclose(mixed(h), want, atol=1e-6), label(option)
     gates.remove()
     assert isinstance(model.same, nn.Conv2d)
+
+
+def test_partial_channels_mix_one_window_and_keep_the_original_elsewhere():
+    """PC-DARTS's partial channels: each candidate computed on the window only equals its whole
+    output there; the mixed op is the mixture in the window and the original outside it; the
+    window moves by 1/K at each training forward."""
+    model, x, space = _traced()
+    gates = attach_gates(model, space)
+    site = space["op"].site("same")
+    mixed = gates.model.get_submodule("same")
+    mixed.partial = 4  # 8 channels: windows of 2
+    probs = torch.softmax(torch.randn(len(site.options)), 0)
+    values = torch.zeros(space["op"].size)
+    values[site.offset:site.offset + len(site.options)] = probs
+    gates.set({"op": values.requires_grad_(True)})
+    h = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        whole = [op(h) for op in mixed.ops]
+        for op, want in zip(mixed.ops, whole):
+            assert torch.allclose(narrow_output(op, h, slice(2, 4)), want[:, 2:4], atol=1e-6)
+        mixture = sum(p * y for p, y in zip(probs, whole))
+        mixed.train()
+        for turn in range(5):
+            out, start = mixed(h), 2 * (turn % 4)
+            inside = torch.zeros(8, dtype=torch.bool)
+            inside[start:start + 2] = True
+            assert torch.allclose(out[:, inside], mixture[:, inside], atol=1e-5)
+            assert torch.equal(out[:, ~inside], whole[0][:, ~inside])
+    gates.remove()
 
 
 def test_the_ilp_choice_is_optimal_against_brute_force():

@@ -22,10 +22,11 @@ def _recipe(**method):
             "search": {**TINY_RECIPE["search"], "epochs": 2}, "budget": {"flops": 0.5}}
 
 
-@pytest.mark.parametrize("selection", ["ilp", "darts"])
-def test_search_lands_in_the_band_and_the_saved_model_is_the_chosen_ops(selection, tmp_path):
+@pytest.mark.parametrize("selection, partial", [("ilp", 1), ("darts", 1), ("darts", 2)])
+def test_search_lands_in_the_band_and_the_saved_model_is_the_chosen_ops(selection, partial, tmp_path):
     torch.manual_seed(0)
-    result = compressor.compress(TinyNet(), _recipe(selection=selection), out=tmp_path / "run")
+    recipe = _recipe(selection=selection, partial_channels=partial)
+    result = compressor.compress(TinyNet(), recipe, out=tmp_path / "run")
     r = result.report
     assert 0.45 - 1e-9 <= r["compressed"]["flops_fraction_fvcore"] <= 0.5
     assert r["onnx"]["max_rel_diff"] <= 1e-4 and set(r["decision"]) == {"op"}
@@ -37,6 +38,8 @@ def test_search_lands_in_the_band_and_the_saved_model_is_the_chosen_ops(selectio
         curves = summary["alpha_of_chosen"]  # one probability per search epoch, per site
         assert curves and all(len(ps) == 2 and all(0 <= p <= 1 for p in ps) for ps in curves.values())
         assert (tmp_path / "run" / "alpha.png").stat().st_size > 0
+    if partial > 1:
+        assert summary["partial_channels"]["sites"] >= 1
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(load_compressed(tmp_path / "run", trust_source=True)(x), result.model(x))
@@ -103,6 +106,7 @@ def test_p_darts_stages_drop_options_and_the_skip_cap_holds(tmp_path):
     ("method.skip_cap=-1", "method.skip_cap: Input should be greater than or equal to 0"),
     ("method.stages=[3,5]", "stages must shrink"),
     ("choices=[op,channels]", "darts replaces whole operations"),
+    ("method.partial_channels=7", "partial_channels=7 divides the output channels of no convolution site"),
 ])
 def test_bad_settings_are_one_line_and_exit_2(setting, message, tmp_path, capsys):
     assert main(["tests.tiny:TinyNet", "--method", "darts", "--set", setting, "--set", "data.input_size=16",
