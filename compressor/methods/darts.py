@@ -33,6 +33,7 @@ from ..data import split_dataset
 from ..decision import Decision
 from ..gates import ControlledModel, attach_gates
 from ..gates.outputs import first_output
+from ..markdown import cell, table
 from ..recipe import MethodConfig, RecipeError, SelfDistillConfig
 from ..space import Space
 from ..surgery.slice import slice_model
@@ -56,7 +57,12 @@ class DartsConfig(MethodConfig):
     distill_steps: int = Field(300, ge=0, description="Blockwise distillation steps (batches) of the candidates.")
     distill_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the distillation.")
     order: Literal[1, 2] = Field(1, description="Bilevel order: 1, or 2 (DARTS's unrolled step).")
-    arch_lr: float = Field(3e-4, gt=0, description="Adam learning rate of alpha (DARTS 3e-4, PC-DARTS 6e-4).")
+    init: Literal["distillation", "paper"] = Field("distillation", description="alpha's start: distillation = "
+                                                   "-init_scale x each option's distillation score (a short search "
+                                                   "refines the candidates' ranking); paper = 1e-3 N(0, 1).")
+    init_scale: float = Field(2.0, gt=0, description="alpha = -init_scale x score at init: distillation.")
+    arch_lr: float = Field(6e-3, gt=0, description="Adam learning rate of alpha (DARTS 3e-4, PC-DARTS 6e-4 on "
+                           "CIFAR and 6e-3 on ImageNet; the last for the embedded default's short search).")
     arch_betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of alpha.")
     arch_weight_decay: float = Field(1e-3, ge=0, description="Adam weight decay of alpha.")
     cost_weight: float = Field(2.0, ge=0, description="Weight of the banded cost loss (0: no budget pressure).")
@@ -101,10 +107,10 @@ class DartsMethod(Method):
         super().__init__(config, space)
         if KIND not in space:
             raise RecipeError("darts searches the op kind: put op in the recipe's choices (e.g. choices=[op])")
-        clash = [k for k in ("channels", "kernel") if k in space]
+        clash = [k for k in space if k != KIND]
         if clash:
-            raise RecipeError(f"darts replaces whole operations, and pruning {', '.join(clash)} on the result in the "
-                              "same run is not supported yet: choices=[op] or [op, depth]")
+            raise RecipeError(f"darts searches operations only; {', '.join(clash)} in the same run is not supported "
+                              "yet: choices=[op]")
         if not space[KIND].free().any():
             raise RecipeError("darts: no site has a candidate (compress inspect MODEL --set choices=[op] lists them)")
         self.partial = self._partial_sites(config.partial_channels)
@@ -166,7 +172,7 @@ class DartsMethod(Method):
         if self.config.selection == "ilp":
             decision = choose_options(self.space, KIND, slot_scores, ctx.budget.target, what=ctx.budget.what)
         else:
-            decision, history = self._darts(gates, ctx)
+            decision, history = self._darts(gates, ctx, scores)
         summary["chosen"] = {n: label(o) for n, o in decision.get(KIND, {}).items()}
         if self.arch is not None and self.alpha_history:  # the chosen option's probability, epoch by epoch
             chosen = decision.keep(self.space)[KIND]
@@ -181,24 +187,27 @@ class DartsMethod(Method):
         plain = gates.remove()
         return SearchResult(plain, decision, summary, history, carry=self._carry(plain, decision, trained))
 
-    def _darts(self, gates, ctx: SearchContext) -> tuple[Decision, list[dict]]:
+    def _darts(self, gates, ctx: SearchContext, scores: dict[str, np.ndarray]) -> tuple[Decision, list[dict]]:
         weight_set, arch_set = split_dataset(ctx.train_set, self.config.split, seed=ctx.seed)
-        controlled = self.supernet(gates, ctx, sizes=(len(weight_set), len(arch_set)))
+        controlled = self.supernet(gates, ctx, sizes=(len(weight_set), len(arch_set)), scores=scores)
         self.alpha_history = []
         history = ctx.trainer.fit(controlled, ctx.stage("search", train_set=weight_set, val_set=None,
                                                         arch_set=arch_set, hooks=self))
         gates.model = controlled.net  # (the gates stay: the caller takes the trained candidates out)
         return self._decide(ctx), [h.row() for h in history]
 
-    def supernet(self, gates, ctx: SearchContext, sizes: tuple[int, int] = (0, 0)) -> ControlledModel:
+    def supernet(self, gates, ctx: SearchContext, sizes: tuple[int, int] = (0, 0),
+                 scores: dict[str, np.ndarray] | None = None) -> ControlledModel:
         """The searchable network on ``gates`` (mixed ops in place): partial channels on, the
-        architecture logits as its controller, their optimizer, and voting-teacher buffers for
+        architecture logits as its controller (started from the distillation ``scores`` per site
+        and option, where the recipe says so), their optimizer, and voting-teacher buffers for
         ``sizes`` (weight, arch) samples."""
         cfg = self.config
         self.ctx = ctx
         for name in self.partial:
             gates.model.get_submodule(name).partial = cfg.partial_channels
-        self.arch = OpLogits(self.space)
+        start = {n: -cfg.init_scale * v for n, v in (scores or {}).items()} if cfg.init == "distillation" else None
+        self.arch = OpLogits(self.space, start=start)
         self.controlled = ControlledModel(gates, self.arch)
         self.arch.alpha.requires_grad_(False)  # the weight optimizer never sees it
         self.arch_opt = ArchitectureStep([self.arch.alpha], lr=cfg.arch_lr, betas=cfg.arch_betas,
@@ -311,6 +320,20 @@ class DartsMethod(Method):
         for name, module in trained.items():
             compressed.set_submodule(name, module)
         return {k: v.detach().cpu().clone() for k, v in compressed.state_dict().items()}
+
+    def report(self, summary: dict) -> list[str]:
+        """One row per site with candidates: what was chosen, the candidates' distillation losses
+        and the chosen option's final probability; then the rest of the summary."""
+        losses, chosen = summary.get("candidate_loss", {}), summary.get("chosen", {})
+        alpha = summary.get("alpha_of_chosen", {})
+        lines = ["| site | chosen | distillation loss, best / worst candidate | softmax(alpha) of chosen |",
+                 "|---|---|---:|---:|"]
+        for site, loss in losses.items():
+            p = alpha.get(site)
+            lines.append(f"| {site} | {chosen.get(site, 'itself')} | {cell(loss['best'])} / {cell(loss['worst'])} | "
+                         f"{cell(p[-1]) if p else '-'} |")
+        rest = {k: v for k, v in summary.items() if k not in ("candidate_loss", "chosen", "alpha_of_chosen")}
+        return lines + [""] + table(rest)
 
     def plots(self, summary: dict, out) -> list[str]:
         """``alpha.png``: per site, the probability of the option finally chosen, epoch by epoch."""

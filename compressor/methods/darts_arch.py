@@ -1,7 +1,7 @@
 """The DARTS relaxation over the ``op`` kind: architecture logits ``alpha`` per site over its
 options; a site's mixed op weighs option o by ``softmax(alpha)_o`` (DARTS, Liu et al. 2019), or
 only its still-allowed options once a progressive stage has dropped the others (P-DARTS).
-``alpha`` starts at 1e-3 N(0, 1) (the reference code)."""
+``alpha`` starts at 1e-3 N(0, 1) (the reference code), or from given per-site logits."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +18,8 @@ KIND = "op"
 class OpLogits(GateController):
     """``alpha`` (sites x most options, padded) and the mask of each site's allowed options."""
 
-    def __init__(self, space: Space, init_scale: float = 1e-3) -> None:
+    def __init__(self, space: Space, init_scale: float = 1e-3,
+                 start: dict[str, np.ndarray] | None = None) -> None:
         super().__init__()
         choices = space[KIND]
         self.size = choices.size
@@ -31,7 +32,11 @@ class OpLogits(GateController):
             allowed[i, :len(s.options)] = True
         self.register_buffer("index", index)  # slot of (site, option); ``size`` pads
         self.register_buffer("allowed", allowed)
-        self.alpha = nn.Parameter(torch.randn(len(self.sites), width) * init_scale)
+        alpha = torch.randn(len(self.sites), width) * init_scale
+        for i, s in enumerate(self.sites):
+            if start is not None and s.name in start:
+                alpha[i, :len(s.options)] = torch.as_tensor(start[s.name], dtype=alpha.dtype)
+        self.alpha = nn.Parameter(alpha)
         start = np.zeros(self.size, dtype=np.float32)
         for s in choices.sites:
             start[s.offset] = 1.0  # sites without a choice stay themselves

@@ -38,6 +38,8 @@ def test_search_lands_in_the_band_and_the_saved_model_is_the_chosen_ops(selectio
         curves = summary["alpha_of_chosen"]  # one probability per search epoch, per site
         assert curves and all(len(ps) == 2 and all(0 <= p <= 1 for p in ps) for ps in curves.values())
         assert (tmp_path / "run" / "alpha.png").stat().st_size > 0
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| site | chosen | distillation loss" in md and "{" not in md
     if partial > 1:
         assert summary["partial_channels"]["sites"] >= 1
     x = torch.randn(2, 3, 16, 16)
@@ -105,7 +107,7 @@ def test_p_darts_stages_drop_options_and_the_skip_cap_holds(tmp_path):
     ("method.candidates=[dw_sep,warp_drive]", "unknown candidate 'warp_drive'"),
     ("method.skip_cap=-1", "method.skip_cap: Input should be greater than or equal to 0"),
     ("method.stages=[3,5]", "stages must shrink"),
-    ("choices=[op,channels]", "darts replaces whole operations"),
+    ("choices=[op,channels]", "darts searches operations only; channels in the same run is not supported"),
     ("method.partial_channels=7", "partial_channels=7 divides the output channels of no convolution site"),
 ])
 def test_bad_settings_are_one_line_and_exit_2(setting, message, tmp_path, capsys):
