@@ -92,14 +92,15 @@ def test_grow_against_scratch_rows(tmp_path, capsys):
     assert "| cifar_resnet20 | grow:fusion=false,scratch_baseline=false |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("method", ["scs", "tas", "grow"])
-def test_overhead_rows(tmp_path, method):
+@pytest.mark.parametrize("method, option", [("scs", None), ("tas", "mixture=cwi"), ("grow", None),
+                                            ("darts", "partial_channels=4")])
+def test_overhead_rows(tmp_path, method, option):
     out = tmp_path / "overhead.csv"
     overhead.main(["--models", "cifar_resnet20", "--size", "16", "--batch", "4", "--steps", "2", "--warmup", "1",
                    "--device", "cpu", "--csv", str(out), "--method", method,
-                   *(["--method-set", "mixture=cwi"] if method == "tas" else [])])
+                   *(["--method-set", option] if option else [])])
     (row,) = list(csv.DictReader(out.open()))
-    assert row["options"] == ("mixture=cwi" if method == "tas" else "")
+    assert row["options"] == (option or "")
     assert float(row["plain_ms"]) > 0 and float(row["gated_ms"]) > 0
     assert float(row["plain_peak_mib"]) > 0 and float(row["gated_peak_mib"]) > 0
     assert abs(float(row["time_ratio"]) - float(row["gated_ms"]) / float(row["plain_ms"])) < 0.01

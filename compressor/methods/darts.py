@@ -32,7 +32,6 @@ from ..choices.op import MixedOp
 from ..data import split_dataset
 from ..decision import Decision
 from ..gates import ControlledModel, attach_gates
-from ..gates.outputs import first_output
 from ..markdown import cell, table
 from ..recipe import MethodConfig, RecipeError, SelfDistillConfig
 from ..space import Space
@@ -40,8 +39,8 @@ from ..surgery.slice import slice_model
 from ..train.bilevel import ArchitectureStep
 from ..train.blockwise import distill_candidates
 from ..train.sampling import cycle
-from ..train.self_distill import VotingTeachers
-from .base import Method, SearchContext, SearchResult, register_method
+from .base import SearchContext, SearchResult, register_method
+from .bilevel import BilevelSearch
 from .darts_arch import KIND, OpLogits
 
 
@@ -93,15 +92,13 @@ class DartsConfig(MethodConfig):
 
 
 @register_method
-class DartsMethod(Method):
+class DartsMethod(BilevelSearch):
     """operation search: candidates distilled from the original, chosen by DARTS or an ILP, then KD"""
 
     name = "darts"
     config_class = DartsConfig
     config: DartsConfig
     distills_by_default = True
-    has_arch_step = True
-    metrics = ("expected_cost", "argmax_cost")
 
     def __init__(self, config: DartsConfig, space: Space) -> None:
         super().__init__(config, space)
@@ -114,11 +111,6 @@ class DartsMethod(Method):
         if not space[KIND].free().any():
             raise RecipeError("darts: no site has a candidate (compress inspect MODEL --set choices=[op] lists them)")
         self.partial = self._partial_sites(config.partial_channels)
-        self.arch: OpLogits | None = None
-        self.ctx: SearchContext | None = None
-        self.voting: dict[str, VotingTeachers] = {}
-        self.live: dict[str, float] = {}
-        self.epoch = self.epochs = 0
         self.alpha_history: list[list[list[float]]] = []  # per epoch: softmax(alpha), sites x options
 
     def _partial_sites(self, k: int) -> list[str]:
@@ -212,10 +204,7 @@ class DartsMethod(Method):
         self.arch.alpha.requires_grad_(False)  # the weight optimizer never sees it
         self.arch_opt = ArchitectureStep([self.arch.alpha], lr=cfg.arch_lr, betas=cfg.arch_betas,
                                          weight_decay=cfg.arch_weight_decay, order=cfg.order, dist=ctx.trainer.dist)
-        if cfg.self_distill.enabled:
-            classes = ctx.num_classes or 10
-            self.voting = {"weights": VotingTeachers(sizes[0], classes, cfg.self_distill.k),
-                           "arch": VotingTeachers(sizes[1], classes, cfg.self_distill.k)}
+        self.make_voting(sizes, ctx.num_classes or 10)
         return self.controlled
 
     def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
@@ -228,65 +217,17 @@ class DartsMethod(Method):
                     self.arch.drop(keep)
         return {}
 
-    def arch_step(self, held_out, batch) -> None:
-        if self.epoch < math.floor(self.config.warmup * self.epochs):
-            return
-        self.arch.alpha.requires_grad_(True)
-        try:
-            self.live["arch_loss"] = self.arch_opt.step(lambda: self._loss(held_out, "arch", cost=True),
-                                                        lambda: self._loss(batch, "weights", cost=False),
-                                                        weights=self.ctx.trainer.optimizer)
-        finally:
-            self.arch.alpha.requires_grad_(False)
+    def arch_active(self) -> bool:
+        return self.epoch >= math.floor(self.config.warmup * self.epochs)
 
-    def _loss(self, batch, buffer: str, *, cost: bool) -> torch.Tensor:
-        x, y, idx = batch
-        with self.ctx.trainer.autocast():
-            out = first_output(self.controlled(x))
-        loss = F.cross_entropy(out.float(), y)
-        if cost and self.config.cost_weight:
-            loss = loss + self.config.cost_weight * self.cost_loss().float()
-        sd = self._self_distill(buffer, out, idx, record=cost)
-        return loss if sd is None else loss + sd
-
-    def cost_loss(self) -> torch.Tensor:
-        """The banded cost loss of TAS on the expected cost under softmax(alpha)."""
+    def cost_fractions(self) -> tuple[torch.Tensor, float]:
         what = self.ctx.budget.what
         expected = self.space.cost.fraction(what, {KIND: self.arch.values(self.arch.probabilities()).double()})
-        current = float(self.space.cost.fraction(what, {KIND: self.arch.argmax().double()}))
-        self.live["cost"] = current
-        target, band = self.ctx.budget.target, self.config.tolerance
-        if current < target - band:
-            return -torch.log(expected)
-        if current > target:
-            return torch.log(expected)
-        return expected * 0
+        return expected, float(self.space.cost.fraction(what, {KIND: self.arch.argmax().double()}))
 
-    def extra_loss(self, model, outputs, targets, indices) -> torch.Tensor | None:  # noqa: ARG002
-        return self._self_distill("weights", outputs, indices, record=True)
-
-    def _self_distill(self, buffer: str, outputs: torch.Tensor, indices: torch.Tensor, record: bool):
-        vt = self.voting.get(buffer)
-        if vt is None:
-            return None
-        sd = self.config.self_distill
-        loss = sd.weight * vt.loss(outputs, indices) if self.epoch >= math.floor(sd.warmup * self.epochs) else None
-        if record:
-            vt.record(outputs, indices)
-        return loss
-
-    def end_epoch(self, epoch: int, epochs: int) -> dict[str, float]:  # noqa: ARG002
-        for vt in self.voting.values():
-            vt.end_epoch(self.ctx.trainer.dist)
+    def end_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
         self.alpha_history.append(self.arch.probabilities().detach().cpu().tolist())
-        what = self.ctx.budget.what
-        with torch.no_grad():
-            return {"expected_cost": float(self.space.cost.fraction(what, {KIND: self.arch.values(
-                        self.arch.probabilities()).double()})),
-                    "argmax_cost": float(self.space.cost.fraction(what, {KIND: self.arch.argmax().double()}))}
-
-    def step_metrics(self) -> dict[str, float]:
-        return dict(self.live)
+        return super().end_epoch(epoch, epochs)
 
     # -- decisions -------------------------------------------------------------------------------
     def _decide(self, ctx: SearchContext) -> Decision:
@@ -360,14 +301,10 @@ class DartsMethod(Method):
 
     def state_dict(self) -> dict:
         """alpha and the allowed options are in the model's state (the controller is a submodule)."""
-        if self.arch is None:
-            return {}
-        return {"arch_optimizer": self.arch_opt.state_dict(), "alpha_history": self.alpha_history,
-                "voting": {k: v.state_dict() for k, v in self.voting.items()}}
+        state = super().state_dict()
+        return {**state, "alpha_history": self.alpha_history} if state else {}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         if state and self.arch is not None:
-            self.arch_opt.load_state_dict(state["arch_optimizer"])
             self.alpha_history = list(state.get("alpha_history", []))
-            for k, v in state.get("voting", {}).items():
-                self.voting[k].load_state_dict(v)

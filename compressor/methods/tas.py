@@ -26,7 +26,6 @@ from collections import Counter
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from typing import Literal
@@ -43,8 +42,8 @@ from ..recipe import MethodConfig, SelfDistillConfig
 from ..space import Space
 from ..space.kinds import get_kind
 from ..train.bilevel import ArchitectureStep
-from ..train.self_distill import VotingTeachers
-from .base import Method, SearchContext, SearchResult, register_method
+from .base import SearchContext, SearchResult, register_method
+from .bilevel import BilevelSearch
 from .tas_space import SearchedSite, TasArchitecture, channel_sites
 
 
@@ -96,27 +95,17 @@ class TasConfig(MethodConfig):
         return self
 
 
-
 @register_method
-class TasMethod(Method):
+class TasMethod(BilevelSearch):
     """transformable architecture search: width and depth distributions on a held-out split, then KD"""
 
     name = "tas"
     config_class = TasConfig
     config: TasConfig
-    has_arch_step = True
     distills_by_default = True
-    metrics = ("expected_cost", "argmax_cost")
 
     def __init__(self, config: TasConfig, space: Space) -> None:
         super().__init__(config, space)
-        self.arch: TasArchitecture | None = None
-        self.controlled: ControlledModel | None = None
-        self.arch_opt: ArchitectureStep | None = None
-        self.voting: dict[str, VotingTeachers] = {}
-        self.ctx: SearchContext | None = None
-        self.epoch, self.epochs = 0, 1
-        self.live: dict[str, float] = {}
         self._block_index = {b.name: i for i, b in enumerate(space["depth"].blocks)} if "depth" in space else {}
 
     # -- the algorithm ---------------------------------------------------------------------------
@@ -126,64 +115,11 @@ class TasMethod(Method):
         self.arch.tau = c.tau_min + (c.tau_max - c.tau_min) * (1 + math.cos(math.pi * epoch / max(epochs, 1))) / 2
         return {"tau": self.arch.tau}
 
-    def arch_step(self, held_out, batch) -> None:
-        trainer = self.ctx.trainer
-        for p in self.arch.parameters():
-            p.requires_grad_(True)
-        try:
-            with self.arch.fixed_sample():
-                self.live["arch_loss"] = self.arch_opt.step(
-                    lambda: self._loss(held_out, "arch", cost=True, record=True),
-                    lambda: self._loss(batch, "weights", cost=False, record=False),
-                    weights=trainer.optimizer)
-        finally:
-            for p in self.arch.parameters():
-                p.requires_grad_(False)
+    def sample_context(self):
+        return self.arch.fixed_sample()  # one Gumbel draw for both losses of an architecture step
 
-    def _loss(self, batch, buffer: str, *, cost: bool, record: bool) -> torch.Tensor:
-        x, y, idx = batch
-        with self.ctx.trainer.autocast():
-            out = first_output(self.controlled(x))
-        loss = F.cross_entropy(out.float(), y)
-        if cost and self.config.cost_weight:
-            loss = loss + self.config.cost_weight * self.cost_loss().float()
-        sd = self._self_distill(buffer, out, idx, record)
-        return loss if sd is None else loss + sd
-
-    def cost_loss(self) -> torch.Tensor:
-        """TAS's banded cost loss on the expected cost (a fraction of the full model's)."""
-        expected = self._fraction(self.arch.expected_keep())
-        current = float(self._fraction(self.arch.argmax_keep()))
-        self.live["cost"] = current
-        target, band = self.ctx.budget.target, self.config.tolerance
-        if current < target - band:
-            return -torch.log(expected)
-        if current > target:
-            return torch.log(expected)
-        return expected * 0
-
-    def extra_loss(self, model, outputs, targets, indices) -> torch.Tensor | None:  # noqa: ARG002
-        return self._self_distill("weights", outputs, indices, record=True)
-
-    def _self_distill(self, buffer: str, outputs: torch.Tensor, indices: torch.Tensor, record: bool):
-        vt = self.voting.get(buffer)
-        if vt is None:
-            return None
-        sd = self.config.self_distill
-        loss = sd.weight * vt.loss(outputs, indices) if self.epoch >= math.floor(sd.warmup * self.epochs) else None
-        if record:
-            vt.record(outputs, indices)
-        return loss
-
-    def end_epoch(self, epoch: int, epochs: int) -> dict[str, float]:  # noqa: ARG002
-        for vt in self.voting.values():
-            vt.end_epoch(self.ctx.trainer.dist)
-        with torch.no_grad():
-            return {"expected_cost": float(self._fraction(self.arch.expected_keep())),
-                    "argmax_cost": float(self._fraction(self.arch.argmax_keep()))}
-
-    def step_metrics(self) -> dict[str, float]:
-        return dict(self.live)  # the argmax cost and the last architecture loss
+    def cost_fractions(self) -> tuple[torch.Tensor, float]:
+        return self._fraction(self.arch.expected_keep()), float(self._fraction(self.arch.argmax_keep()))
 
     # -- plumbing --------------------------------------------------------------------------------
     def attach(self, model: nn.Module, ctx: SearchContext, sizes: tuple[int, int] = (0, 0)) -> ControlledModel:
@@ -210,9 +146,7 @@ class TasMethod(Method):
                                          weight_decay=cfg.arch_weight_decay, order=cfg.order,
                                          dist=ctx.trainer.dist)
         if cfg.self_distill.enabled:
-            classes = ctx.num_classes or _num_outputs(model, ctx)
-            self.voting = {"weights": VotingTeachers(sizes[0], classes, cfg.self_distill.k),
-                           "arch": VotingTeachers(sizes[1], classes, cfg.self_distill.k)}
+            self.make_voting(sizes, ctx.num_classes or _num_outputs(model, ctx))
         return self.controlled
 
     def search(self, model: nn.Module, ctx: SearchContext) -> SearchResult:
@@ -281,15 +215,6 @@ class TasMethod(Method):
 
     def _fraction(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.space.cost.fraction(self.ctx.budget.what, values)
-
-    def state_dict(self) -> dict:
-        return {"arch_optimizer": self.arch_opt.state_dict(),
-                "voting": {k: v.state_dict() for k, v in self.voting.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.arch_opt.load_state_dict(state["arch_optimizer"])
-        for k, v in state.get("voting", {}).items():
-            self.voting[k].load_state_dict(v)
 
 
 def _num_outputs(model: nn.Module, ctx: SearchContext) -> int:

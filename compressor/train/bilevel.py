@@ -27,6 +27,17 @@ from .distributed import DistEnv
 Loss = Callable[[], torch.Tensor]
 
 
+def banded_cost_loss(expected: torch.Tensor, current: float, target: float, band: float) -> torch.Tensor:
+    """TAS's cost loss (Dong & Yang 2019) on a differentiable ``expected`` cost fraction, steered
+    by the ``current`` (argmax) architecture's: ``-log E`` below ``target - band`` (grow),
+    ``+log E`` above ``target`` (shrink), 0 inside the band."""
+    if current < target - band:
+        return -torch.log(expected)
+    if current > target:
+        return torch.log(expected)
+    return expected * 0
+
+
 class ArchitectureStep:
     """One optimizer over architecture parameters, stepped on held-out batches.
 

@@ -79,3 +79,16 @@ class VotingTeachers(nn.Module):
         self.past_seen.copy_(torch.cat([self.past_seen[1:], seen.unsqueeze(0)]))
         self.now_sum.zero_()
         self.now_count.zero_()
+
+
+def self_distill_term(teachers: VotingTeachers | None, logits: torch.Tensor, indices: torch.Tensor, *,
+                      weight: float, active: bool, record: bool) -> torch.Tensor | None:
+    """SD-DARTS's term on one level: ``weight x KL`` to the voting teachers while ``active`` (after
+    the warm-up), None otherwise or without teachers; ``record`` adds these outputs to the epoch
+    being collected."""
+    if teachers is None:
+        return None
+    loss = weight * teachers.loss(logits, indices) if active else None
+    if record:
+        teachers.record(logits, indices)
+    return loss
