@@ -222,6 +222,8 @@ class MixedOp(nn.Module):
         self._values = [values]
         self.offset, self.n = choice.offset, len(choice.options)
         self.partial, self.turn = 1, 0
+        self.skip_dropout = 0.0  # P-DARTS: dropout on the skip option's output during a search
+        self.skips = [i for i, o in enumerate(choice.options) if o["op"] == "skip"]
         like = _like(original)
         self.ops = nn.ModuleList([original] + [build_option(choice.site, o).to(**like) for o in choice.options[1:]])
 
@@ -236,9 +238,14 @@ class MixedOp(nn.Module):
         for i, op in enumerate(self.ops):
             if not w.requires_grad and float(w[i]) == 0.0:
                 continue
-            y = op(x) * w[i].to(x.dtype)
+            y = self._dropped(i, op(x)) * w[i].to(x.dtype)
             out = y if out is None else out + y
         return out if out is not None else self.ops[0](x) * 0
+
+    def _dropped(self, i: int, y: torch.Tensor) -> torch.Tensor:
+        if self.skip_dropout and i in self.skips:
+            return F.dropout(y, self.skip_dropout, self.training)
+        return y
 
     def _partial(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         whole = self.ops[0](x)
@@ -251,7 +258,7 @@ class MixedOp(nn.Module):
         on = (w.detach() != 0).tolist()  # (0: an option a progressive stage dropped)
         for i, op in enumerate(self.ops):
             if i and on[i]:
-                mix = mix + narrow_output(op, x, window) * w[i].to(x.dtype)
+                mix = mix + self._dropped(i, narrow_output(op, x, window)) * w[i].to(x.dtype)
         return torch.cat([whole[:, :start], mix, whole[:, start + width:]], dim=1)
 
 

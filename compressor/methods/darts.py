@@ -73,6 +73,8 @@ class DartsConfig(MethodConfig):
     split: float = Field(0.5, gt=0, lt=1, description="Share of the training set (per class) for architecture steps.")
     stages: list[int] = Field([], description="P-DARTS: options each site keeps after each stage, e.g. [5, 3]; "
                               "the search epochs split evenly into len + 1 stages.")
+    skip_dropout: float = Field(0.0, ge=0, lt=1, description="P-DARTS: dropout on the skip option's output, "
+                                "decaying linearly to 0 over the search (0: off).")
     skip_cap: int | None = Field(None, ge=0, description="P-DARTS: at most this many sites choose skip.")
     self_distill: SelfDistillConfig = Field(default_factory=SelfDistillConfig)
 
@@ -209,13 +211,17 @@ class DartsMethod(BilevelSearch):
 
     def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
         self.epoch, self.epochs = epoch, epochs
+        rate = self.config.skip_dropout * (1 - epoch / max(epochs, 1))
+        for m in self.controlled.net.modules():
+            if isinstance(m, MixedOp):
+                m.skip_dropout = rate
         stages = self.config.stages
         if stages:  # P-DARTS: drop options at the stage boundaries (epochs split evenly)
             boundary = [round(epochs * (i + 1) / (len(stages) + 1)) for i in range(len(stages))]
             for keep, at in zip(stages, boundary):
                 if epoch == at:
                     self.arch.drop(keep)
-        return {}
+        return {"skip_dropout": rate} if self.config.skip_dropout else {}
 
     def arch_active(self) -> bool:
         return self.epoch >= math.floor(self.config.warmup * self.epochs)

@@ -99,6 +99,14 @@ def test_a_mixed_op_with_one_candidate_on_is_that_candidate():
         want = model.same(h) if i == 0 else build_option(site.site, option)(h)
         with torch.no_grad():
             assert torch.allclose(mixed(h), want, atol=1e-6), label(option)
+        if option["op"] == "skip":  # P-DARTS's dropout on the skip option, while training only
+            mixed.skip_dropout = 0.5
+            with torch.no_grad():
+                assert torch.equal(mixed.eval()(h), h)
+                dropped = mixed.train()(h)
+            assert 0.3 < float((dropped == 0).float().mean()) < 0.7
+            mixed.skip_dropout = 0.0
+            mixed.eval()
     gates.remove()
     assert isinstance(model.same, nn.Conv2d)
 

@@ -92,15 +92,30 @@ def test_second_order_hypergradient_through_mixed_ops_matches_double_backward():
     assert float((first - exact).norm() / exact.norm()) > 1e-2  # the test could fail
 
 
-def test_p_darts_stages_drop_options_and_the_skip_cap_holds(tmp_path):
+def test_p_darts_drop_keeps_each_sites_most_probable_options():
     torch.manual_seed(0)
-    recipe = _recipe(stages=[2], skip_cap=0, cost_weight=0.0)
+    space = trace(TinyNet().eval(), torch.randn(1, 3, 16, 16), kinds=["op"])
+    arch = OpLogits(space)
+    with torch.no_grad():
+        arch.alpha.normal_()
+    before = arch.probabilities().detach()
+    arch.drop(2)
+    after = arch.probabilities().detach()
+    for i, site in enumerate(arch.sites):
+        n = len(site.options)
+        assert set(after[i].nonzero().flatten().tolist()) == set(before[i, :n].topk(min(2, n)).indices.tolist())
+        assert float(after[i].sum()) == pytest.approx(1.0)
+
+
+def test_p_darts_stages_skip_cap_and_skip_dropout_in_a_run(tmp_path):
+    torch.manual_seed(0)
+    recipe = _recipe(stages=[2], skip_cap=0, skip_dropout=0.5, cost_weight=0.0)
     recipe["budget"] = {"flops": 0.99}
     result = compressor.compress(TinyNet(), recipe, out=tmp_path / "run")
     chosen = result.report["method_summary"]["chosen"]
     assert "skip" not in chosen.values()
-    alpha_allowed = json.loads((tmp_path / "run" / "report.json").read_text())["history"]["search"]
-    assert len(alpha_allowed) == 2
+    rows = json.loads((tmp_path / "run" / "report.json").read_text())["history"]["search"]
+    assert [r["skip_dropout"] for r in rows] == [0.5, 0.25]  # decaying linearly over the 2 epochs
 
 
 @pytest.mark.parametrize("setting, message", [
