@@ -214,15 +214,22 @@ class Pool(Candidate):
 
 @register_candidate
 class LowRank(Candidate):
-    """Two linear layers through a rank of 1/2, 1/4 or 1/8 of min(in, out)."""
+    """Two layers through a rank of 1/2, 1/4 or 1/8 of min(in, out): for a linear layer two linear
+    layers, for a 1 x 1 convolution (a linear layer over channels) two 1 x 1 convolutions, the
+    first at the site's stride."""
 
-    name, kinds = "low_rank", ("linear",)
+    name, kinds = "low_rank", ("linear", "conv")
     shares = (2, 4, 8)
 
     def options(self, site: OpSite) -> list[dict[str, Any]]:
+        if site.kind == "conv" and (not _dense(site) or max(site.attrs["kernel"]) != 1):
+            return []
         small = min(site.attrs["in"], site.attrs["out"])
         return [{"rank": small // s} for s in self.shares if small // s >= 1]
 
     def build(self, site: OpSite, rank: int) -> nn.Module:
         a = site.attrs
-        return nn.Sequential(nn.Linear(a["in"], rank, bias=False), nn.Linear(rank, a["out"], bias=a["bias"]))
+        if site.kind == "linear":
+            return nn.Sequential(nn.Linear(a["in"], rank, bias=False), nn.Linear(rank, a["out"], bias=a["bias"]))
+        return nn.Sequential(_conv(site, a["in"], rank, 1, a["stride"], a["padding"]),
+                             _conv(site, rank, a["out"], 1, 1, 0, bias=a["bias"]))

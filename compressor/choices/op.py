@@ -9,7 +9,8 @@ search, one-hot for a decision), so at one-hot values it is exactly the chosen o
 surgery puts that operation's module there (invariant 2).  Every option's FLOPs and params are
 measured on it at the site's traced input (the same counting as every other cost), and enter
 the cost model as terms scaled by its slot; the original operation's terms by ``itself``'s.
-Candidate costs assume the site's traced widths.  Payload: ``{site: {"op": name, **args}}`` for
+Candidate costs assume the site's traced widths; a candidate that costs no less than the
+original in both FLOPs and params (a factorised 7 x 7 stem on 3 input channels) is not offered.  Payload: ``{site: {"op": name, **args}}`` for
 the sites that changed.
 """
 from __future__ import annotations
@@ -100,9 +101,11 @@ class OpKind(ChoiceKind):
             if site is None or name in seen:
                 continue
             seen.add(name)
-            options = options_at(site, allowed)
-            costs = tuple(_cost(site, o, modules[name]) for o in options)
-            sites.append(OpChoice(site, tuple(options), costs, offset))
+            priced = [(o, _cost(site, o, modules[name])) for o in options_at(site, allowed)]
+            own = priced[0][1]  # a candidate no cheaper than the original in FLOPs and params is no choice
+            priced = priced[:1] + [(o, c) for o, c in priced[1:] if c[0] < own[0] or c[1] < own[1]]
+            options, costs = tuple(o for o, _ in priced), tuple(c for _, c in priced)
+            sites.append(OpChoice(site, options, costs, offset))
             offset += len(options)
         return OpChoices(tuple(sites))
 

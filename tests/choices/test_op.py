@@ -32,13 +32,14 @@ class Net(nn.Module):
         self.same = nn.Conv2d(8, 8, 3, padding=1)  # skip and pooling apply
         self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
         self.wide = nn.Conv2d(16, 16, 5, padding=2)
+        self.point = nn.Conv2d(16, 16, 1)  # low rank, as a linear layer over channels
         self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)  # no dense candidate
         self.fc1 = nn.Linear(16, 16)
         self.fc2 = nn.Linear(16, 4)
 
     def forward(self, x):
         x = torch.relu(self.same(torch.relu(self.stem(x))))
-        x = torch.relu(self.dw(torch.relu(self.wide(torch.relu(self.down(x))))))
+        x = torch.relu(self.dw(torch.relu(self.point(torch.relu(self.wide(torch.relu(self.down(x))))))))
         return self.fc2(torch.relu(self.fc1(x.mean((2, 3)))))
 
 
@@ -58,8 +59,11 @@ def test_each_site_offers_what_its_shape_allows():
     assert "skip" not in offered["down"] and "dw_sep(kernel=3, dilation=2)" in offered["down"]
     assert "dw_sep(kernel=3, dilation=2)" in offered["wide"]  # 5x5: the dilated 3x3 covers the same field
     assert offered["dw"] >= {ITSELF, "skip"} and "dw_sep" not in offered["dw"]
+    assert {"low_rank(rank=4)", "low_rank(rank=2)"} <= offered["point"] and "dw_sep" not in offered["point"]
+    assert "low_rank(rank=8)" not in offered["point"]  # 16 -> 8 -> 16 costs what 16 -> 16 does: no choice
+    assert not any(o.startswith("low_rank") for o in offered["same"])  # k x k convolutions: not offered
     assert offered["fc2"] == {ITSELF, "low_rank(rank=2)", "low_rank(rank=1)"}
-    assert {"skip", "low_rank(rank=8)"} <= offered["fc1"]
+    assert {"skip", "low_rank(rank=4)"} <= offered["fc1"] and "low_rank(rank=8)" not in offered["fc1"]
     assert set(candidate_names("conv")) >= {"dw_sep", "pointwise", "factorised", "skip", "pool"}
 
 
