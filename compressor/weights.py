@@ -57,10 +57,20 @@ def load_weights(model: nn.Module, path: str | os.PathLike, num_classes: int | N
         raise WeightsError(f"weights file {path} does not fit the model: {' '.join(first[:2])[:300]}") from None
 
 
+def non_finite_count(t: torch.Tensor, *, buffer: bool) -> int:
+    """How many entries of ``t`` make no sense as a weight: NaN anywhere, ±inf in a parameter.  A
+    buffer may hold ±inf on purpose (timm's clipped linear layers keep ``input_max = inf`` for
+    "no clamp"), so only NaN counts there."""
+    if not t.is_floating_point() or t.device.type == "meta":
+        return 0
+    bad = torch.isnan(t) if buffer else ~torch.isfinite(t)
+    return int(bad.sum())
+
+
 def check_finite(model: nn.Module, what: str) -> None:
-    """Refuse a model whose parameters or floating-point buffers hold NaN or inf, naming the first
+    """Refuse a model whose parameters hold NaN or inf, or whose buffers hold NaN, naming the first
     such tensor: nothing trained, measured or pruned from it would mean anything."""
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
+    named = [(n, t, False) for n, t in model.named_parameters()] + [(n, t, True) for n, t in model.named_buffers()]
+    for name, t, buffer in named:
+        if bad := non_finite_count(t, buffer=buffer):
             raise WeightsError(f"{what}: {name} holds {bad} non-finite value(s) (NaN or inf) of {t.numel()}")

@@ -26,6 +26,7 @@ from ..space import DEFAULT_KINDS, build_space, kind_names
 from .manifest import (ARCH_FILE, FORMAT_VERSION, WEIGHTS_FILE, SavedModel, SavedModelError, check_source,
                        check_tensors, read_saved)
 from ..surgery.slice import slice_model
+from ..weights import non_finite_count
 
 __all__ = ["ARCH_FILE", "WEIGHTS_FILE", "SavedModelError", "build_source", "load_compressed", "save_compressed"]
 
@@ -88,8 +89,9 @@ def _load_weights(model: nn.Module, saved: SavedModel) -> nn.Module:
     own = model.state_dict()
     check_tensors(saved, own)
     state = OrderedDict(load_file(str(saved.weights_path)))
+    params = {name for name, _ in model.named_parameters()}
     for k, t in state.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if non_finite_count(t, buffer=k not in params):
             raise SavedModelError(f"{saved.weights_path}: {k} holds non-finite values (NaN or inf)")
     # Per-module state-dict versions belong to the code, not the weights: reuse the model's own.
     state._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
