@@ -61,20 +61,27 @@ def distill_candidates(net: nn.Module, mixed: dict[str, nn.Module], batches: Ite
         for step in tqdm(range(steps), desc="distilling candidates", leave=False, disable=not progress):
             with torch.no_grad(), autocast():
                 net(next(batches))
-            total = 0.0
-            for name, m in mixed.items():
-                x, y = recorder.inputs[name], recorder.outputs[name].float()
-                scale = y.var().clamp_min(1e-12)
-                for i, op in enumerate(m.ops[1:], start=1):
-                    loss = (op(x).float() - y).pow(2).mean() / scale
-                    total = total + loss
-                    if step >= steps - tail:
-                        sums[name][i] += float(loss.detach())
-            if opt is not None and isinstance(total, torch.Tensor):
+            losses = {name: _candidate_losses(m, recorder.inputs[name], recorder.outputs[name])
+                      for name, m in mixed.items()}
+            if step >= steps - tail:  # one device-to-host copy per step, not one per candidate
+                flat = torch.cat([v.detach() for v in losses.values()]).cpu().numpy() if losses else np.zeros(0)
+                at = 0
+                for name, v in losses.items():
+                    sums[name][1:] += flat[at:at + v.numel()]
+                    at += v.numel()
+            if opt is not None:
                 opt.zero_grad(set_to_none=True)
-                total.backward()
+                sum(v.sum() for v in losses.values()).backward()
                 opt.step()
     finally:
         recorder.remove()
         net.train(was)
     return {name: s / tail for name, s in sums.items()}
+
+
+def _candidate_losses(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each candidate's (``mixed.ops[1:]``) mean squared error to ``y``, normalised by ``y``'s variance."""
+    y = y.float()
+    scale = y.var().clamp_min(1e-12)
+    return torch.stack([(op(x).float() - y).pow(2).mean() / scale for op in mixed.ops[1:]]) if len(mixed.ops) > 1 \
+        else y.new_zeros(0)
