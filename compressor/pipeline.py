@@ -20,6 +20,7 @@ from torch import nn
 from .export import export_onnx, save_compressed
 from .export.manifest import ARCH_FILE
 from .export.onnx import OnnxExport
+from .export.quantize import export_int8
 from .methods import SearchContext, SearchResult
 from .prepare import Prepared
 from .report import Stopwatch, build_report, write_report
@@ -63,6 +64,7 @@ class Run:
         self.compressed: nn.Module | None = None
         self.compressed_eval: Evaluation | None = None
         self.onnx: OnnxExport | None = None
+        self.int8: dict[str, Any] | None = None
         self.report_dict: dict[str, Any] = {}
 
     def _stage(self, name: str, config, **kw) -> Stage:
@@ -133,7 +135,8 @@ class Run:
                                            "wall_clock_ratio": round(own / max(base["seconds"], 1e-9), 3)}
 
     def export(self) -> None:
-        """``compressor.json`` + ``model.safetensors``, and the ONNX file checked in onnxruntime."""
+        """``compressor.json`` + ``model.safetensors``, the ONNX file checked in onnxruntime, and its int8
+        quantization where the recipe asks."""
         if not self.trainer.dist.is_main:
             return
         p = self.p
@@ -143,6 +146,11 @@ class Run:
             if self.recipe.export.onnx:
                 self.onnx = export_onnx(self.compressed, self.out / "model.onnx", p.example,
                                         opset=self.recipe.export.opset, dynamic_batch=True)
+        if self.recipe.export.quantize == "int8":
+            with self.clock("int8"):
+                self.int8 = export_int8(self.out / "model.onnx", self.out / "model.int8.onnx", p.sets,
+                                        self.recipe.export, batch_size=self.recipe.data.batch_size,
+                                        seed=self.recipe.run.seed)
 
     def report(self) -> None:
         """``report.json``, ``report.md`` and the plots."""
@@ -155,7 +163,8 @@ class Run:
         self.report_dict = build_report(name=p.name, recipe=self.recipe, space=p.space, decision=self.result.decision,
                                    method=p.method, original=self.result.model.cpu().eval(),
                                    compressed=self.compressed, example=p.example,
-                                   accuracy=(self.original_eval, self.compressed_eval), onnx=self.onnx, out=self.out,
+                                   accuracy=(self.original_eval, self.compressed_eval), onnx=self.onnx, int8=self.int8,
+                                   out=self.out,
                                    history=self.history, method_summary=summary, clock=self.clock, data=p.data,
                                    rules=p.rules, dist_world=self.trainer.dist.world_size)
         write_report(self.report_dict, self.out)

@@ -161,6 +161,19 @@ class ExportConfig(_Strict):
     opset: int = Field(17, ge=ONNX_OPSETS[0], le=ONNX_OPSETS[1], description="ONNX opset (what the "
                        "TorchScript exporter writes).")
     latency_repeats: int = Field(20, ge=0, description="onnxruntime timing repeats per batch size (0 = skip).")
+    quantize: Literal["none", "int8"] = Field("none", description="int8: also write model.int8.onnx, onnxruntime's "
+                                              "static QDQ quantization, checked against model.onnx.")
+    calibration: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="How int8 activation "
+                                                                     "ranges are calibrated.")
+    calibration_images: int = Field(256, ge=1, description="Training images the int8 ranges are calibrated on.")
+    per_channel: Literal["auto"] | bool = Field("auto", description="int8 weights per output channel; auto: "
+                                                "per-tensor and per-channel both, the better on held-out images.")
+
+    @model_validator(mode="after")
+    def _int8_needs_onnx(self) -> "ExportConfig":
+        if self.quantize == "int8" and not self.onnx:
+            raise ValueError("quantize=int8 quantizes model.onnx: it needs onnx=true")
+        return self
 
 
 class RunConfig(_Strict):

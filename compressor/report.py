@@ -51,7 +51,7 @@ def _params(model: nn.Module) -> int:
 
 def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision, method, original: nn.Module,
                  compressed: nn.Module, example: torch.Tensor, accuracy: tuple[Evaluation, Evaluation],
-                 onnx: OnnxExport | None, out: Path, history: dict[str, list], method_summary: dict,
+                 onnx: OnnxExport | None, out: Path, int8: dict[str, Any] | None = None, history: dict[str, list], method_summary: dict,
                  clock: Stopwatch, data: dict[str, Any], rules: dict[str, list[str]] | None = None,
                  dist_world: int = 1) -> dict[str, Any]:
     """Measure the original and the compressed model and gather the run's facts in one dict
@@ -72,7 +72,8 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
                        "flops_fraction_fvcore": fv_comp / fv_orig, "params_fraction": p_comp / p_orig},
         "data": data,
         "onnx": {"file": "model.onnx", **onnx._asdict()} if onnx is not None else None,
-        "latency_ms": _latency(recipe, original, example, out, clock),
+        "latency_ms": _latency(recipe, original, example, out, clock, int8=int8 is not None),
+        "int8": int8,
         "choices": {kind: get_kind(kind).summary(space[kind], decision.get(kind)) for kind in space},
         "rules": rules or {},
         "decision": decision.to_dict(),
@@ -91,16 +92,20 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
     }
 
 
-def _latency(recipe: Recipe, original: nn.Module, example: torch.Tensor, out: Path, clock: Stopwatch) -> dict:
-    """onnxruntime latency of the original and the compressed model, side by side."""
+def _latency(recipe: Recipe, original: nn.Module, example: torch.Tensor, out: Path, clock: Stopwatch, *,
+             int8: bool = False) -> dict:
+    """onnxruntime latency of the original and the compressed model (and its int8 file), side by side."""
     if not (recipe.export.onnx and recipe.export.latency_repeats):
         return {}
     with clock("latency"), tempfile.TemporaryDirectory() as tmp:
         export_onnx(original, Path(tmp) / "original.onnx", example, opset=recipe.export.opset,
                     dynamic_batch=True, check=False)
-        ms = ort_latency({"original": Path(tmp) / "original.onnx", "compressed": out / "model.onnx"},
-                         tuple(example.shape[1:]), repeats=recipe.export.latency_repeats)
-    return {str(b): {**v, "ratio": v["compressed"] / v["original"]} for b, v in ms.items()}
+        files = {"original": Path(tmp) / "original.onnx", "compressed": out / "model.onnx"}
+        if int8:
+            files["int8"] = out / "model.int8.onnx"
+        ms = ort_latency(files, tuple(example.shape[1:]), repeats=recipe.export.latency_repeats)
+    return {str(b): {**v, "ratio": v["compressed"] / v["original"],
+                     **({"int8_ratio": v["int8"] / v["compressed"]} if int8 else {})} for b, v in ms.items()}
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
@@ -132,6 +137,7 @@ def _markdown(r: dict[str, Any], plots: list[str]) -> str:
     if r["onnx"]:
         lines += ["", f"ONNX: `{r['onnx']['file']}` ({r['onnx']['exporter']} exporter, opset {r['onnx']['opset']}), "
                       f"onnxruntime vs PyTorch max relative difference {r['onnx']['max_rel_diff']:.1e}."]
+    lines += _int8_md(r.get("int8"), r["latency_ms"])
     d = r["data"]
     lines += ["", "## Data", "", f"- images: {d['path']} ({d['train_images']} training, {d['val_images']} held out, "
               f"{d['test_images']} test, {d['classes']} classes)", f"- original weights: {d['original_weights']}",
@@ -145,6 +151,32 @@ def _markdown(r: dict[str, Any], plots: list[str]) -> str:
         lines += ["", f"## Method: {r['method']}", ""] + r["method_section"]
     lines += [""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _int8_md(q: dict[str, Any] | None, latency: dict[str, dict]) -> list[str]:
+    """The int8 section: accuracy and agreement with fp32 on the test images, latency side by side."""
+    if not q:
+        return []
+    t = q["test"]
+    chosen = "per-channel" if q["per_channel"] else "per-tensor"
+    how = (f"{chosen} weights (held out: " + ", ".join(f"{k.replace('_', '-')} {100 * v:.2f}%"
+                                                        for k, v in q["held_out_accuracy"].items()) + ")"
+           if "held_out_accuracy" in q else f"{chosen} weights")
+    lines = ["", "## INT8", "", f"`{q['file']}`: onnxruntime static QDQ quantization of the compressed model, "
+             f"{q['calibration']} calibration on {q['calibration_images']} training images, {how}. CPU: {q['cpu']}.",
+             "", "| | fp32 | int8 | |", "|---|---:|---:|---:|",
+             f"| test accuracy | {100 * t['fp32_accuracy']:.2f}% | {100 * t['int8_accuracy']:.2f}% "
+             f"| {100 * (t['int8_accuracy'] - t['fp32_accuracy']):+.2f} pt |"]
+    lines += [f"| onnxruntime CPU latency, batch {b} | {v['compressed']:.2f} ms | {v['int8']:.2f} ms "
+              f"| {v['int8_ratio']:.3f} |" for b, v in latency.items() if "int8" in v]
+    lines += ["", f"The int8 and fp32 files agree on the top-1 class of {100 * t['agreement']:.2f}% of "
+              f"{t['images']} test images" + ("." if t["agreement"] >= 0.99 else ": below 99%, check the int8 "
+                                               "accuracy above before deploying it.")]
+    slower = [b for b, v in latency.items() if v.get("int8_ratio", 0) >= 1]
+    if slower:
+        lines += ["", f"**Warning:** int8 is not faster than fp32 on this CPU at batch {', '.join(slower)}; "
+                      "deploy model.onnx here."]
+    return lines
 
 
 def _plots(r: dict[str, Any], out: Path) -> list[str]:

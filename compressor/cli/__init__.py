@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from timm's/torchvision's pretrained weights (their cache, or FILE); "
                    "skips base training; a new head when the data has other classes")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs of the method's search stage")
+    p.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx (onnxruntime static "
+                   "quantization, calibrated on training images), checked against model.onnx")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/MODEL-METHOD-BUDGET)")
     p.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")

@@ -41,6 +41,8 @@ def overrides(args: argparse.Namespace) -> dict:
             o["pretrained_file"] = args.pretrained
     if args.epochs is not None:
         o["search.epochs"] = args.epochs
+    if args.quantize:
+        o["export.quantize"] = args.quantize
     if args.device:
         o["run.device"] = args.device
     if args.quiet:
