@@ -9,7 +9,7 @@ import sys
 
 from .inspect import cmd_inspect, cmd_list
 from .run import cmd_run
-from .saved import TRUST_HELP, cmd_eval, cmd_export
+from .saved import TRUST_HELP, cmd_bench, cmd_eval, cmd_export
 
 EXAMPLES = """examples:
   compress resnet50 --budget-flops 0.5      train on the embedded MNIST subset, prune to half the FLOPs
@@ -28,6 +28,8 @@ EXAMPLES = """examples:
   compress ... --resume                     continue an interrupted run in the same --out
   compress eval runs/resnet50-scs-flops0.5  accuracy of a compressed model, ONNX re-checked
   compress export runs/resnet50-scs-flops0.5 --opset 18
+  compress resnet50 --quantize int8         also write model.int8.onnx, checked against model.onnx
+  compress bench runs/resnet50-scs-flops0.5 --batch 1,8 --threads 4   latency: original, fp32, int8
   compress inspect resnet50                 groups, blocks and their share of FLOPs/params
   compress list 'convnext*'                 known model names (torchvision, then timm)
 
@@ -35,7 +37,7 @@ exit status: 0 success; 2 bad input (one line says why; nothing written) or a lo
 (finished epochs stay checkpointed); 130 Ctrl-C, 143 SIGTERM (rerun with --resume); 1 failure
 """
 
-SUBCOMMANDS = ("inspect", "list", "eval", "export", "run")
+SUBCOMMANDS = ("inspect", "list", "eval", "export", "bench", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="compress", description="Make vision models smaller and faster: "
                                  "compress MODEL [options], or one of the subcommands below.",
                                  epilog=EXAMPLES, formatter_class=fmt)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{MODEL,inspect,list,eval,export}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{MODEL,inspect,list,eval,export,bench}")
     p = sub.add_parser("run", help="compress a model (the default: `compress MODEL ...`)", epilog=EXAMPLES,
                        formatter_class=fmt)
     p.add_argument("model", help="torchvision or timm model name (see `compress list`)")
@@ -96,7 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="ONNX path (default: DIR/model.onnx)")
     p.add_argument("--trust-source", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("bench", help="onnxruntime latency of the original, the compressed and the int8 model")
+    p.add_argument("dir", help="output directory of a run")
+    p.add_argument("--batch", type=_batches, default=(1, 8), metavar="B,B", help="batch sizes (default: 1,8)")
+    p.add_argument("--threads", type=int, metavar="T", help="onnxruntime intra-op threads (default: its own)")
+    p.add_argument("--repeats", type=int, default=40, metavar="N", help="timed runs per model and batch size")
+    p.add_argument("--trust-source", action="store_true", help=TRUST_HELP)
+    p.set_defaults(func=cmd_bench)
     return ap
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of batch sizes") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 1, got {text!r}")
+    return sizes
 
 
 def bad_input_errors() -> tuple[type[Exception], ...]:

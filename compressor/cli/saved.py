@@ -1,4 +1,5 @@
-"""``compress eval DIR`` and ``compress export DIR``: a saved run, checked as untrusted input."""
+"""``compress eval DIR``, ``compress export DIR`` and ``compress bench DIR``: a saved run, checked as
+untrusted input."""
 from __future__ import annotations
 
 import argparse
@@ -80,6 +81,54 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({done.exporter} exporter, opset {done.opset}); onnxruntime vs PyTorch max relative "
           f"difference {done.max_rel_diff:.1e}")
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """onnxruntime latency of the original, ``model.onnx`` and ``model.int8.onnx`` (when written),
+    side by side on this machine: what a user runs where they deploy."""
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from ..export import export_onnx
+    from ..export.latency import ort_latency
+    from ..export.manifest import SavedModelError, check_source
+    from ..export.onnx import check_onnx_file
+    from ..export.quantize import cpu_int8_support
+    from ..export.save import build_source
+
+    saved, _ = _saved_run(args.dir)
+    d, manifest = saved.directory, saved.manifest
+    files = {"compressed": d / "model.onnx", "int8": d / "model.int8.onnx"}
+    if not files["compressed"].exists():
+        raise SavedModelError(f"{d}: no model.onnx to time; write it with `compress export {d}`")
+    files = {k: v for k, v in files.items() if v.exists()}
+    for path in files.values():
+        check_onnx_file(path)
+    if not args.trust_source:
+        check_source(manifest, saved.arch_path)
+    x = torch.randn(*manifest.input_shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        original = Path(tmp) / "original.onnx"  # weights do not change a dense model's latency
+        export_onnx(build_source(manifest.source, dict(manifest.source_kwargs), saved.arch_path).eval(), original,
+                    x, opset=17, dynamic_batch=True, check=False)
+        ms = ort_latency({"original": original, **files}, tuple(x.shape[1:]), batches=tuple(args.batch),
+                         repeats=args.repeats, threads=args.threads)
+    print(f"{d}: onnxruntime {ort.__version__} CPU, {args.threads or 'default'} threads, medians of "
+          f"{args.repeats} runs per model in alternating turns; CPU: {cpu_int8_support()}")
+    print(_bench_table(ms))
+    return 0
+
+
+def _bench_table(ms: dict[int, dict[str, float]]) -> str:
+    names = list(next(iter(ms.values())))
+    lines = ["| batch | " + " | ".join(f"{n} ms" for n in names) + " | " +
+             " | ".join(f"{n} / original" for n in names[1:]) + " |", "|---:|" + "---:|" * (2 * len(names) - 1)]
+    for b, v in ms.items():
+        lines.append(f"| {b} | " + " | ".join(f"{v[n]:.2f}" for n in names) + " | " +
+                     " | ".join(f"{v[n] / v['original']:.3f}" for n in names[1:]) + " |")
+    return "\n".join(lines)
 
 
 TRUST_HELP = ("run the code DIR/compressor.json names to rebuild the original (a package.module:factory "

@@ -66,7 +66,21 @@ def quantize_int8(fp32: str | os.PathLike, out: str | os.PathLike, calibration: 
         quantize_static(str(prepared), str(out), _Images(name, calibration), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                         reduce_range=cpu_int8_support() == "no VNNI", calibrate_method=calib)
+    _drop_unused_domains(Path(out))
     return Path(out)
+
+
+def _drop_unused_domains(path: Path) -> None:
+    """Keep only the operator domains the graph uses: ORT's pre-processing declares every domain it
+    knows, and a declared custom domain makes the file look as if it needed a native library."""
+    import onnx
+
+    model = onnx.load(str(path))
+    used = {node.domain for node in model.graph.node} | {""}
+    kept = [o for o in model.opset_import if o.domain in used or o.domain == "ai.onnx"]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    onnx.save(model, str(path))
 
 
 def predictions(path: str | os.PathLike, batches: Iterable[np.ndarray]) -> np.ndarray:

@@ -77,3 +77,20 @@ def test_run_writes_int8_and_reports_it(tmp_path):
     assert all("int8" in v and v["int8"] > 0 for v in report["latency_ms"].values())
     md = (result.out / "report.md").read_text()
     assert "## INT8" in md and "agree on the top-1 class" in md
+
+
+def test_bench_times_original_fp32_and_int8(tmp_path, capsys):
+    from compressor.cli import main
+
+    torch.manual_seed(0)
+    recipe = {**TINY_RECIPE, "budget": {"flops": 0.5},
+              "export": {**TINY_RECIPE["export"], "quantize": "int8", "per_channel": False, "latency_repeats": 0}}
+    out = compressor.compress(TinyNet(), recipe, out=tmp_path / "run").out
+    assert main(["bench", str(out), "--batch", "1,2", "--repeats", "4", "--trust-source"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2 and all(len(r.split("|")) == 2 + 6 for r in rows), printed
+    assert all(float(v) > 0 for r in rows for v in r.strip("| ").split(" | ")[1:]), printed
+    (out / "model.onnx").unlink()
+    assert main(["bench", str(out), "--trust-source"]) == 2
+    assert "no model.onnx to time" in capsys.readouterr().err
