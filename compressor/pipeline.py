@@ -22,6 +22,7 @@ from .export.manifest import ARCH_FILE
 from .export.onnx import OnnxExport
 from .export.quantize import export_int8
 from .methods import SearchContext, SearchResult
+from .methods.followup import FollowUp, first_target, prune_after
 from .prepare import Prepared
 from .report import Stopwatch, build_report, write_report
 from .surgery.slice import slice_model
@@ -65,6 +66,7 @@ class Run:
         self.compressed_eval: Evaluation | None = None
         self.onnx: OnnxExport | None = None
         self.int8: dict[str, Any] | None = None
+        self.then: list[FollowUp] = []
         self.report_dict: dict[str, Any] = {}
 
     def _stage(self, name: str, config, **kw) -> Stage:
@@ -95,7 +97,8 @@ class Run:
         self.kd = {stage: Distillation(teacher, alpha=r.distill.alpha, temperature=r.distill.temperature)
                    for stage in r.distill.stages} if teacher is not None else {}
         train, val, _ = p.sets
-        self.ctx = SearchContext(self.trainer, train, val, r.data.batch_size, r.budget, r.export.round_to, r.run.seed,
+        budget = r.budget.model_copy(update={r.budget.what: first_target(r.budget.target, len(p.then))})
+        self.ctx = SearchContext(self.trainer, train, val, r.data.batch_size, budget, r.export.round_to, r.run.seed,
                                  num_classes=p.num_classes, criterion=self.kd.get("search"), epochs=r.search,
                                  checkpoint=self.out / "checkpoints" / "search.pt", resume=self.resume)
         with self.clock("search"):
@@ -103,10 +106,16 @@ class Run:
         self.history["search"] = self.result.history
 
     def finalize(self) -> None:
-        """Cut the decision out of the searched model; the method may set its starting weights."""
+        """Cut the decision out of the searched model; the method may set its starting weights.
+        Kinds that follow the method's decision (``choices: [op, channels]``) prune the result."""
+        p, r = self.p, self.recipe
         original = self.result.model.cpu().eval()
-        self.compressed = self.p.method.finalize(slice_model(original, self.p.space, self.result.decision),
-                                                 self.result, self.ctx)
+        self.compressed = p.method.finalize(slice_model(original, p.space, self.result.decision), self.result, self.ctx)
+        if p.then:
+            self.compressed, step = prune_after(self.compressed, p.example, list(p.then), r.budget.target,
+                                                p.space.cost.full(r.budget.what), what=r.budget.what,
+                                                round_to=r.export.round_to)
+            self.then = [step]
 
     def finetune(self) -> None:
         """Train the decided model (a one-shot method also gets the search epochs)."""
@@ -142,7 +151,8 @@ class Run:
         p = self.p
         with self.clock("export"):
             save_compressed(self.compressed, self.out, source=p.source, source_kwargs=p.source_kwargs,
-                            input_shape=tuple(p.example.shape), decision=self.result.decision)
+                            input_shape=tuple(p.example.shape), decision=self.result.decision,
+                            then=[step.decision for step in self.then])
             if self.recipe.export.onnx:
                 self.onnx = export_onnx(self.compressed, self.out / "model.onnx", p.example,
                                         opset=self.recipe.export.opset, dynamic_batch=True)
@@ -164,7 +174,7 @@ class Run:
                                    method=p.method, original=self.result.model.cpu().eval(),
                                    compressed=self.compressed, example=p.example,
                                    accuracy=(self.original_eval, self.compressed_eval), onnx=self.onnx, int8=self.int8,
-                                   out=self.out,
+                                   then=self.then, out=self.out,
                                    history=self.history, method_summary=summary, clock=self.clock, data=p.data,
                                    rules=p.rules, dist_world=self.trainer.dist.world_size)
         write_report(self.report_dict, self.out)

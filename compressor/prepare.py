@@ -20,6 +20,7 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD, ImageSpec
 from .frontend import trace
 from .machine import input_shape_problem
 from .methods import get_method
+from .methods.followup import first_target
 from .recipe import Recipe, RecipeError, load_recipe
 from .rules import apply_rules
 from .space import Space
@@ -49,6 +50,7 @@ class Prepared:
     out: Path
     rules: dict[str, list[str]]  # what each recipe rule froze or constrained
     data: dict[str, Any]  # where the images and the original's weights came from (for the report)
+    then: tuple[str, ...] = ()  # kinds pruned on the method's decided model (methods/followup.py)
 
 
 def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | None = None,
@@ -80,14 +82,15 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
     if recipe.search.epochs < method.min_search_epochs():
         raise RecipeError(f"search.epochs: {recipe.method.name} trains in the search stage and needs at least "
                           f"{method.min_search_epochs()} epoch(s) there, got {recipe.search.epochs}")
+    then = tuple(method_class.then_kinds(recipe.choices))
     smallest = {k: np.zeros(space[k].size) for k in space if get_kind(k).weight_scored}
-    decide(space, smallest, recipe.budget.target, what=recipe.budget.what, fixed=method.fixed(),
-           fill=False)  # and an unreachable budget
+    decide(space, smallest, first_target(recipe.budget.target, len(then)), what=recipe.budget.what,
+           fixed=method.fixed(), fill=False)  # and an unreachable budget (the method's share of it)
     teacher = named_teacher(recipe, num_classes)  # and a teacher that cannot be built
     return Prepared(recipe, name, net, source, source_kwargs, start, (train_set, val_set, test_set), num_classes,
                     torch.randn(1, 3, size, size), space, method, teacher,
                     Path(out) if out else default_out(name, recipe), rules, data_facts(
-                        recipe, data, (train_set, val_set, test_set), num_classes, start))
+                        recipe, data, (train_set, val_set, test_set), num_classes, start), then)
 
 
 def default_out(name: str, recipe: Recipe) -> Path:

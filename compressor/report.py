@@ -51,12 +51,14 @@ def _params(model: nn.Module) -> int:
 
 def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision, method, original: nn.Module,
                  compressed: nn.Module, example: torch.Tensor, accuracy: tuple[Evaluation, Evaluation],
-                 onnx: OnnxExport | None, out: Path, int8: dict[str, Any] | None = None, history: dict[str, list], method_summary: dict,
+                 onnx: OnnxExport | None, out: Path, int8: dict[str, Any] | None = None, then: list | None = None, history: dict[str, list], method_summary: dict,
                  clock: Stopwatch, data: dict[str, Any], rules: dict[str, list[str]] | None = None,
                  dist_world: int = 1) -> dict[str, Any]:
     """Measure the original and the compressed model and gather the run's facts in one dict
     (``data``: where the images and the original's weights came from, and the transforms)."""
-    full_cost, kept_cost = float(space.cost.flops()), decision.flops(space)
+    last = then[-1] if then else None  # the pruning that followed the method's decision, if any
+    full_cost = float(space.cost.flops())
+    kept_cost = last.decision.flops(last.space) if last else decision.flops(space)
     fv_orig, fv_comp = fvcore_flops(original, example), fvcore_flops(compressed, example)
     p_orig, p_comp = _params(original), _params(compressed)
     return {
@@ -74,7 +76,9 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
         "onnx": {"file": "model.onnx", **onnx._asdict()} if onnx is not None else None,
         "latency_ms": _latency(recipe, original, example, out, clock, int8=int8 is not None),
         "int8": int8,
-        "choices": {kind: get_kind(kind).summary(space[kind], decision.get(kind)) for kind in space},
+        "choices": {**{kind: get_kind(kind).summary(space[kind], decision.get(kind)) for kind in space},
+                    **{f"{kind} (then)": get_kind(kind).summary(step.space[kind], step.decision.get(kind))
+                       for step in then or [] for kind in step.space}},
         "rules": rules or {},
         "decision": decision.to_dict(),
         "method_summary": method_summary,
@@ -188,7 +192,8 @@ def _plots(r: dict[str, Any], out: Path) -> list[str]:
     except ImportError:
         return []
     made = []
-    widths = list(r["choices"].get("channels", {}).get("widths", {}).values())
+    channels = r["choices"].get("channels") or r["choices"].get("channels (then)") or {}
+    widths = list(channels.get("widths", {}).values())
     if widths:
         fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(widths)), 3.5))
         xs = range(len(widths))

@@ -56,6 +56,7 @@ class Manifest(_Strict):
     input_shape: list[int] = Field(min_length=2, max_length=5)
     round_to: int | None = Field(None, ge=1, le=4096)
     decision: dict[str, Any]
+    then: list[dict[str, Any]] = Field(default_factory=list, max_length=8)  # decisions on the decided model, in order
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class SavedModel:
     manifest: Manifest
     decision: Decision
     tensors: dict[str, list[int]]
+    then: tuple[Decision, ...] = ()  # pruning replayed on the decided model, in order
 
     @property
     def arch_path(self) -> Path:
@@ -88,12 +90,20 @@ def read_saved(directory: str | os.PathLike) -> SavedModel:
     try:
         if manifest.format == 1:
             Format1Decision.model_validate(manifest.decision)
-        decision = Decision.from_dict(manifest.decision)
     except ValidationError as exc:
         raise SavedModelError(f"{directory / ARCH_FILE}: decision.{describe_validation(exc)}") from None
+    decision = _decision(manifest.decision, directory / ARCH_FILE, "decision")
+    then = tuple(_decision(d, directory / ARCH_FILE, f"then[{i}]") for i, d in enumerate(manifest.then))
+    return SavedModel(directory, manifest, decision, read_weights_header(directory / WEIGHTS_FILE), then)
+
+
+def _decision(payload: dict[str, Any], path: Path, field: str) -> Decision:
+    try:
+        return Decision.from_dict(payload)
+    except ValidationError as exc:
+        raise SavedModelError(f"{path}: {field}.{describe_validation(exc)}") from None
     except (ValueError, TypeError) as exc:
-        raise SavedModelError(f"{directory / ARCH_FILE}: decision: {exc}") from None
-    return SavedModel(directory, manifest, decision, read_weights_header(directory / WEIGHTS_FILE))
+        raise SavedModelError(f"{path}: {field}: {exc}") from None
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -33,17 +33,21 @@ __all__ = ["ARCH_FILE", "WEIGHTS_FILE", "SavedModelError", "build_source", "load
 
 def save_compressed(model: nn.Module, directory: str | os.PathLike, *, source: str,
                     input_shape: tuple[int, ...], decision: Decision, round_to: int | None = None,
-                    source_kwargs: dict[str, Any] | None = None) -> Path:
+                    source_kwargs: dict[str, Any] | None = None, then: list[Decision] | None = None) -> Path:
     """Write ``compressor.json`` and ``model.safetensors`` into ``directory`` (created if needed).
 
     Args:
         source: a zoo name (``"resnet50"``) or ``"package.module:factory"`` building the original.
         input_shape: the example input shape the space was traced with, batch included.
+        then: decisions made after ``decision`` on the model it gives, each on the one before's
+            result (methods/followup.py); replayed in order on load.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arch = {"format": FORMAT_VERSION, "source": source, "source_kwargs": source_kwargs or {},
             "input_shape": list(input_shape), "round_to": round_to, "decision": decision.to_dict()}
+    if then:
+        arch["then"] = [d.to_dict() for d in then]
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
     _atomic_write(directory / ARCH_FILE, lambda p: Path(p).write_text(json.dumps(arch, indent=2)))
@@ -72,17 +76,22 @@ def load_compressed(directory: str | os.PathLike, original: nn.Module | None = N
         if not trust_source:
             check_source(manifest, arch_path)
         original = build_source(manifest.source, dict(manifest.source_kwargs), arch_path)
-    original = original.eval()
-    # The decision was made on a checked space; replaying it needs only the raw trace.
-    kinds = [k for k in kind_names() if k in DEFAULT_KINDS or k in saved.decision]
-    space = build_space(original, torch.randn(*manifest.input_shape), kinds=kinds)
-    decision = saved.decision
+    model = _replay(original.eval(), saved.decision, saved, "decision", manifest.round_to)
+    for i, step in enumerate(saved.then):
+        model = _replay(model, step, saved, f"then[{i}]", None)
+    return _load_weights(model, saved)
+
+
+def _replay(model: nn.Module, decision: Decision, saved: SavedModel, field: str, round_to: int | None) -> nn.Module:
+    """``model`` traced and sliced by ``decision`` (made on a checked space; replaying it needs
+    only the raw trace)."""
+    kinds = [k for k in kind_names() if k in DEFAULT_KINDS or k in decision]
+    space = build_space(model, torch.randn(*saved.manifest.input_shape), kinds=kinds)
     try:
         decision.validate(space)
     except ValueError as exc:
-        raise SavedModelError(f"{arch_path}: decision: {exc}") from None
-    model = slice_model(original, space, decision, round_to=manifest.round_to)
-    return _load_weights(model, saved)
+        raise SavedModelError(f"{saved.arch_path}: {field}: {exc}") from None
+    return slice_model(model, space, decision, round_to=round_to).eval()
 
 
 def _load_weights(model: nn.Module, saved: SavedModel) -> nn.Module:

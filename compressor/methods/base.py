@@ -141,6 +141,12 @@ class Method(TrainHooks):
         return list(choices)
 
     @classmethod
+    def then_kinds(cls, choices: list[str]) -> list[str]:
+        """Kinds of the recipe's ``choices`` pruned by weight importance on the decided model, after
+        this method's own decision (methods/followup.py; default: none, every kind is searched)."""
+        return []
+
+    @classmethod
     def trace_options(cls, config: MethodConfig) -> dict[str, Any]:
         """Options for the kinds' ``find`` (the op kind's ``candidates``)."""
         return {}

@@ -42,6 +42,7 @@ from ..train.sampling import cycle
 from .base import SearchContext, SearchResult, register_method
 from .bilevel import BilevelSearch
 from .darts_arch import KIND, OpLogits
+from .followup import followable
 
 
 class DartsConfig(MethodConfig):
@@ -106,10 +107,6 @@ class DartsMethod(BilevelSearch):
         super().__init__(config, space)
         if KIND not in space:
             raise RecipeError("darts searches the op kind: put op in the recipe's choices (e.g. choices=[op])")
-        clash = [k for k in space if k != KIND]
-        if clash:
-            raise RecipeError(f"darts searches operations only; {', '.join(clash)} in the same run is not supported "
-                              "yet: choices=[op]")
         if not space[KIND].free().any():
             raise RecipeError("darts: no site has a candidate (compress inspect MODEL --set choices=[op] lists them)")
         self.partial = self._partial_sites(config.partial_channels)
@@ -127,9 +124,22 @@ class DartsMethod(BilevelSearch):
 
     @classmethod
     def space_kinds(cls, choices: list[str]) -> list[str]:
-        """The recipe's choices when they name the op kind, else the op kind alone (the default
-        recipe's channels and depth are another method's)."""
-        return list(choices) if KIND in choices else [KIND]
+        """The op kind alone: the kinds beside it in ``choices`` prune the searched model after
+        (:meth:`then_kinds`)."""
+        return [KIND]
+
+    @classmethod
+    def then_kinds(cls, choices: list[str]) -> list[str]:
+        """``choices: [op, channels]``: channels pruned on the op-searched model (followup.py).
+        Without op in ``choices`` (the default recipe's channels and depth are another method's): none."""
+        if KIND not in choices:
+            return []
+        then = [k for k in choices if k != KIND]
+        refused = [k for k in then if not followable(k)]
+        if refused:
+            raise RecipeError(f"choices: {refused[0]} cannot follow the op search (only kinds that weight "
+                              "importance ranks can, e.g. channels or kernel)")
+        return then
 
     @classmethod
     def trace_options(cls, config: DartsConfig) -> dict:

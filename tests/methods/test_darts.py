@@ -10,6 +10,7 @@ from torch.func import functional_call
 import compressor
 from compressor.cli import main
 from compressor.export import load_compressed
+from compressor.export.flops import fvcore_flops
 from compressor.frontend import trace
 from compressor.gates import ControlledModel, attach_gates
 from compressor.methods.darts_arch import OpLogits
@@ -43,6 +44,25 @@ def test_search_lands_in_the_band_and_the_saved_model_is_the_chosen_ops(selectio
     if partial > 1:
         assert summary["partial_channels"]["sites"] >= 1
     x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(load_compressed(tmp_path / "run", trust_source=True)(x), result.model(x))
+
+
+def test_op_search_then_channel_pruning_in_one_recipe(tmp_path):
+    """``choices: [op, channels]``: the op search takes sqrt(budget), magnitude channel pruning of
+    the op-searched model the rest; the saved model replays both from compressor.json."""
+    torch.manual_seed(0)
+    recipe = {**_recipe(selection="ilp"), "choices": ["op", "channels"]}
+    result = compressor.compress(TinyNet(), recipe, out=tmp_path / "run")
+    r = result.report
+    x = torch.randn(2, 3, 16, 16)
+    full = fvcore_flops(TinyNet().eval(), x[:1])
+    assert abs(r["compressed"]["flops_fraction_fvcore"] - fvcore_flops(result.model, x[:1]) / full) < 1e-12
+    assert 0.40 <= r["compressed"]["flops_fraction_fvcore"] <= 0.5, r["compressed"]
+    assert 0.5 < r["method_summary"]["cost"] <= 0.5 ** 0.5 + 1e-9  # the op search's own share
+    assert "channels (then)" in r["choices"] and r["onnx"]["max_rel_diff"] <= 1e-4
+    arch = json.loads((tmp_path / "run" / "compressor.json").read_text())
+    assert set(arch["decision"]) == {"op"} and set(arch["then"][0]) == {"channels"}
     with torch.no_grad():
         assert torch.equal(load_compressed(tmp_path / "run", trust_source=True)(x), result.model(x))
 
@@ -122,7 +142,7 @@ def test_p_darts_stages_skip_cap_and_skip_dropout_in_a_run(tmp_path):
     ("method.candidates=[dw_sep,warp_drive]", "unknown candidate 'warp_drive'"),
     ("method.skip_cap=-1", "method.skip_cap: Input should be greater than or equal to 0"),
     ("method.stages=[3,5]", "stages must shrink"),
-    ("choices=[op,channels]", "darts searches operations only; channels in the same run is not supported"),
+    ("choices=[op,depth]", "choices: depth cannot follow the op search"),
     ("method.partial_channels=7", "partial_channels=7 divides the output channels of no convolution site"),
 ])
 def test_bad_settings_are_one_line_and_exit_2(setting, message, tmp_path, capsys):
