@@ -1,0 +1,44 @@
+"""The DARTS family's published cells as zoo models: the published parameter counts, and the
+frontend's round trip (trace, cut, slice) on a small network of each cell."""
+import pytest
+import torch
+
+from compressor.models import GENOTYPES, MODELS, DartsNetwork
+from tests.conftest import rel_diff, round_trip
+
+PUBLISHED_M = {"darts_v2": 3.3, "pc_darts": 3.6, "p_darts": 3.4, "darts_v2_imagenet": 4.7}  # papers' tables
+
+
+def _params(model: torch.nn.Module) -> float:
+    aux = sum(p.numel() for p in model.auxiliary.parameters()) if model.auxiliary is not None else 0
+    return (sum(p.numel() for p in model.parameters()) - aux) / 1e6  # the papers count without it
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_M))
+def test_published_genotypes_have_the_published_parameter_counts(name):
+    model = MODELS[name](num_classes=1000 if "imagenet" in name else 10, auxiliary=True)
+    assert abs(_params(model) / PUBLISHED_M[name] - 1) <= 0.05, (name, _params(model))
+
+
+def test_auxiliary_head_and_drop_path_act_only_in_training():
+    torch.manual_seed(0)
+    model = MODELS["darts_v2"](c=8, layers=5, auxiliary=True)
+    model.drop_path = 0.3
+    x = torch.randn(4, 3, 32, 32)
+    logits, aux = model.train()(x)
+    assert logits.shape == aux.shape == (4, 10)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))  # no drop-path, no auxiliary output
+
+
+@pytest.mark.parametrize("name", list(GENOTYPES))
+def test_small_network_of_each_cell_slices_exactly(name):
+    model = DartsNetwork(GENOTYPES[name], c=8, layers=5)
+    for m in model.modules():  # trained-looking BN statistics, so that cuts change the output
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    space, decision, _, ys, yg = round_trip(model, torch.randn(2, 3, 32, 32), ratio=0.5)
+    assert space["channels"].size > 0 and decision.flops(space) < space.cost.flops()
+    assert rel_diff(ys, yg) <= 1e-4
