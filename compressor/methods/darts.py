@@ -5,6 +5,8 @@ al. ICCV 2019; SD-DARTS, arXiv 2302.05629; DNA/LANA for the candidates' initiali
     blockwise distillation: each candidate learns the original op's output from its input
         (train/blockwise.py); its final loss is its score
     selection: ilp    one option per site maximising -score under the budget (scipy milp)
+               random the same program over seeded uniform scores: a random choice in the band
+                      [budget - tolerance, budget] (the baseline NAS studies find hard to beat)
                darts  split the training set per class: D_w, D_a; for epoch e of E:
                           after the warm-up, per batch an architecture step (Adam on alpha, first or
                           second order) on D_a:  L = CE + cost_weight * L_cost  [+ SD]
@@ -49,9 +51,10 @@ class DartsConfig(MethodConfig):
     """Operation search: candidates distilled from the original, chosen by DARTS or an ILP."""
 
     name: Literal["darts"] = "darts"
-    selection: Literal["darts", "ilp"] = Field("darts", description="darts: architecture logits by bilevel search "
-                                               "on a held-out split; ilp: one option per site by the distillation "
-                                               "scores under the budget, solved exactly (no search training).")
+    selection: Literal["darts", "ilp", "random"] = Field(
+        "darts", description="darts: architecture logits by bilevel search on a held-out split; ilp: one option "
+        "per site by the distillation scores under the budget, solved exactly (no search training); random: a "
+        "seeded random choice within the budget's band (the baseline).")
     candidates: list[str] | None = Field(None, description="Candidate names to offer (compressor.choices.candidates; "
                                          "None = every registered one).")
     distill_steps: int = Field(300, ge=0, description="Blockwise distillation steps (batches) of the candidates.")
@@ -169,14 +172,9 @@ class DartsMethod(BilevelSearch):
         scores = distill_candidates(gates.model, mixed, batches, steps=self.config.distill_steps,
                                     lr=self.config.distill_lr, autocast=ctx.trainer.autocast,
                                     progress=ctx.trainer.run.progress)
-        slot_scores = self._slot_scores(scores)
         summary = {"candidate_loss": {n: {"best": float(np.min(s[1:])), "worst": float(np.max(s[1:]))}
                                       for n, s in scores.items() if len(s) > 1}}
-        history: list[dict] = []
-        if self.config.selection == "ilp":
-            decision = choose_options(self.space, KIND, slot_scores, ctx.budget.target, what=ctx.budget.what)
-        else:
-            decision, history = self._darts(gates, ctx, scores)
+        decision, history = self._select(gates, ctx, scores)
         summary["chosen"] = {n: label(o) for n, o in decision.get(KIND, {}).items()}
         if self.arch is not None and self.alpha_history:  # the chosen option's probability, epoch by epoch
             chosen = decision.keep(self.space)[KIND]
@@ -190,6 +188,17 @@ class DartsMethod(BilevelSearch):
                    decision.get(KIND, {}).items()}
         plain = gates.remove()
         return SearchResult(plain, decision, summary, history, carry=self._carry(plain, decision, trained))
+
+    def _select(self, gates, ctx: SearchContext, scores: dict[str, np.ndarray]) -> tuple[Decision, list[dict]]:
+        """The decision by the recipe's selection, and the search's per-epoch rows (darts only)."""
+        cfg, budget = self.config, ctx.budget
+        if cfg.selection == "darts":
+            return self._darts(gates, ctx, scores)
+        if cfg.selection == "ilp":
+            objective, floor = self._slot_scores(scores), None
+        else:  # random: seeded uniform scores, kept inside the band as darts's argmax is
+            objective, floor = np.random.default_rng(ctx.seed).random(self.space[KIND].size), budget.target - cfg.tolerance
+        return choose_options(self.space, KIND, objective, budget.target, what=budget.what, at_least=floor), []
 
     def _darts(self, gates, ctx: SearchContext, scores: dict[str, np.ndarray]) -> tuple[Decision, list[dict]]:
         weight_set, arch_set = split_dataset(ctx.train_set, self.config.split, seed=ctx.seed)

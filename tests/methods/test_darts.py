@@ -23,7 +23,7 @@ def _recipe(**method):
             "search": {**TINY_RECIPE["search"], "epochs": 2}, "budget": {"flops": 0.5}}
 
 
-@pytest.mark.parametrize("selection, partial", [("ilp", 1), ("darts", 1), ("darts", 2)])
+@pytest.mark.parametrize("selection, partial", [("ilp", 1), ("darts", 1), ("darts", 2), ("random", 1)])
 def test_search_lands_in_the_band_and_the_saved_model_is_the_chosen_ops(selection, partial, tmp_path):
     torch.manual_seed(0)
     recipe = _recipe(selection=selection, partial_channels=partial)
