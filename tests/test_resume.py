@@ -31,8 +31,9 @@ if sys.argv[3].startswith("grow"):
     recipe["method"] = {"name": "grow", "scratch_baseline": False}
 if sys.argv[3] == "grow-finetune":  # killed after growth: the seeds' checkpoints grow the same model again
     recipe["finetune"] = {**recipe["finetune"], "epochs": 2}
-if sys.argv[3] == "darts":  # op search: alpha, the candidates and the architecture optimizer resume
-    recipe["method"] = {"name": "darts", "distill_steps": 10, "warmup": 0.0}
+if sys.argv[3] == "darts":  # op search: alpha, the candidates, the architecture optimizer and PC-DARTS's windows
+    # K = 8 does not divide the steps per epoch (4), so a resume that lost the windows' place would differ
+    recipe["method"] = {"name": "darts", "distill_steps": 10, "warmup": 0.0, "partial_channels": 8}
 if sys.argv[3] == "scs-grow":  # grow mode, sparse epochs: the epoch's sub-network is rebuilt on resume
     recipe["method"] = {"name": "scs", "mode": "grow", "sparse_epochs": True, "init_logit": 0.5,
                         "grow_epochs": 2}  # paced as the scs-grow recipe is

@@ -215,9 +215,10 @@ class MixedOp(nn.Module):
 
     With ``partial = K > 1`` (PC-DARTS's partial channels, for a search) only 1/K of the output
     channels are the mixture; the others are the original operation's, as if it had been chosen.
-    The window of mixed channels moves by 1/K at every training forward, so that over K steps each
-    channel is searched once (PC-DARTS moves its fixed slice by a channel shuffle, which a trained
-    network cannot absorb).  Candidates compute only the window's channels (:func:`narrow_output`),
+    The window of mixed channels moves by 1/K at every :meth:`advance` (the search calls it once
+    per step, so that the several forwards of a second-order step see one window), and over K
+    steps each channel is searched once (PC-DARTS moves its fixed slice by a channel shuffle,
+    which a trained network cannot absorb).  Candidates compute only the window's channels (:func:`narrow_output`),
     which is where the memory goes down."""
 
     def __init__(self, original: nn.Module, choice: OpChoice, values) -> None:
@@ -235,7 +236,7 @@ class MixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights().to(device=x.device)
-        if self.partial > 1 and w.requires_grad:
+        if self.partial > 1:  # a search's weight and architecture steps alike (PC-DARTS)
             return self._partial(x, w)
         out = None
         for i, op in enumerate(self.ops):
@@ -244,6 +245,10 @@ class MixedOp(nn.Module):
             y = self._dropped(i, op(x)) * w[i].to(x.dtype)
             out = y if out is None else out + y
         return out if out is not None else self.ops[0](x) * 0
+
+    def advance(self) -> None:
+        """Move the partial-channel window by 1/K (the next search step)."""
+        self.turn += 1
 
     def _dropped(self, i: int, y: torch.Tensor) -> torch.Tensor:
         if self.skip_dropout and i in self.skips:
@@ -254,8 +259,6 @@ class MixedOp(nn.Module):
         whole = self.ops[0](x)
         width = whole.shape[1] // self.partial
         start = width * (self.turn % self.partial)
-        if self.training:
-            self.turn += 1
         window = slice(start, start + width)
         mix = whole[:, window] * w[0].to(x.dtype)
         on = (w.detach() != 0).tolist()  # (0: an option a progressive stage dropped)

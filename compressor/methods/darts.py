@@ -72,8 +72,9 @@ class DartsConfig(MethodConfig):
     tolerance: float = Field(0.05, ge=0, lt=1, description="Band below the budget, as a fraction of the full cost.")
     warmup: float = Field(0.3, ge=0, lt=1, description="Fraction of the search epochs before architecture steps "
                           "(PC-DARTS: 15 of 50).")
-    partial_channels: int = Field(1, ge=1, description="PC-DARTS's K: 1/K of each convolution's output channels "
-                                  "go through the mixed op during the search (1: all of them).")
+    partial_channels: int = Field(4, ge=1, description="PC-DARTS's K: 1/K of each convolution's output channels "
+                                  "go through the mixed op during the search (1: all of them; PC-DARTS: 4 on "
+                                  "CIFAR). Convolutions whose width K does not divide run whole.")
     split: float = Field(0.5, gt=0, lt=1, description="Share of the training set (per class) for architecture steps.")
     stages: list[int] = Field([], description="P-DARTS: options each site keeps after each stage, e.g. [5, 3]; "
                               "the search epochs split evenly into len + 1 stages.")
@@ -113,13 +114,14 @@ class DartsMethod(BilevelSearch):
         if not space[KIND].free().any():
             raise RecipeError("darts: no site has a candidate (compress inspect MODEL --set choices=[op] lists them)")
         self.partial = self._partial_sites(config.partial_channels)
+        self.windows: list[MixedOp] = []
         self.alpha_history: list[list[list[float]]] = []  # per epoch: softmax(alpha), sites x options
 
     def _partial_sites(self, k: int) -> list[str]:
         """The convolution sites whose output channels ``k`` divides (PC-DARTS runs the others whole)."""
         convs = [s for s in self.space[KIND].sites if s.site.kind == "conv" and s.frozen is None and len(s.options) > 1]
         fits = [s.name for s in convs if s.site.attrs["out"] % k == 0]
-        if k > 1 and not fits:
+        if k > 1 and not fits and "partial_channels" in self.config.model_fields_set:
             widths = sorted({s.site.attrs["out"] for s in convs})
             raise RecipeError(f"method.partial_channels={k} divides the output channels of no convolution site "
                               f"(widths {', '.join(map(str, widths[:8]))}{'...' if len(widths) > 8 else ''})")
@@ -217,8 +219,9 @@ class DartsMethod(BilevelSearch):
         ``sizes`` (weight, arch) samples."""
         cfg = self.config
         self.ctx = ctx
-        for name in self.partial:
-            gates.model.get_submodule(name).partial = cfg.partial_channels
+        self.windows = [gates.model.get_submodule(name) for name in self.partial]
+        for mixed in self.windows:
+            mixed.partial = cfg.partial_channels
         start = {n: -cfg.init_scale * v for n, v in (scores or {}).items()} if cfg.init == "distillation" else None
         self.arch = OpLogits(self.space, start=start)
         self.controlled = ControlledModel(gates, self.arch)
@@ -227,6 +230,12 @@ class DartsMethod(BilevelSearch):
                                          weight_decay=cfg.arch_weight_decay, order=cfg.order, dist=ctx.trainer.dist)
         self.make_voting(sizes, ctx.num_classes or 10)
         return self.controlled
+
+    def arch_step(self, held_out, batch) -> None:
+        """PC-DARTS's windows move once per search step (warm-up included), then the bilevel step."""
+        for mixed in self.windows:
+            mixed.advance()
+        super().arch_step(held_out, batch)
 
     def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
         self.epoch, self.epochs = epoch, epochs
@@ -325,11 +334,15 @@ class DartsMethod(BilevelSearch):
         return ["alpha.png"]
 
     def state_dict(self) -> dict:
-        """alpha and the allowed options are in the model's state (the controller is a submodule)."""
+        """alpha and the allowed options are in the model's state (the controller is a submodule);
+        the partial-channel windows' position is here, so that a resumed search sees the same ones."""
         state = super().state_dict()
-        return {**state, "alpha_history": self.alpha_history} if state else {}
+        turn = self.windows[0].turn if self.windows else 0
+        return {**state, "alpha_history": self.alpha_history, "window_turn": turn} if state else {}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if state and self.arch is not None:
             self.alpha_history = list(state.get("alpha_history", []))
+            for mixed in self.windows:
+                mixed.turn = int(state.get("window_turn", 0))

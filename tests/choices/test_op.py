@@ -118,7 +118,7 @@ def test_a_mixed_op_with_one_candidate_on_is_that_candidate():
 def test_partial_channels_mix_one_window_and_keep_the_original_elsewhere():
     """PC-DARTS's partial channels: each candidate computed on the window only equals its whole
     output there; the mixed op is the mixture in the window and the original outside it; the
-    window moves by 1/K at each training forward."""
+    window stays put across forwards and moves by 1/K at each advance (one search step)."""
     model, x, space = _traced()
     gates = attach_gates(model, space)
     site = space["op"].site("same")
@@ -137,6 +137,8 @@ def test_partial_channels_mix_one_window_and_keep_the_original_elsewhere():
         mixed.train()
         for turn in range(5):
             out, start = mixed(h), 2 * (turn % 4)
+            assert torch.equal(mixed(h), out)  # a second forward in the same step: the same window
+            mixed.advance()
             inside = torch.zeros(8, dtype=torch.bool)
             inside[start:start + 2] = True
             assert torch.allclose(out[:, inside], mixture[:, inside], atol=1e-5)
