@@ -23,6 +23,7 @@ from .export import export_onnx
 from .export.onnx import OnnxExport
 from .export.flops import fvcore_flops
 from .export.latency import ort_latency
+from .methods.followup import FollowUp
 from .recipe import Recipe
 from .space import Space
 from .markdown import cell, table
@@ -51,11 +52,13 @@ def _params(model: nn.Module) -> int:
 
 def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision, method, original: nn.Module,
                  compressed: nn.Module, example: torch.Tensor, accuracy: tuple[Evaluation, Evaluation],
-                 onnx: OnnxExport | None, out: Path, int8: dict[str, Any] | None = None, then: list | None = None, history: dict[str, list], method_summary: dict,
+                 onnx: OnnxExport | None, out: Path, history: dict[str, list], method_summary: dict,
                  clock: Stopwatch, data: dict[str, Any], rules: dict[str, list[str]] | None = None,
-                 dist_world: int = 1) -> dict[str, Any]:
+                 dist_world: int = 1, int8: dict[str, Any] | None = None,
+                 then: list[FollowUp] | None = None) -> dict[str, Any]:
     """Measure the original and the compressed model and gather the run's facts in one dict
-    (``data``: where the images and the original's weights came from, and the transforms)."""
+    (``data``: where the images and the original's weights came from, and the transforms;
+    ``int8``: what export_int8 found; ``then``: pruning steps after the method's decision)."""
     last = then[-1] if then else None  # the pruning that followed the method's decision, if any
     full_cost = float(space.cost.flops())
     kept_cost = last.decision.flops(last.space) if last else decision.flops(space)
