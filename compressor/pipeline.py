@@ -97,7 +97,7 @@ class Run:
         self.kd = {stage: Distillation(teacher, alpha=r.distill.alpha, temperature=r.distill.temperature)
                    for stage in r.distill.stages} if teacher is not None else {}
         train, val, _ = p.sets
-        budget = r.budget.model_copy(update={r.budget.what: first_target(r.budget.target, len(p.then))})
+        budget = r.budget.model_copy(update={r.budget.what: first_target(r.budget.target, p.then)})
         self.ctx = SearchContext(self.trainer, train, val, r.data.batch_size, budget, r.export.round_to, r.run.seed,
                                  num_classes=p.num_classes, criterion=self.kd.get("search"), epochs=r.search,
                                  checkpoint=self.out / "checkpoints" / "search.pt", resume=self.resume)

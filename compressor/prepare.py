@@ -84,7 +84,7 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
                           f"{method.min_search_epochs()} epoch(s) there, got {recipe.search.epochs}")
     then = tuple(method_class.then_kinds(recipe.choices))
     smallest = {k: np.zeros(space[k].size) for k in space if get_kind(k).weight_scored}
-    decide(space, smallest, first_target(recipe.budget.target, len(then)), what=recipe.budget.what,
+    decide(space, smallest, first_target(recipe.budget.target, then), what=recipe.budget.what,
            fixed=method.fixed(), fill=False)  # and an unreachable budget (the method's share of it)
     teacher = named_teacher(recipe, num_classes)  # and a teacher that cannot be built
     return Prepared(recipe, name, net, source, source_kwargs, start, (train_set, val_set, test_set), num_classes,

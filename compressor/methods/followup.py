@@ -1,7 +1,7 @@
 """Pruning that follows another decision in the same run (``choices: [op, channels]`` with
 ``darts``): the decided model is traced again and pruned by weight importance.
 
-    target_1 = target ** (1 / (1 + steps))      the method's own budget: every step keeps the same share
+    target_1 = sqrt(target)                     the method's own budget: both steps keep the same share
     model_1 = the method's decided model, its trained weights loaded
     space_2 = trace(model_1, the kinds that follow)
     decision_2 = decide(space_2, magnitude scores, target * full(original) / full(space_2))
@@ -12,6 +12,7 @@ order (``compressor.json``'s ``then``).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -37,9 +38,10 @@ def followable(kind: str) -> bool:
     return get_kind(kind).weight_scored
 
 
-def first_target(target: float, steps: int) -> float:
-    """The method's own share of a run budget ``target`` that ``steps`` pruning steps follow."""
-    return target ** (1 / (1 + steps)) if steps else target
+def first_target(target: float, then: Sequence[str]) -> float:
+    """The method's own share of a run budget ``target`` when the kinds ``then`` prune after it
+    (one step for all of them): the square root, so that both steps keep the same share."""
+    return target ** 0.5 if then else target
 
 
 def prune_after(model: nn.Module, example: torch.Tensor, kinds: list[str], target: float, full: float, *,
