@@ -40,3 +40,17 @@ def input_shape_problem(shape: list[int] | tuple[int, ...]) -> str | None:
     if free is not None and need > free:
         return f"tracing at this shape needs about {need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is free"
     return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the OS reports it (``/proc/cpuinfo`` on Linux), else the platform's."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

@@ -10,6 +10,7 @@ tests can run them one by one.  Every training stage checkpoints after each epoc
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from .decision import Decision
 from .export import export_onnx, save_compressed
 from .export.manifest import ARCH_FILE
 from .export.onnx import OnnxExport
@@ -67,6 +69,7 @@ class Run:
         self.onnx: OnnxExport | None = None
         self.int8: dict[str, Any] | None = None
         self.then: list[FollowUp] = []
+        self.latency_rounds: list = []  # a latency budget's measure-and-correct rounds
         self.report_dict: dict[str, Any] = {}
 
     def _stage(self, name: str, config, **kw) -> Stage:
@@ -110,12 +113,49 @@ class Run:
         Kinds that follow the method's decision (``choices: [op, channels]``) prune the result."""
         p, r = self.p, self.recipe
         original = self.result.model.cpu().eval()
+        if p.latency is not None:
+            with self.clock("latency_budget"):
+                self.result.decision = self._meet_latency(original)
         self.compressed = p.method.finalize(slice_model(original, p.space, self.result.decision), self.result, self.ctx)
         if p.then:
             self.compressed, step = prune_after(self.compressed, p.example, list(p.then), r.budget.target,
                                                 p.space.cost.full(r.budget.what), what=r.budget.what,
                                                 round_to=r.export.round_to)
             self.then = [step]
+
+    def _meet_latency(self, original: nn.Module) -> Decision:
+        """The decision measured and corrected until the whole model's latency ratio meets the budget
+        (compressor/latency/correct.py).  Kept in ``checkpoints/latency.json``: a resumed run
+        reuses it rather than measuring again (the fine-tune checkpoint has its shapes)."""
+        from .latency import Meter, Round, meet_latency, redecider, rounds_table
+
+        p, budget = self.p, self.recipe.budget
+        saved = self.out / "checkpoints" / "latency.json"
+        if self.resume and saved.is_file():
+            state = json.loads(saved.read_text())
+            self.latency_rounds = [Round(**r) for r in state["rounds"]]
+            return Decision.from_dict(state["decision"])
+        meter = Meter(original, p.example, batch=budget.batch, threads=budget.threads)
+        try:
+            redecide = None if self.result.carry is not None else \
+                redecider(original, p.space, self.result.decision, self.recipe.export.round_to)
+            decision, self.latency_rounds = meet_latency(
+                self.result.decision, budget.target, lambda d: meter(slice_model(original, p.space, d)), redecide,
+                lambda d: d.cost(p.space, "latency") / p.space.cost.full("latency"),
+                tolerance=budget.tolerance, rounds=budget.rounds)
+        finally:
+            meter.close()
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps({"decision": decision.to_dict(), "rounds": rounds_table(self.latency_rounds)}))
+        return decision
+
+    def _latency_summary(self) -> dict | None:
+        if self.p.latency is None:
+            return None
+        from .latency import Settings, budget_summary
+
+        b = self.recipe.budget
+        return budget_summary(self.p.latency, self.latency_rounds, b.target, Settings(b.batch, b.threads), b.tolerance)
 
     def finetune(self) -> None:
         """Train the decided model (a one-shot method also gets the search epochs)."""
@@ -174,7 +214,7 @@ class Run:
                                    method=p.method, original=self.result.model.cpu().eval(),
                                    compressed=self.compressed, example=p.example,
                                    accuracy=(self.original_eval, self.compressed_eval), onnx=self.onnx, int8=self.int8,
-                                   then=self.then, out=self.out,
+                                   then=self.then, out=self.out, latency_budget=self._latency_summary(),
                                    history=self.history, method_summary=summary, clock=self.clock, data=p.data,
                                    rules=p.rules, dist_world=self.trainer.dist.world_size)
         write_report(self.report_dict, self.out)

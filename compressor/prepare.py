@@ -51,6 +51,7 @@ class Prepared:
     rules: dict[str, list[str]]  # what each recipe rule froze or constrained
     data: dict[str, Any]  # where the images and the original's weights came from (for the report)
     then: tuple[str, ...] = ()  # kinds pruned on the method's decided model (methods/followup.py)
+    latency: Any = None  # a latency budget's LatencyCost (compressor.latency), None for other budgets
 
 
 def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | None = None,
@@ -83,6 +84,7 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
         raise RecipeError(f"search.epochs: {recipe.method.name} trains in the search stage and needs at least "
                           f"{method.min_search_epochs()} epoch(s) there, got {recipe.search.epochs}")
     then = tuple(method_class.then_kinds(recipe.choices))
+    latency = latency_cost(recipe, space, net, size, then)  # a latency budget's table, built or cached
     smallest = {k: np.zeros(space[k].size) for k in space if get_kind(k).weight_scored}
     decide(space, smallest, first_target(recipe.budget.target, then), what=recipe.budget.what,
            fixed=method.fixed(), fill=False)  # and an unreachable budget (the method's share of it)
@@ -90,7 +92,25 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
     return Prepared(recipe, name, net, source, source_kwargs, start, (train_set, val_set, test_set), num_classes,
                     torch.randn(1, 3, size, size), space, method, teacher,
                     Path(out) if out else default_out(name, recipe), rules, data_facts(
-                        recipe, data, (train_set, val_set, test_set), num_classes, start), then)
+                        recipe, data, (train_set, val_set, test_set), num_classes, start), then, latency)
+
+
+def latency_cost(recipe: Recipe, space: Space, net: nn.Module, size: int, then: tuple[str, ...]):
+    """For a latency budget: the layer table measured (or loaded from the cache) and ``latency``
+    attached to the space's cost model; None for other budgets."""
+    budget = recipe.budget
+    if budget.what != "latency":
+        return None
+    if then:
+        raise RecipeError(f"budget.latency: choices {recipe.choices} prune {', '.join(then)} after the method's "
+                          "decision, which a latency budget cannot correct yet; use a flops budget or drop them")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RecipeError("budget.latency: the latency table and the measured rounds run in one process; "
+                          "run without torchrun, or use a flops budget under DDP")
+    from .latency import Settings, attach_latency
+
+    return attach_latency(space, net, torch.randn(1, 3, size, size), Settings(budget.batch, budget.threads),
+                          progress=recipe.run.progress)
 
 
 def default_out(name: str, recipe: Recipe) -> Path:

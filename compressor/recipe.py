@@ -33,12 +33,21 @@ class _Strict(BaseModel):
 
 
 class BudgetConfig(_Strict):
-    """What the compressed model may cost, as a fraction of the original (exactly one is set)."""
+    """What the compressed model may cost, as a fraction of the original (exactly one of flops,
+    params and latency is set; batch, threads, tolerance and rounds concern latency only)."""
 
     flops: float | None = Field(None, description="Kept FLOPs (MACs at the recipe input size), fraction in (0, 1).")
     params: float | None = Field(None, description="Kept parameters, fraction in (0, 1).")
+    latency: float | None = Field(None, description="Kept onnxruntime CPU latency on this machine (whole model, "
+                                  "median, side by side with the original), fraction in (0, 1).")
+    batch: int = Field(1, ge=1, le=1024, description="Latency: the batch size the model is timed at.")
+    threads: int | None = Field(None, ge=1, le=1024, description="Latency: onnxruntime intra-op threads "
+                                "(None = onnxruntime's default, one per core).")
+    tolerance: float = Field(0.04, gt=0, lt=0.5, description="Latency: the measured ratio may miss the target "
+                             "by this much (relative) before the budget is corrected.")
+    rounds: int = Field(4, ge=1, le=10, description="Latency: at most this many measure-and-correct rounds.")
 
-    @field_validator("flops", "params")
+    @field_validator("flops", "params", "latency")
     @classmethod
     def _fraction(cls, v: float | None) -> float | None:
         if v is not None and not 0 < v < 1:
@@ -47,17 +56,17 @@ class BudgetConfig(_Strict):
 
     @model_validator(mode="after")
     def _one(self) -> "BudgetConfig":
-        if (self.flops is None) == (self.params is None):
-            raise ValueError("set exactly one of budget.flops and budget.params")
+        if sum(v is not None for v in (self.flops, self.params, self.latency)) != 1:
+            raise ValueError("set exactly one of budget.flops, budget.params and budget.latency")
         return self
 
     @property
     def what(self) -> str:
-        return "flops" if self.flops is not None else "params"
+        return next(k for k in ("flops", "params", "latency") if getattr(self, k) is not None)
 
     @property
     def target(self) -> float:
-        return float(self.flops if self.flops is not None else self.params)  # type: ignore[arg-type]
+        return float(getattr(self, self.what))
 
 
 class DataConfig(_Strict):

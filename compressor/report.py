@@ -55,10 +55,11 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
                  onnx: OnnxExport | None, out: Path, history: dict[str, list], method_summary: dict,
                  clock: Stopwatch, data: dict[str, Any], rules: dict[str, list[str]] | None = None,
                  dist_world: int = 1, int8: dict[str, Any] | None = None,
-                 then: list[FollowUp] | None = None) -> dict[str, Any]:
+                 then: list[FollowUp] | None = None, latency_budget: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure the original and the compressed model and gather the run's facts in one dict
     (``data``: where the images and the original's weights came from, and the transforms;
-    ``int8``: what export_int8 found; ``then``: pruning steps after the method's decision)."""
+    ``int8``: what export_int8 found; ``then``: pruning steps after the method's decision;
+    ``latency_budget``: a latency budget's table and rounds, compressor.latency.budget_summary)."""
     last = then[-1] if then else None  # the pruning that followed the method's decision, if any
     full_cost = float(space.cost.flops())
     kept_cost = last.decision.flops(last.space) if last else decision.flops(space)
@@ -79,6 +80,7 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
         "onnx": {"file": "model.onnx", **onnx._asdict()} if onnx is not None else None,
         "latency_ms": _latency(recipe, original, example, out, clock, int8=int8 is not None),
         "int8": int8,
+        "latency_budget": latency_budget,
         "choices": {**{kind: get_kind(kind).summary(space[kind], decision.get(kind)) for kind in space},
                     **{f"{kind} (then)": get_kind(kind).summary(step.space[kind], step.decision.get(kind))
                        for step in then or [] for kind in step.space}},
@@ -144,6 +146,7 @@ def _markdown(r: dict[str, Any], plots: list[str]) -> str:
     if r["onnx"]:
         lines += ["", f"ONNX: `{r['onnx']['file']}` ({r['onnx']['exporter']} exporter, opset {r['onnx']['opset']}), "
                       f"onnxruntime vs PyTorch max relative difference {r['onnx']['max_rel_diff']:.1e}."]
+    lines += _latency_budget_md(r.get("latency_budget"))
     lines += _int8_md(r.get("int8"), r["latency_ms"])
     d = r["data"]
     lines += ["", "## Data", "", f"- images: {d['path']} ({d['train_images']} training, {d['val_images']} held out, "
@@ -158,6 +161,27 @@ def _markdown(r: dict[str, Any], plots: list[str]) -> str:
         lines += ["", f"## Method: {r['method']}", ""] + r["method_section"]
     lines += [""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _latency_budget_md(b: dict[str, Any] | None) -> list[str]:
+    """The latency budget's section: where it was measured, the table, each measure-and-correct round."""
+    if not b:
+        return []
+    s, t = b["settings"], b["table"]
+    verdict = (f"within {100 * b['tolerance']:g}% of the target" if b["met"] else
+               f"**missed**: {b['measured']:.3f} measured for {b['target']:g} asked after {len(b['rounds'])} round(s)")
+    lines = ["", "## Latency budget", "",
+             f"{b['target']:g} of the original's onnxruntime latency on {s['cpu']} (onnxruntime {s['onnxruntime']}, "
+             f"{s['provider']}, {s['graph_optimization']}, batch {s['batch']}, threads: {s['threads']}): {verdict}.", "",
+             f"Layer table `{t['file']}`: {t['layers_measured']} layer shape(s) measured now ({t['build_seconds']} s), "
+             f"the rest of its {t['layer_kinds']} read from the cache; timed alone, the layers take {t['units_ms']:.3f} ms "
+             f"of the original's {t['whole_ms']:.3f} ms; a run's fixed cost is {t['fixed_ms']:.3f} ms, and the rest of "
+             f"the graph is costed by its FLOPs ({t['rest_ms']:.3f} ms).",
+             "", "| round | budget asked | predicted | measured | original ms | compressed ms |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {i} | {r['asked']:.3f} | {r['predicted']:.3f} | {r['measured']:.3f} | {r['original_ms']:.3f} "
+              f"| {r['compressed_ms']:.3f} |" for i, r in enumerate(b["rounds"])]
+    return lines
 
 
 def _int8_md(q: dict[str, Any] | None, latency: dict[str, dict]) -> list[str]:

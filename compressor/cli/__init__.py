@@ -14,6 +14,7 @@ from .saved import TRUST_HELP, cmd_bench, cmd_eval, cmd_export
 EXAMPLES = """examples:
   compress resnet50 --budget-flops 0.5      train on the embedded MNIST subset, prune to half the FLOPs
   compress mobilenet_v2 --budget-params 0.3 --method prune --out runs/mnv2
+  compress mobilenet_v2 --budget-latency 0.5 --set budget.batch=8   half the onnxruntime latency measured here
   compress resnet50 --method prune --set method.blocks=4   also drop the 4 blocks whose loss cost is least
   compress resnet50 --method tas            search widths and depths, then train with KD from the original
   compress resnet18 --method grow           train two half-width seeds and grow them x2 into the budget's shape,
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget-flops", type=float, metavar="F", help="keep at most this fraction of FLOPs")
     budget.add_argument("--budget-params", type=float, metavar="F", help="keep at most this fraction of params")
+    budget.add_argument("--budget-latency", type=float, metavar="F",
+                        help="keep at most this fraction of the onnxruntime CPU latency measured here "
+                             "(batch and threads: --set budget.batch=8 budget.threads=2)")
     p.add_argument("--method", choices=list(registered), metavar="{" + ",".join(registered) + "}",
                    help="compression method (default: the recipe's, scs): " + "; ".join(
                        f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}" for name, cls in registered.items()))

@@ -27,10 +27,10 @@ def set_values(items: list[str] | None) -> dict:
 def overrides(args: argparse.Namespace) -> dict:
     """Every recipe override the command line makes (``--set`` and the shorthand flags)."""
     o = set_values(args.set)
-    if args.budget_flops is not None:
-        o["budget"] = {"flops": args.budget_flops}
-    if args.budget_params is not None:
-        o["budget"] = {"params": args.budget_params}
+    for what in ("flops", "params", "latency"):  # one kind of budget replaces the others; batch etc. stay
+        value = getattr(args, f"budget_{what}")
+        if value is not None:
+            o.update({f"budget.{w}": value if w == what else None for w in ("flops", "params", "latency")})
     if args.data:
         o["data.path"] = args.data
     if args.weights:

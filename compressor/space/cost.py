@@ -13,7 +13,7 @@ terms of the ops that ran; each kind refines them (:meth:`ChoiceKind.refine_term
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -97,13 +97,18 @@ class CompiledTerms:
         """``v``: the flat slot values (double), without the two constant slots."""
         if self.empty:
             return v.new_zeros(())
+        return self.per_term(v).sum()
+
+    def per_term(self, v: torch.Tensor) -> torch.Tensor:
+        """Every term's value at ``v``, in the order the terms were given."""
+        if self.empty:
+            return v.new_zeros(0)
         idx, cnt, seg, fot, coef, sot, lot = self._tensors(v.device)
         ext = torch.cat([v, v.new_tensor([1.0, 0.0])])
         fv = torch.zeros(self.n_f + 1, dtype=v.dtype, device=v.device).index_add(0, seg, cnt * ext[idx])
         fv = torch.cat([fv[:-1], fv.new_ones(1)])
         per_term = fv[fot].prod(dim=1) * coef * ext[sot].prod(dim=1)
-        per_term = per_term * (1 - (1 - ext[lot]).prod(dim=1))
-        return per_term.sum()
+        return per_term * (1 - (1 - ext[lot]).prod(dim=1))
 
 
 Values = Mapping[str, torch.Tensor]
@@ -133,6 +138,19 @@ class CostModel:
         self._flops = CompiledTerms(self.flops_terms, self.offsets, total)
         self._params = CompiledTerms(self.param_terms, self.offsets, total)
         self._full: dict[str, float] = {}
+        self._measured: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+    def attach(self, what: str, cost: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Make ``what`` (``"latency"``) a cost like FLOPs: ``cost`` maps the flat slot vector
+        (:meth:`flat`) to a differentiable scalar (:mod:`compressor.latency`)."""
+        if what in ("flops", "params"):
+            raise ValueError(f"{what} is built in")
+        self._measured[what] = cost
+        self._full.pop(what, None)
+
+    @property
+    def kinds_of_cost(self) -> tuple[str, ...]:
+        return ("flops", "params", *self._measured)
 
     def flat(self, values: Values | None = None) -> torch.Tensor:
         """The flat slot vector of ``values`` (a missing kind at the model as it is), on their device."""
@@ -161,9 +179,12 @@ class CostModel:
         return self._params(self.flat(values))
 
     def of(self, what: str, values: Values | None = None) -> torch.Tensor:
-        """``what`` ("flops" or "params") of ``values``."""
+        """``what`` ("flops", "params" or an attached cost) of ``values``."""
+        if what in self._measured:
+            return self._measured[what](self.flat(values))
         if what not in ("flops", "params"):
-            raise ValueError(f"unknown cost {what!r}; expected flops or params")
+            raise ValueError(f"unknown cost {what!r}; expected {' or '.join(self.kinds_of_cost)}"
+                             + ("" if what != "latency" else " (a latency cost is attached by a latency budget)"))
         return self.flops(values) if what == "flops" else self.params(values)
 
     def full(self, what: str) -> float:

@@ -1,0 +1,117 @@
+"""Measure and correct: a decision's whole exported model timed against the original, and the
+budget rescaled until the measured ratio is within the tolerance of the target.
+
+The table ranks and allocates; only the whole model, fused and scheduled by onnxruntime, says
+what it runs at.  Round 0 times the method's own decision.  When it misses, the next round asks
+the cost model for a corrected budget (the last one scaled by the miss; from the third round the
+secant through the last two) and decides again: the method's kept slots rank above its removed ones, weight magnitude orders each
+side, its removed blocks and operation choices stay.  Rounds are bounded; the report lists each
+one's asked, predicted and measured fractions.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..budget import BudgetError, decide
+from ..decision import Decision
+from ..export.latency import ort_latency
+from ..export.onnx import export_onnx
+from ..importance import get_importance
+from ..space import Space
+from ..space.kinds import get_kind
+
+
+@dataclass
+class Round:
+    asked: float  # the budget the decision was made for
+    predicted: float  # the table's fraction for it
+    measured: float  # whole model over original, medians side by side
+    original_ms: float
+    compressed_ms: float
+
+
+class Meter:
+    """Times compressed models against the original in onnxruntime, side by side (turns alternate,
+    :func:`~compressor.export.latency.ort_latency`); the original is exported once."""
+
+    def __init__(self, original: nn.Module, example: torch.Tensor, *, batch: int, threads: int | None,
+                 repeats: int = 20) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="compressor-latency-")
+        self.example, self.batch, self.threads, self.repeats = example, batch, threads, repeats
+        self.original = self._export(original, "original")
+
+    def _export(self, model: nn.Module, name: str) -> Path:
+        path = Path(self._dir.name) / f"{name}.onnx"
+        export_onnx(model.eval(), path, self.example, check=False, dynamic_batch=True)
+        return path
+
+    def __call__(self, compressed: nn.Module) -> tuple[float, float]:
+        """Median ms of the original and of ``compressed``."""
+        paths = {"original": self.original, "compressed": self._export(compressed, "compressed")}
+        ms = ort_latency(paths, tuple(self.example.shape[1:]), batches=(self.batch,), repeats=self.repeats,
+                         threads=self.threads)[self.batch]
+        return ms["original"], ms["compressed"]
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+
+def redecider(model: nn.Module, space: Space, decision: Decision, round_to: int | None) -> Callable[[float], Decision]:
+    """``target -> Decision`` at a latency budget, keeping what the method chose where it can (see
+    the module doc).  Kinds without weight scores (blocks) and one-of kinds (operations) stay fixed."""
+    keep = decision.keep(space)
+    magnitude = get_importance("magnitude")(model, space)
+    scores = {}
+    for kind in space:
+        if kind in magnitude and get_kind(kind).weight_scored and not get_kind(kind).one_of:
+            m = np.asarray(magnitude[kind], dtype=np.float64)
+            scores[kind] = 2.0 * keep[kind] + m / max(float(np.abs(m).max()), 1e-30)
+    fixed = Decision({k: v for k, v in decision.items() if k not in scores})
+    return lambda target: decide(space, scores, target, what="latency", round_to=round_to, fixed=fixed)
+
+
+def meet_latency(decision: Decision, target: float, measure: Callable[[Decision], tuple[float, float]],
+                 redecide: Callable[[float], Decision] | None, predict: Callable[[Decision], float], *,
+                 tolerance: float, rounds: int) -> tuple[Decision, list[Round]]:
+    """The decision whose measured latency ratio is within ``tolerance`` (relative) of ``target``,
+    or, after ``rounds`` rounds, the closest measured.  ``redecide`` None: round 0 only."""
+    asked, history, decisions = target, [], []
+    for k in range(rounds):
+        if k:
+            try:
+                decision = redecide(asked)
+            except BudgetError:
+                break
+        original_ms, compressed_ms = measure(decision)
+        ratio = compressed_ms / original_ms
+        history.append(Round(asked, predict(decision), ratio, original_ms, compressed_ms))
+        decisions.append(decision)
+        if abs(ratio / target - 1) <= tolerance or redecide is None:
+            break
+        asked = _next_budget(history, target)
+    best = min(range(len(history)), key=lambda i: abs(history[i].measured / target - 1))
+    return decisions[best], history
+
+
+def _next_budget(history: list[Round], target: float) -> float:
+    """The budget to ask next: the secant through the last two rounds (asked -> measured) where it
+    rises, else the last budget scaled by the miss."""
+    last = history[-1]
+    guess = last.asked * target / last.measured
+    if len(history) >= 2:
+        prev = history[-2]
+        slope = (last.measured - prev.measured) / (last.asked - prev.asked) if last.asked != prev.asked else 0.0
+        if slope > 0:
+            guess = last.asked + (target - last.measured) / slope
+    return float(np.clip(guess, 1e-3, 1.0))
+
+
+def rounds_table(history: list[Round]) -> list[dict]:
+    return [{k: round(v, 4) for k, v in asdict(r).items()} for r in history]

@@ -1,0 +1,104 @@
+"""Latency as a differentiable cost of a decision, from a :class:`~.table.LatencyTable`.
+
+``latency(v) = sum_u T_u(out_u(v), in_u(v)) * s_u(v) + R * rest(v)``:
+
+* ``T_u`` interpolates unit ``u``'s measured grid bilinearly in its kept fractions (the sums of its
+  FLOPs term's two channel factors over their full values; zero at zero width), made
+  non-decreasing along each axis first, so that keeping more never predicts less;
+* ``s_u`` carries what else the FLOPs term carries: a residual block's scale and liveness, an
+  operation choice's slot, a kernel window's rings (as a fraction of the full value);
+* ``rest`` is the FLOPs of every term without a unit over their full FLOPs, and ``R`` the part of
+  the whole original model's measured latency the units and a run's fixed cost (an empty graph's
+  time, ``F``, added as a constant) do not account for; at least a tenth of the whole, since a
+  model of nothing but units still runs the rest of its graph.
+
+The budget is a fraction of the prediction at the original model; the pipeline measures what the
+decision really runs at and corrects the budget (:mod:`.correct`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..space.cost import CompiledTerms, CostModel, Term
+from .table import LatencyTable
+from .units import GRID, Unit
+
+REST_FLOOR = 0.1
+
+
+@dataclass
+class Coverage:
+    """How the prediction of the original splits: the units' sum and the rest, in ms."""
+
+    whole_ms: float
+    units_ms: float
+    fixed_ms: float
+    rest_ms: float
+    units: int
+    terms: int
+
+
+class LatencyCost:
+    """``cost(flat) -> predicted ms`` over a cost model's flat slot vector (see the module doc)."""
+
+    def __init__(self, cost: CostModel, units: dict[int, Unit], table: LatencyTable, whole_ms: float,
+                 fixed_ms: float = 0.0) -> None:
+        terms = cost.flops_terms
+        self.index = sorted(units)
+        measured = [terms[i] for i in self.index]
+        channel = [[f for f in t.factors if f.kind == "channels"] for t in measured]
+        self._out = CompiledTerms([Term("out", t.module, 1.0, (c[0],)) for t, c in zip(measured, channel)],
+                                  cost.offsets, cost.total)
+        self._in = CompiledTerms([Term("in", t.module, 1.0, tuple(c[1:2])) for t, c in zip(measured, channel)],
+                                 cost.offsets, cost.total)
+        self._scale = CompiledTerms([t.with_(coef=1.0, factors=tuple(f for f in t.factors if f.kind != "channels"))
+                                     for t in measured], cost.offsets, cost.total)
+        rest = [t for i, t in enumerate(terms) if i not in units]
+        self._rest = CompiledTerms(rest, cost.offsets, cost.total)
+        self.grid = torch.tensor((0.0, *GRID), dtype=torch.double)
+        self.tables = torch.stack([self._padded(table[units[i]]) for i in self.index]) if self.index \
+            else torch.zeros(0, len(GRID) + 1, len(GRID) + 1, dtype=torch.double)
+        full = cost.flat()
+        self._full = {name: part.per_term(full).detach() for name, part in
+                      (("out", self._out), ("in", self._in), ("scale", self._scale))}
+        self._rest_full = float(self._rest(full))
+        units_ms = float(self._units(full).sum())
+        fixed_ms = min(fixed_ms, whole_ms)
+        self.coverage = Coverage(whole_ms, units_ms, fixed_ms, max(whole_ms - units_ms - fixed_ms, REST_FLOOR * whole_ms),
+                                 len({u.key() for u in units.values()}), len(units))
+
+    @staticmethod
+    def _padded(grid: np.ndarray) -> torch.Tensor:
+        """The grid with a zero row/column at width 0, non-decreasing along each axis, as 2-D."""
+        g = np.maximum.accumulate(np.asarray(grid, dtype=np.float64), axis=0)
+        g = np.maximum.accumulate(g, axis=1) if g.ndim == 2 else np.repeat(g[:, None], len(GRID), axis=1)
+        return torch.from_numpy(np.pad(g, ((1, 0), (1, 0))))
+
+    def _units(self, v: torch.Tensor) -> torch.Tensor:
+        """Each unit's predicted ms at ``v``."""
+        if not self.index:
+            return v.new_zeros(0)
+        a = (self._out.per_term(v) / self._full["out"]).clamp(0, 1)
+        b = torch.where(self._full["in"] > 0, self._in.per_term(v) / self._full["in"].clamp_min(1e-30),
+                        torch.ones_like(a)).clamp(0, 1)
+        s = self._scale.per_term(v) / self._full["scale"].clamp_min(1e-30)
+        return _bilinear(self.tables.to(v.device), self.grid.to(v.device), a, b) * s
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        rest = self._rest(v) / self._rest_full if self._rest_full > 0 else v.new_zeros(())
+        return self._units(v).sum() + self.coverage.rest_ms * rest + self.coverage.fixed_ms
+
+
+def _bilinear(tables: torch.Tensor, grid: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``tables[u]`` (over ``grid`` x ``grid``) at ``(a[u], b[u])``, differentiable in ``a`` and ``b``."""
+    n = len(grid)
+    i = (torch.searchsorted(grid, a.detach(), right=True) - 1).clamp(0, n - 2)
+    j = (torch.searchsorted(grid, b.detach(), right=True) - 1).clamp(0, n - 2)
+    wa = (a - grid[i]) / (grid[i + 1] - grid[i])
+    wb = (b - grid[j]) / (grid[j + 1] - grid[j])
+    u = torch.arange(len(a), device=a.device)
+    return ((1 - wa) * (1 - wb) * tables[u, i, j] + wa * (1 - wb) * tables[u, i + 1, j]
+            + (1 - wa) * wb * tables[u, i, j + 1] + wa * wb * tables[u, i + 1, j + 1])
