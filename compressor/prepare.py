@@ -85,6 +85,8 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
                           f"{method.min_search_epochs()} epoch(s) there, got {recipe.search.epochs}")
     then = tuple(method_class.then_kinds(recipe.choices))
     latency = latency_cost(recipe, space, net, size, then)  # a latency budget's table, built or cached
+    if latency is not None:  # widths round to the channel block this CPU's kernels run in, as measured
+        recipe = load_recipe(recipe, {"export.round_to": latency.block})
     smallest = {k: np.zeros(space[k].size) for k in space if get_kind(k).weight_scored}
     decide(space, smallest, first_target(recipe.budget.target, then), what=recipe.budget.what,
            fixed=method.fixed(), fill=False)  # and an unreachable budget (the method's share of it)

@@ -165,7 +165,8 @@ class DistillConfig(_Strict):
 class ExportConfig(_Strict):
     """What ends up in the output directory."""
 
-    round_to: int = Field(16, ge=1, description="Kept widths are multiples of this many channels.")
+    round_to: int = Field(16, ge=1, description="Kept widths are multiples of this many channels (a latency "
+                          "budget uses the channel block measured on this CPU instead).")
     onnx: bool = Field(True, description="Write and check model.onnx.")
     opset: int = Field(17, ge=ONNX_OPSETS[0], le=ONNX_OPSETS[1], description="ONNX opset (what the "
                        "TorchScript exporter writes).")

@@ -11,6 +11,7 @@ from tools import (
     gate_cost,
     grow_cost,
     latency,
+    latency_table,
     overhead,
     pipelines,
     sparse_epochs,
@@ -25,6 +26,17 @@ def test_latency_rows():
     for r in rows:
         assert 0.4 < r["flops_fraction"] <= 0.5 and r["original_ms"] > 0 and r["compressed_ms"] > 0
         assert abs(r["ratio"] - r["compressed_ms"] / r["original_ms"]) < 0.01
+
+
+def test_latency_table_rows(tmp_path, capsys):
+    out = tmp_path / "table.csv"
+    latency_table.main(["--models", "resnet18", "--size", "32", "--decisions", "2", "--repeats", "3",
+                        "--csv", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 and all(0 < float(r["predicted"]) <= 1 and float(r["measured"]) > 0 for r in rows)
+    assert all(abs(float(r["error"]) - (float(r["predicted"]) / float(r["measured"]) - 1)) < 1e-3 for r in rows)
+    printed = capsys.readouterr().out
+    assert "| resnet18 |" in printed and "nn-Meter" in printed
 
 
 def test_ablations_variants(monkeypatch):

@@ -24,7 +24,8 @@ def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settin
                    progress: bool = False) -> LatencyCost:
     """Build (or load from the cache) the latency table of ``model``'s layers, time the whole
     original once, and make ``"latency"`` a cost of ``space`` (``space.cost.fraction("latency",
-    ...)``).  ``example``: one input at the deployment's image size (its batch is ignored)."""
+    ...)``).  ``example``: one input at the deployment's image size (its batch is ignored).  The
+    cost's ``block`` is the channel multiple this CPU's convolutions run in (widths round to it)."""
     units = find_units(model, example[:1], space.cost.flops_terms)
     table = LatencyTable.load(settings).fill(list(units.values()), progress=progress)
     with tempfile.TemporaryDirectory(prefix="compressor-latency-") as tmp:
@@ -32,7 +33,7 @@ def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settin
         export_onnx(model.eval(), path, example[:1], check=False, dynamic_batch=True)
         whole = table.time(str(path), [settings.batch, *example.shape[1:]])
     cost = LatencyCost(space.cost, units, table, whole, table.overhead())
-    cost.table = table
+    cost.table, cost.block = table, table.block()
     space.cost.attach("latency", cost)
     return cost
 
@@ -51,7 +52,7 @@ def budget_summary(cost: LatencyCost, rounds: list[Round], target: float, settin
                          "graph_optimization": "ORT_ENABLE_ALL", "batch": settings.batch,
                          "threads": settings.threads or "onnxruntime default (one per core)"},
             "table": {"file": str(table.path), "layers_measured": table.measured, "build_seconds": round(table.seconds, 1),
-                      "layer_kinds": cost.coverage.units, "terms_timed": cost.coverage.terms,
+                      "layer_kinds": cost.coverage.units, "channel_block": cost.block, "terms_timed": cost.coverage.terms,
                       "whole_ms": round(cost.coverage.whole_ms, 4), "units_ms": round(cost.coverage.units_ms, 4),
                       "fixed_ms": round(cost.coverage.fixed_ms, 4), "rest_ms": round(cost.coverage.rest_ms, 4)},
             "rounds": rounds_table(rounds),

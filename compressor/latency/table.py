@@ -67,6 +67,7 @@ class LatencyTable:
     entries: dict[str, list] = field(default_factory=dict)
     measured: int = 0
     seconds: float = 0.0
+    extra: dict = field(default_factory=dict)  # machine facts measured once (the channel block)
 
     def __getitem__(self, unit: Unit) -> np.ndarray:
         return np.asarray(self.entries[unit.key()], dtype=np.float64)
@@ -84,6 +85,9 @@ class LatencyTable:
             data = json.loads(table.path.read_text())
             if data.get("key") == settings.key() and isinstance(data.get("units"), dict):
                 table.entries = {k: v for k, v in data["units"].items() if _is_grid(v)}
+                block = data.get("block")
+                if isinstance(block, int) and 1 <= block <= 64:
+                    table.extra["block"] = block
         except (OSError, ValueError, AttributeError):
             pass
         return table
@@ -92,7 +96,7 @@ class LatencyTable:
         """Write the table atomically (a concurrent run reads the old file or the new one)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": self.settings.key(), "units": self.entries}))
+        tmp.write_text(json.dumps({"key": self.settings.key(), "units": self.entries, **self.extra}))
         os.replace(tmp, self.path)
 
     def fill(self, units: list[Unit], *, progress: bool = False) -> LatencyTable:
@@ -108,6 +112,26 @@ class LatencyTable:
         self.seconds += time.perf_counter() - t0
         self.save()
         return self
+
+    def block(self) -> int:
+        """The channel multiple this CPU's convolutions run in (onnxruntime's NCHWc block: 8 with
+        AVX2, 16 with AVX-512), measured: the widest step ``m`` such that a conv keeping ``64 - m + 1``
+        of 64 output channels costs what all 64 cost while one keeping ``64 - m`` costs less.
+        Cached with the table; 1 when no step shows."""
+        if "block" in self.extra:
+            return int(self.extra["block"])
+        probe = lambda c: self.time(Unit("conv", 64, c, (3, 3), padding=(1, 1), spatial=(28, 28)).graph(  # noqa: E731
+            1.0, 1.0, self.settings.batch)[0].SerializeToString(), [self.settings.batch, 64, 28, 28])
+        full = min(probe(64) for _ in range(3))
+        block = 1
+        for m in (32, 16, 8, 4, 2):
+            same, less = min(probe(65 - m) for _ in range(3)), min(probe(64 - m) for _ in range(3))
+            if same >= 0.93 * full and less < 0.93 * full:
+                block = m
+                break
+        self.extra["block"] = block
+        self.save()
+        return block
 
     def _measure(self, unit: Unit, overhead: float) -> np.ndarray:
         n = len(GRID)

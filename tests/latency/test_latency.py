@@ -32,6 +32,15 @@ def _dw_net() -> nn.Module:
                          nn.Linear(32, 10)).eval()
 
 
+def _wide_net() -> nn.Module:
+    """Wide enough that widths rounded to a 16-channel block can still halve."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
+                         nn.Conv2d(128, 128, 3, stride=2, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+
+
 def test_units_are_the_dense_depthwise_and_linear_layers():
     net, x = _dw_net(), torch.randn(1, 3, SIZE, SIZE)
     space = compressor.trace(net, x)
@@ -66,6 +75,7 @@ def test_table_is_cached_and_a_second_build_reuses_it(cache):
     again = attach_latency(compressor.trace(net, x), net, x, Settings())
     assert again.table.measured == 0 and again.table.entries == first.table.entries
     assert attach_latency(compressor.trace(net, x), net, x, Settings(batch=2)).table.measured > 0  # batch is in the key
+    assert LatencyTable.load(Settings()).extra["block"] == first.block >= 1  # measured once, cached
 
 
 def test_a_cache_file_that_is_not_a_table_is_measured_afresh(cache):
@@ -125,7 +135,7 @@ def run(tmp_path_factory):
         recipe = {**TINY_RECIPE, "data": {**TINY_RECIPE["data"], "input_size": 32},
                   "budget": {"latency": 0.6, "tolerance": 0.1, "batch": 8}, "method": {"name": "prune"},
                   "export": {"round_to": 1, "latency_repeats": 20}}
-        model = compressor.compress(TinyNet(), recipe, out=out / "run")
+        model = compressor.compress(_wide_net(), recipe, out=out / "run")
     finally:
         os.environ.pop("COMPRESSOR_CACHE")
     return model, json.loads((out / "run" / "report.json").read_text()), out / "run"
