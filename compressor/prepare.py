@@ -85,7 +85,7 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
                           f"{method.min_search_epochs()} epoch(s) there, got {recipe.search.epochs}")
     then = tuple(method_class.then_kinds(recipe.choices))
     latency = latency_cost(recipe, space, net, size, then)  # a latency budget's table, built or cached
-    if latency is not None:  # widths round to the channel block this CPU's kernels run in, as measured
+    if latency is not None and latency.block:  # widths round to the channel block measured on this CPU
         recipe = load_recipe(recipe, {"export.round_to": latency.block})
     smallest = {k: np.zeros(space[k].size) for k in space if get_kind(k).weight_scored}
     decide(space, smallest, first_target(recipe.budget.target, then), what=recipe.budget.what,
@@ -97,7 +97,7 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
                         recipe, data, (train_set, val_set, test_set), num_classes, start), then, latency)
 
 
-def latency_cost(recipe: Recipe, space: Space, net: nn.Module, size: int, then: tuple[str, ...]):
+def latency_cost(recipe: Recipe, space: Space, net: nn.Module, size: int, then: tuple[str, ...]) -> Any:
     """For a latency budget: the layer table measured (or loaded from the cache) and ``latency``
     attached to the space's cost model; None for other budgets."""
     budget = recipe.budget

@@ -176,8 +176,10 @@ def _latency_budget_md(b: dict[str, Any] | None) -> list[str]:
              f"Layer table `{t['file']}`: {t['layers_measured']} layer shape(s) measured now ({t['build_seconds']} s), "
              f"the rest of its {t['layer_kinds']} read from the cache; timed alone, the layers take {t['units_ms']:.3f} ms "
              f"of the original's {t['whole_ms']:.3f} ms; a run's fixed cost is {t['fixed_ms']:.3f} ms, and the rest of "
-             f"the graph is costed by its FLOPs ({t['rest_ms']:.3f} ms).  Widths round to {t['channel_block']} channels, "
-             "the block this CPU's convolutions were measured to run in.",
+             f"the graph is costed by its FLOPs ({t['rest_ms']:.3f} ms).  "
+             + (f"Widths round to {t['channel_block']} channels, the block this CPU's convolutions were measured "
+                "to run in." if t["channel_block"] else "No channel block showed in the measurements: widths round "
+                "to export.round_to."),
              "", "| round | budget asked | predicted | measured | original ms | compressed ms |",
              "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {i} | {r['asked']:.3f} | {r['predicted']:.3f} | {r['measured']:.3f} | {r['original_ms']:.3f} "

@@ -73,7 +73,7 @@ def run_model(name: str, size: int, settings: Settings, decisions: int, repeats:
     with tempfile.TemporaryDirectory() as cache:
         os.environ["COMPRESSOR_CACHE"] = cache
         space, cost, first, reuse = build_seconds(model, x, settings)
-    round_to = round_to or cost.block
+    round_to = round_to or cost.block or 1
     meter = Meter(model, x, batch=settings.batch, threads=settings.threads, repeats=repeats)
     rows = []
     try:

@@ -32,8 +32,7 @@ def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settin
         path = Path(tmp) / "original.onnx"
         export_onnx(model.eval(), path, example[:1], check=False, dynamic_batch=True)
         whole = table.time(str(path), [settings.batch, *example.shape[1:]])
-    cost = LatencyCost(space.cost, units, table, whole, table.overhead())
-    cost.table, cost.block = table, table.block()
+    cost = LatencyCost(space.cost, units, table, whole, table.overhead(), table.block())
     space.cost.attach("latency", cost)
     return cost
 

@@ -42,10 +42,15 @@ class Coverage:
 
 
 class LatencyCost:
-    """``cost(flat) -> predicted ms`` over a cost model's flat slot vector (see the module doc)."""
+    """``cost(flat) -> predicted ms`` over a cost model's flat slot vector (see the module doc);
+    ``coverage`` says how the original's prediction splits."""
 
     def __init__(self, cost: CostModel, units: dict[int, Unit], table: LatencyTable, whole_ms: float,
-                 fixed_ms: float = 0.0) -> None:
+                 fixed_ms: float = 0.0, block: int | None = None) -> None:
+        """``whole_ms``: the original model measured whole; ``fixed_ms``: an empty graph's run;
+        ``block``: the channel multiple widths round to, None when none was measured (kept for the
+        pipeline and the report)."""
+        self.table, self.block = table, block
         terms = cost.flops_terms
         self.index = sorted(units)
         measured = [terms[i] for i in self.index]

@@ -75,7 +75,7 @@ def test_table_is_cached_and_a_second_build_reuses_it(cache):
     again = attach_latency(compressor.trace(net, x), net, x, Settings())
     assert again.table.measured == 0 and again.table.entries == first.table.entries
     assert attach_latency(compressor.trace(net, x), net, x, Settings(batch=2)).table.measured > 0  # batch is in the key
-    assert LatencyTable.load(Settings()).extra["block"] == first.block >= 1  # measured once, cached
+    assert LatencyTable.load(Settings()).extra["block"] == (first.block or 0)  # measured once, cached (0: none)
 
 
 def test_a_cache_file_that_is_not_a_table_is_measured_afresh(cache):
