@@ -179,12 +179,20 @@ def _latency_budget_md(b: dict[str, Any] | None) -> list[str]:
              f"the graph is costed by its FLOPs ({t['rest_ms']:.3f} ms).  "
              + (f"Widths round to {t['channel_block']} channels, the block this CPU's convolutions were measured "
                 "to run in." if t["channel_block"] else "No channel block showed in the measurements: widths round "
-                "to export.round_to."),
+                "to export.round_to.") + _calibration_md(t.get("calibration")),
              "", "| round | budget asked | predicted | measured | original ms | compressed ms |",
              "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {i} | {r['asked']:.3f} | {r['predicted']:.3f} | {r['measured']:.3f} | {r['original_ms']:.3f} "
               f"| {r['compressed_ms']:.3f} |" for i, r in enumerate(b["rounds"])]
     return lines
+
+
+def _calibration_md(c: dict[str, Any] | None) -> str:
+    if not c:
+        return ""
+    return (f"  Calibration: a magnitude-pruned decision measured {c['measured']:.3f} of the original where the "
+            f"table alone said {c['table_alone']:.3f}; " + ("the prediction is rescaled through both points."
+                                                              if c["used"] else "too far apart to rescale by, unused."))
 
 
 def _int8_md(q: dict[str, Any] | None, latency: dict[str, dict]) -> list[str]:

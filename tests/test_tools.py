@@ -11,6 +11,7 @@ from tools import (
     gate_cost,
     grow_cost,
     latency,
+    latency_budget,
     latency_table,
     overhead,
     pipelines,
@@ -37,6 +38,17 @@ def test_latency_table_rows(tmp_path, capsys):
     assert all(abs(float(r["error"]) - (float(r["predicted"]) / float(r["measured"]) - 1)) < 1e-3 for r in rows)
     printed = capsys.readouterr().out
     assert "| resnet18 |" in printed and "nn-Meter" in printed
+
+
+def test_latency_budget_rows(tmp_path, capsys):
+    out = tmp_path / "budget.csv"
+    latency_budget.main(["--models", "resnet18", "--targets", "0.6", "--batches", "8", "--repeats", "6",
+                         "--csv", str(out), "--set", "data.limit_train=128", "--set", "base.epochs=1",
+                         "--set", "search.epochs=1", "--set", "finetune.epochs=1", "--set", "export.latency_repeats=2"])
+    (row,) = list(csv.DictReader(out.open()))
+    assert 0 < float(row["latency_ratio"]) < 1 and 0 < float(row["flops_target"]) < 1
+    assert 1 <= int(row["rounds"]) <= 4 and float(row["flops_ratio"]) > 0
+    assert "| resnet18 | 8 | 0.6 |" in capsys.readouterr().out
 
 
 def test_ablations_variants(monkeypatch):

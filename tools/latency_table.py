@@ -20,7 +20,6 @@ nn-Meter figure beside it) and writes every decision to ``--csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -35,6 +34,11 @@ from compressor.frontend import trace
 from compressor.latency import Meter, Settings, attach_latency
 from compressor.surgery import slice_model
 from compressor.zoo import create_model_for_size
+
+try:
+    from tools.bench import write_csv
+except ImportError:  # run as a script
+    from bench import write_csv
 
 NN_METER = "nn-Meter (published): 99.0% within +-10% on a mobile CPU, 83.4% on a VPU"
 
@@ -117,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append(s)
         rows += r
         if args.csv:
-            with open(args.csv, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
+            write_csv(args.csv, rows)
     print(f"\nsize {args.size}, batch {args.batch}, threads {args.threads or 'default'}, "
           f"{args.decisions} random decisions per model, {args.repeats} timed runs each\n")
     print("| model | widths round to | layer shapes | table build | reuse | median abs error | p90 abs error "

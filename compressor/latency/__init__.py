@@ -3,38 +3,56 @@
 the whole model is measured against the original and the budget corrected (:mod:`.correct`)."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from ..export.onnx import export_onnx
+from ..budget import BudgetError, decide
+from ..decision import Decision
+from ..importance import get_importance
 from ..space import Space
+from ..space.kinds import get_kind
+from ..surgery import slice_model
 from .correct import Meter, Round, meet_latency, redecider, rounds_table
 from .cost import Coverage, LatencyCost
 from .table import LatencyTable, Settings, cache_dir
 from .units import GRID, Unit, find_units
+
+CALIBRATE_AT = 0.4  # FLOPs kept by the decision the table is calibrated on
 
 __all__ = ["GRID", "Coverage", "LatencyCost", "LatencyTable", "Meter", "Round", "Settings", "Unit", "attach_latency",
            "budget_summary", "cache_dir", "find_units", "meet_latency", "redecider", "rounds_table"]
 
 
 def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settings: Settings, *,
-                   progress: bool = False) -> LatencyCost:
+                   progress: bool = False, calibrate_at: float | None = CALIBRATE_AT) -> LatencyCost:
     """Build (or load from the cache) the latency table of ``model``'s layers, time the whole
-    original once, and make ``"latency"`` a cost of ``space`` (``space.cost.fraction("latency",
-    ...)``).  ``example``: one input at the deployment's image size (its batch is ignored).  The
-    cost's ``block`` is the channel multiple this CPU's convolutions run in (widths round to it)."""
+    original side by side with one smaller decision (magnitude pruning to ``calibrate_at`` of the
+    FLOPs, None: no calibration), and make ``"latency"`` a cost of ``space``
+    (``space.cost.fraction("latency", ...)``).  ``example``: one input at the deployment's image
+    size.  The cost's ``block`` is the channel multiple this CPU's convolutions run in."""
     units = find_units(model, example[:1], space.cost.flops_terms)
     table = LatencyTable.load(settings).fill(list(units.values()), progress=progress)
-    with tempfile.TemporaryDirectory(prefix="compressor-latency-") as tmp:
-        path = Path(tmp) / "original.onnx"
-        export_onnx(model.eval(), path, example[:1], check=False, dynamic_batch=True)
-        whole = table.time(str(path), [settings.batch, *example.shape[1:]])
-    cost = LatencyCost(space.cost, units, table, whole, table.overhead(), table.block())
+    block = table.block()
+    smaller = _calibration_decision(space, model, calibrate_at, block) if calibrate_at else None
+    meter = Meter(model, example[:1], batch=settings.batch, threads=settings.threads)
+    try:
+        whole, small = meter(slice_model(model, space, smaller)) if smaller is not None else \
+            (table.time(str(meter.original), [settings.batch, *example.shape[1:]]), None)
+    finally:
+        meter.close()
+    cost = LatencyCost(space.cost, units, table, whole, table.overhead(), block)
+    if smaller is not None:
+        cost.calibrate(space.cost.flat(smaller.values(space)), small / whole)
     space.cost.attach("latency", cost)
     return cost
+
+
+def _calibration_decision(space: Space, model: nn.Module, flops: float, round_to: int | None) -> Decision | None:
+    scores = {k: v for k, v in get_importance("magnitude")(model, space).items() if not get_kind(k).one_of}
+    try:
+        return decide(space, scores, flops, round_to=round_to)
+    except BudgetError:
+        return None
 
 
 def budget_summary(cost: LatencyCost, rounds: list[Round], target: float, settings: Settings,
@@ -53,7 +71,8 @@ def budget_summary(cost: LatencyCost, rounds: list[Round], target: float, settin
             "table": {"file": str(table.path), "layers_measured": table.measured, "build_seconds": round(table.seconds, 1),
                       "layer_kinds": cost.coverage.units, "channel_block": cost.block, "terms_timed": cost.coverage.terms,
                       "whole_ms": round(cost.coverage.whole_ms, 4), "units_ms": round(cost.coverage.units_ms, 4),
-                      "fixed_ms": round(cost.coverage.fixed_ms, 4), "rest_ms": round(cost.coverage.rest_ms, 4)},
+                      "fixed_ms": round(cost.coverage.fixed_ms, 4), "rest_ms": round(cost.coverage.rest_ms, 4),
+                      "calibration": cost.calibration},
             "rounds": rounds_table(rounds),
             "measured": final.measured if final else None,
             "met": bool(final and abs(final.measured / target - 1) <= tolerance)}

@@ -12,8 +12,12 @@
   time, ``F``, added as a constant) do not account for; at least a tenth of the whole, since a
   model of nothing but units still runs the rest of its graph.
 
-The budget is a fraction of the prediction at the original model; the pipeline measures what the
-decision really runs at and corrects the budget (:mod:`.correct`).
+Layers timed alone run slower than inside the whole graph (their inputs are not warm in cache,
+every run allocates its output), most of all when narrow, so the sum over-predicts small models.
+:meth:`LatencyCost.calibrate` fits ``a * latency(v) + b`` through two whole-model measurements,
+the original and one smaller decision.  The budget is a fraction of the prediction at the
+original; the pipeline measures what the decision really runs at and corrects the budget
+(:mod:`.correct`).
 """
 from __future__ import annotations
 
@@ -66,7 +70,7 @@ class LatencyCost:
         self.grid = torch.tensor((0.0, *GRID), dtype=torch.double)
         self.tables = torch.stack([self._padded(table[units[i]]) for i in self.index]) if self.index \
             else torch.zeros(0, len(GRID) + 1, len(GRID) + 1, dtype=torch.double)
-        full = cost.flat()
+        full = self._full_flat = cost.flat()
         self._full = {name: part.per_term(full).detach() for name, part in
                       (("out", self._out), ("in", self._in), ("scale", self._scale))}
         self._rest_full = float(self._rest(full))
@@ -74,6 +78,22 @@ class LatencyCost:
         fixed_ms = min(fixed_ms, whole_ms)
         self.coverage = Coverage(whole_ms, units_ms, fixed_ms, max(whole_ms - units_ms - fixed_ms, REST_FLOOR * whole_ms),
                                  len({u.key() for u in units.values()}), len(units))
+        self.scale, self.offset = 1.0, 0.0
+        self.calibration: dict | None = None
+
+    def calibrate(self, v: torch.Tensor, measured: float) -> None:
+        """Fit the affine correction so that the original predicts ``whole_ms`` and the decision
+        ``v`` (a flat slot vector) predicts ``measured`` of it; kept only when it rescales by a
+        factor in [0.5, 2] (otherwise the two measurements disagree with the table too much to
+        trust either, and the table stands alone)."""
+        whole = self.coverage.whole_ms
+        raw_full, raw = float(self.raw(self._full_flat)), float(self.raw(v))
+        before = raw / raw_full
+        scale = whole * (1 - measured) / (raw_full - raw) if raw_full > raw else 0.0
+        used = 0.5 <= scale * raw_full / whole <= 2.0
+        if used:
+            self.scale, self.offset = scale, whole - scale * raw_full
+        self.calibration = {"measured": round(measured, 4), "table_alone": round(before, 4), "used": used}
 
     @staticmethod
     def _padded(grid: np.ndarray) -> torch.Tensor:
@@ -92,9 +112,13 @@ class LatencyCost:
         s = self._scale.per_term(v) / self._full["scale"].clamp_min(1e-30)
         return _bilinear(self.tables.to(v.device), self.grid.to(v.device), a, b) * s
 
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+    def raw(self, v: torch.Tensor) -> torch.Tensor:
+        """The table's prediction in ms, uncalibrated."""
         rest = self._rest(v) / self._rest_full if self._rest_full > 0 else v.new_zeros(())
         return self._units(v).sum() + self.coverage.rest_ms * rest + self.coverage.fixed_ms
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return (self.scale * self.raw(v) + self.offset).clamp_min(self.coverage.fixed_ms)
 
 
 def _bilinear(tables: torch.Tensor, grid: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

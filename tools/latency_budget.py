@@ -1,0 +1,125 @@
+"""Latency budgets against FLOPs budgets at equal measured latency, with accuracy (issue #33).
+
+For each model, batch size and latency target, on the default recipe and the embedded data
+(``--set`` applies to every run):
+
+1. ``compress MODEL --budget-latency T --set budget.batch=B``;
+2. the FLOPs fraction whose decision measures the latency ratio run 1 reached: a bisection over
+   the FLOPs target of magnitude pruning (widths rounded as a FLOPs run rounds them), each step's
+   model exported and timed side by side with the original;
+3. ``compress MODEL --budget-flops F`` at that fraction;
+4. one final measurement of the original (its architecture at random init: latency depends on
+   shapes only) and both runs' ``model.onnx``, taking turns, medians of ``--repeats`` runs each.
+
+Prints a table (latency run: the final ratio, whether it is within 5% of the target, its
+measure-and-correct rounds, accuracy; FLOPs run: the fraction, its ratio, accuracy) and writes
+every figure to ``--csv``.
+
+    python tools/latency_budget.py                     # resnet50, mobilenet_v2, deit_small at 0.5, 0.3; batch 1, 8
+    python tools/latency_budget.py --models resnet18 --targets 0.6 --batches 8 --set search.epochs=1 ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from compressor import compress, load_recipe
+from compressor.budget import decide
+from compressor.export import export_onnx
+from compressor.export.latency import ort_latency
+from compressor.frontend import trace
+from compressor.importance import get_importance
+from compressor.latency import Meter
+from compressor.surgery import slice_model
+from compressor.zoo import create_model_for_size
+
+try:
+    from tools.bench import parse_sets, write_csv
+except ImportError:  # run as a script
+    from bench import parse_sets, write_csv
+
+
+def flops_for_latency(name: str, size: int, ratio: float, batch: int, round_to: int, steps: int = 7) -> float:
+    """The FLOPs target whose magnitude-pruned model measures ``ratio`` of the original's latency."""
+    torch.manual_seed(0)
+    model, _ = create_model_for_size(name, size)
+    model.eval()
+    x = torch.randn(1, 3, size, size)
+    space = trace(model, x)
+    scores = get_importance("magnitude")(model, space)
+    meter = Meter(model, x, batch=batch, threads=None)
+    lo, hi = 0.02, 0.99
+    try:
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            original_ms, ms = meter(slice_model(model, space, decide(space, scores, mid, round_to=round_to)))
+            lo, hi = (mid, hi) if ms / original_ms < ratio else (lo, mid)
+    finally:
+        meter.close()
+    return round((lo + hi) / 2, 3)
+
+
+def final_ratios(name: str, size: int, files: dict[str, Path], batch: int, repeats: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = create_model_for_size(name, size)
+        original = Path(tmp) / "original.onnx"
+        export_onnx(model.eval(), original, torch.randn(1, 3, size, size), check=False, dynamic_batch=True)
+        ms = ort_latency({"original": original, **files}, (3, size, size), batches=(batch,), repeats=repeats)[batch]
+    return {k: ms[k] / ms["original"] for k in files}
+
+
+def run_row(name: str, target: float, batch: int, sets: dict, repeats: int, out: Path) -> dict:
+    latency_dir, flops_dir = out / f"{name}-lat{target}-b{batch}", out / f"{name}-flops-for-lat{target}-b{batch}"
+    recipe = load_recipe("default", {**sets, "budget.flops": None, "budget.latency": target, "budget.batch": batch})
+    compress(name, recipe, out=latency_dir)
+    lat = json.loads((latency_dir / "report.json").read_text())
+    size, round_to = lat["input_shape"][-1], load_recipe("default", sets).export.round_to
+    flops = flops_for_latency(name, size, lat["latency_budget"]["measured"], batch, round_to)
+    compress(name, load_recipe("default", {**sets, "budget.flops": flops}), out=flops_dir)
+    fl = json.loads((flops_dir / "report.json").read_text())
+    ratios = final_ratios(name, size, {"latency": latency_dir / "model.onnx", "flops": flops_dir / "model.onnx"},
+                          batch, repeats)
+    return {"model": name, "batch": batch, "target": target, "latency_ratio": round(ratios["latency"], 4),
+            "within_5pct": abs(ratios["latency"] / target - 1) <= 0.05,
+            "rounds": len(lat["latency_budget"]["rounds"]), "rounds_measured": lat["latency_budget"]["measured"],
+            "latency_flops": round(lat["compressed"]["flops_fraction_fvcore"], 4),
+            "latency_top1": lat["compressed"]["test_accuracy"], "flops_target": flops,
+            "flops_ratio": round(ratios["flops"], 4), "flops_top1": fl["compressed"]["test_accuracy"],
+            "original_top1": lat["original"]["test_accuracy"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="resnet50,mobilenet_v2,deit_small_patch16_224")
+    p.add_argument("--targets", default="0.5,0.3")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--repeats", type=int, default=40)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides for all runs")
+    p.add_argument("--csv", default="latency_budget.csv")
+    args = p.parse_args(argv)
+    sets = {"run.progress": False, **parse_sets(args.set)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
+                for target in (float(t) for t in args.targets.split(",")):
+                    rows.append(run_row(name, target, batch, sets, args.repeats, Path(tmp)))
+                    write_csv(args.csv, rows)
+    print("| model | batch | latency target | measured | within 5% | rounds | FLOPs kept | top-1 "
+          "| FLOPs budget at equal latency | measured | top-1 |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['batch']} | {r['target']:g} | {r['latency_ratio']:.3f} | "
+              f"{'yes' if r['within_5pct'] else 'no'} | {r['rounds']} | {r['latency_flops']:.3f} | "
+              f"{100 * r['latency_top1']:.2f}% | {r['flops_target']:g} | {r['flops_ratio']:.3f} | "
+              f"{100 * r['flops_top1']:.2f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
