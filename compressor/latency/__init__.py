@@ -36,13 +36,16 @@ def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settin
     smaller = _calibration_decision(space, model, calibrate_at, block) if calibrate_at else None
     meter = Meter(model, example[:1], batch=settings.batch, threads=settings.threads)
     try:
-        whole, small = meter(slice_model(model, space, smaller)) if smaller is not None else \
-            (table.time(str(meter.original), [settings.batch, *example.shape[1:]]), None)
+        if smaller is None:
+            whole, ratio = table.time(str(meter.original), [settings.batch, *example.shape[1:]]), None
+        else:  # three side-by-side measurements, the middle one: a run disturbed once does not decide
+            pairs = sorted((c / o, o) for o, c in (meter(slice_model(model, space, smaller)) for _ in range(3)))
+            ratio, whole = pairs[1]
     finally:
         meter.close()
     cost = LatencyCost(space.cost, units, table, whole, table.overhead(), block)
     if smaller is not None:
-        cost.calibrate(space.cost.flat(smaller.values(space)), small / whole)
+        cost.calibrate(space.cost.flat(smaller.values(space)), ratio)
     space.cost.attach("latency", cost)
     return cost
 
