@@ -152,3 +152,26 @@ def test_latency_budget_run_meets_its_target_measured_again_by_the_report(run):
     assert report["latency_ms"]["8"]["ratio"] == pytest.approx(0.6, abs=0.15)
     assert "## Latency budget" in (out / "report.md").read_text()
     assert json.loads((out / "checkpoints" / "latency.json").read_text())["decision"] == report["decision"]
+
+
+def test_a_resumed_run_reuses_the_measured_decision(run, monkeypatch):
+    """--resume after the rounds: the decision comes from checkpoints/latency.json, nothing is timed
+    again (the fine-tune checkpoint was made for its shapes)."""
+    import compressor.latency as latency
+    from compressor.decision import Decision
+    from compressor.methods import SearchResult
+    from compressor.pipeline import Run
+
+    _, report, out = run
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(out.parent / "cache"))
+    recipe = {**TINY_RECIPE, "data": {**TINY_RECIPE["data"], "input_size": 32},
+              "budget": {"latency": 0.6, "tolerance": 0.1, "batch": 8}, "method": {"name": "prune"}}
+    resumed = Run(prepare(_wide_net(), recipe, out=out), resume=True)
+    resumed.result = SearchResult(_wide_net(), Decision())
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a resumed run measured again")
+
+    monkeypatch.setattr(latency, "Meter", no_timing)
+    assert resumed._meet_latency(_wide_net()).to_dict() == report["decision"]
+    assert [r.measured for r in resumed.latency_rounds] == [r["measured"] for r in report["latency_budget"]["rounds"]]
