@@ -8,8 +8,8 @@ For each model, batch size and latency target, on the default recipe and the emb
    the FLOPs target of magnitude pruning (widths rounded as a FLOPs run rounds them), each step's
    model exported and timed side by side with the original;
 3. ``compress MODEL --budget-flops F`` at that fraction;
-4. one final measurement of the original (its architecture at random init: latency depends on
-   shapes only) and both runs' ``model.onnx``, taking turns, medians of ``--repeats`` runs each.
+4. one final measurement of the original (its architecture with the runs' head, at random init:
+   latency depends on shapes only) and both runs' ``model.onnx``, taking turns, medians of ``--repeats`` runs each.
 
 Prints a table (latency run: the final ratio, whether it is within 5% of the target, its
 measure-and-correct rounds, accuracy; FLOPs run: the fraction, its ratio, accuracy) and writes
@@ -44,10 +44,11 @@ except ImportError:  # run as a script
     from bench import parse_sets, write_csv
 
 
-def flops_for_latency(name: str, size: int, ratio: float, batch: int, round_to: int, steps: int = 7) -> float:
+def flops_for_latency(name: str, size: int, classes: int, ratio: float, batch: int, round_to: int,
+                      steps: int = 7) -> float:
     """The FLOPs target whose magnitude-pruned model measures ``ratio`` of the original's latency."""
     torch.manual_seed(0)
-    model, _ = create_model_for_size(name, size)
+    model, _ = create_model_for_size(name, size, num_classes=classes)
     model.eval()
     x = torch.randn(1, 3, size, size)
     space = trace(model, x)
@@ -64,9 +65,10 @@ def flops_for_latency(name: str, size: int, ratio: float, batch: int, round_to: 
     return round((lo + hi) / 2, 3)
 
 
-def final_ratios(name: str, size: int, files: dict[str, Path], batch: int, repeats: int) -> dict[str, float]:
+def final_ratios(name: str, size: int, classes: int, files: dict[str, Path], batch: int,
+                 repeats: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        model, _ = create_model_for_size(name, size)
+        model, _ = create_model_for_size(name, size, num_classes=classes)
         original = Path(tmp) / "original.onnx"
         export_onnx(model.eval(), original, torch.randn(1, 3, size, size), check=False, dynamic_batch=True)
         ms = ort_latency({"original": original, **files}, (3, size, size), batches=(batch,), repeats=repeats)[batch]
@@ -78,11 +80,12 @@ def run_row(name: str, target: float, batch: int, sets: dict, repeats: int, out:
     recipe = load_recipe("default", {**sets, "budget.flops": None, "budget.latency": target, "budget.batch": batch})
     compress(name, recipe, out=latency_dir)
     lat = json.loads((latency_dir / "report.json").read_text())
-    size, round_to = lat["input_shape"][-1], load_recipe("default", sets).export.round_to
-    flops = flops_for_latency(name, size, lat["latency_budget"]["measured"], batch, round_to)
+    size, classes = lat["input_shape"][-1], lat["data"]["classes"]  # the original as the runs built it
+    round_to = load_recipe("default", sets).export.round_to
+    flops = flops_for_latency(name, size, classes, lat["latency_budget"]["measured"], batch, round_to)
     compress(name, load_recipe("default", {**sets, "budget.flops": flops}), out=flops_dir)
     fl = json.loads((flops_dir / "report.json").read_text())
-    ratios = final_ratios(name, size, {"latency": latency_dir / "model.onnx", "flops": flops_dir / "model.onnx"},
+    ratios = final_ratios(name, size, classes, {"latency": latency_dir / "model.onnx", "flops": flops_dir / "model.onnx"},
                           batch, repeats)
     return {"model": name, "batch": batch, "target": target, "latency_ratio": round(ratios["latency"], 4),
             "within_5pct": abs(ratios["latency"] / target - 1) <= 0.05,
