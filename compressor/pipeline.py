@@ -152,10 +152,10 @@ class Run:
     def _latency_summary(self) -> dict | None:
         if self.p.latency is None:
             return None
-        from .latency import Settings, budget_summary
+        from .latency import budget_summary
 
         b = self.recipe.budget
-        return budget_summary(self.p.latency, self.latency_rounds, b.target, Settings(b.batch, b.threads), b.tolerance)
+        return budget_summary(self.p.latency, self.latency_rounds, b.target, b.tolerance)
 
     def finetune(self) -> None:
         """Train the decided model (a one-shot method also gets the search epochs)."""

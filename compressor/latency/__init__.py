@@ -8,11 +8,9 @@ from torch import nn
 
 from ..budget import BudgetError, decide
 from ..decision import Decision
-from ..importance import get_importance
 from ..space import Space
-from ..space.kinds import get_kind
 from ..surgery import slice_model
-from .correct import Meter, Round, meet_latency, redecider, rounds_table
+from .correct import Meter, Round, magnitude_scores, meet_latency, redecider, rounds_table
 from .cost import Coverage, LatencyCost
 from .table import LatencyTable, Settings, cache_dir
 from .units import GRID, Unit, find_units
@@ -51,21 +49,20 @@ def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settin
 
 
 def _calibration_decision(space: Space, model: nn.Module, flops: float, round_to: int | None) -> Decision | None:
-    scores = {k: v for k, v in get_importance("magnitude")(model, space).items() if not get_kind(k).one_of}
     try:
-        return decide(space, scores, flops, round_to=round_to)
+        return decide(space, magnitude_scores(model, space), flops, round_to=round_to)
     except BudgetError:
         return None
 
 
-def budget_summary(cost: LatencyCost, rounds: list[Round], target: float, settings: Settings,
-                   tolerance: float) -> dict:
+def budget_summary(cost: LatencyCost, rounds: list[Round], target: float, tolerance: float) -> dict:
     """The report's facts about a latency budget: settings, the table, each round, the verdict."""
     import onnxruntime as ort
 
     from ..machine import cpu_name
 
     table = cost.table
+    settings = table.settings
     final = min(rounds, key=lambda r: abs(r.measured / target - 1)) if rounds else None
     return {"target": target, "tolerance": tolerance,
             "settings": {"cpu": cpu_name(), "onnxruntime": ort.__version__, "provider": "CPUExecutionProvider",

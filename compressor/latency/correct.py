@@ -63,16 +63,18 @@ class Meter:
         self._dir.cleanup()
 
 
+def magnitude_scores(model: nn.Module, space: Space) -> dict[str, np.ndarray]:
+    """Weight-magnitude scores of every kind a budget fit may remove slots of (not one-of kinds)."""
+    return {k: np.asarray(v, dtype=np.float64) for k, v in get_importance("magnitude")(model, space).items()
+            if not get_kind(k).one_of}
+
+
 def redecider(model: nn.Module, space: Space, decision: Decision, round_to: int | None) -> Callable[[float], Decision]:
     """``target -> Decision`` at a latency budget, keeping what the method chose where it can (see
     the module doc).  Kinds without weight scores (blocks) and one-of kinds (operations) stay fixed."""
     keep = decision.keep(space)
-    magnitude = get_importance("magnitude")(model, space)
-    scores = {}
-    for kind in space:
-        if kind in magnitude and get_kind(kind).weight_scored and not get_kind(kind).one_of:
-            m = np.asarray(magnitude[kind], dtype=np.float64)
-            scores[kind] = 2.0 * keep[kind] + m / max(float(np.abs(m).max()), 1e-30)
+    scores = {k: 2.0 * keep[k] + m / max(float(np.abs(m).max()), 1e-30)
+              for k, m in magnitude_scores(model, space).items()}
     fixed = Decision({k: v for k, v in decision.items() if k not in scores})
     return lambda target: decide(space, scores, target, what="latency", round_to=round_to, fixed=fixed)
 

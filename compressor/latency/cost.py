@@ -70,6 +70,7 @@ class LatencyCost:
         self.grid = torch.tensor((0.0, *GRID), dtype=torch.double)
         self.tables = torch.stack([self._padded(table[units[i]]) for i in self.index]) if self.index \
             else torch.zeros(0, len(GRID) + 1, len(GRID) + 1, dtype=torch.double)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         full = self._full_flat = cost.flat()
         self._full = {name: part.per_term(full).detach() for name, part in
                       (("out", self._out), ("in", self._in), ("scale", self._scale))}
@@ -107,10 +108,11 @@ class LatencyCost:
         if not self.index:
             return v.new_zeros(0)
         a = (self._out.per_term(v) / self._full["out"]).clamp(0, 1)
-        b = torch.where(self._full["in"] > 0, self._in.per_term(v) / self._full["in"].clamp_min(1e-30),
-                        torch.ones_like(a)).clamp(0, 1)
+        b = (self._in.per_term(v) / self._full["in"]).clamp(0, 1)  # a unit without an input factor: 1 / 1
         s = self._scale.per_term(v) / self._full["scale"].clamp_min(1e-30)
-        return _bilinear(self.tables.to(v.device), self.grid.to(v.device), a, b) * s
+        if v.device not in self._on:  # moved once per device, not at every step of a search
+            self._on[v.device] = (self.tables.to(v.device), self.grid.to(v.device))
+        return _bilinear(*self._on[v.device], a, b) * s
 
     def raw(self, v: torch.Tensor) -> torch.Tensor:
         """The table's prediction in ms, uncalibrated."""
