@@ -135,7 +135,7 @@ class Run:
             state = json.loads(saved.read_text())
             self.latency_rounds = [Round(**r) for r in state["rounds"]]
             return Decision.from_dict(state["decision"])
-        meter = Meter(original, p.example, batch=budget.batch, threads=budget.threads)
+        meter = Meter(original, p.example, batch=budget.batch, threads=budget.threads, repeats=budget.repeats)
         try:
             redecide = None if self.result.carry is not None else \
                 redecider(original, p.space, self.result.decision, self.recipe.export.round_to)

@@ -112,7 +112,7 @@ def latency_cost(recipe: Recipe, space: Space, net: nn.Module, size: int, then: 
     from .latency import Settings, attach_latency
 
     return attach_latency(space, net, torch.randn(1, 3, size, size), Settings(budget.batch, budget.threads),
-                          progress=recipe.run.progress)
+                          progress=recipe.run.progress, repeats=budget.repeats)
 
 
 def default_out(name: str, recipe: Recipe) -> Path:

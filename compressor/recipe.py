@@ -34,7 +34,7 @@ class _Strict(BaseModel):
 
 class BudgetConfig(_Strict):
     """What the compressed model may cost, as a fraction of the original (exactly one of flops,
-    params and latency is set; batch, threads, tolerance and rounds concern latency only)."""
+    params and latency is set; batch, threads, repeats, tolerance and rounds concern latency only)."""
 
     flops: float | None = Field(None, description="Kept FLOPs (MACs at the recipe input size), fraction in (0, 1).")
     params: float | None = Field(None, description="Kept parameters, fraction in (0, 1).")
@@ -43,9 +43,11 @@ class BudgetConfig(_Strict):
     batch: int = Field(1, ge=1, le=1024, description="Latency: the batch size the model is timed at.")
     threads: int | None = Field(None, ge=1, le=1024, description="Latency: onnxruntime intra-op threads "
                                 "(None = onnxruntime's default, one per core).")
-    tolerance: float = Field(0.04, gt=0, lt=0.5, description="Latency: the measured ratio may miss the target "
+    repeats: int = Field(100, ge=20, le=100_000, description="Latency: timed runs of each model per whole-model "
+                         "measurement (medians; the original and the compressed model take turns every 10 runs).")
+    tolerance: float = Field(0.03, gt=0, lt=0.5, description="Latency: the measured ratio may miss the target "
                              "by this much (relative) before the budget is corrected.")
-    rounds: int = Field(4, ge=1, le=10, description="Latency: at most this many measure-and-correct rounds.")
+    rounds: int = Field(5, ge=1, le=10, description="Latency: at most this many measure-and-correct rounds.")
 
     @field_validator("flops", "params", "latency")
     @classmethod

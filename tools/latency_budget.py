@@ -9,7 +9,8 @@ For each model, batch size and latency target, on the default recipe and the emb
    model exported and timed side by side with the original;
 3. ``compress MODEL --budget-flops F`` at that fraction;
 4. one final measurement of the original (its architecture with the runs' head, at random init:
-   latency depends on shapes only) and both runs' ``model.onnx``, taking turns, medians of ``--repeats`` runs each.
+   latency depends on shapes only) and both runs' ``model.onnx``, taking turns every 10 runs,
+   medians of ``--repeats`` runs each.
 
 Prints a table (latency run: the final ratio, whether it is within 5% of the target, its
 measure-and-correct rounds, accuracy; FLOPs run: the fraction, its ratio, accuracy) and writes
@@ -71,7 +72,8 @@ def final_ratios(name: str, size: int, classes: int, files: dict[str, Path], bat
         model, _ = create_model_for_size(name, size, num_classes=classes)
         original = Path(tmp) / "original.onnx"
         export_onnx(model.eval(), original, torch.randn(1, 3, size, size), check=False, dynamic_batch=True)
-        ms = ort_latency({"original": original, **files}, (3, size, size), batches=(batch,), repeats=repeats)[batch]
+        ms = ort_latency({"original": original, **files}, (3, size, size), batches=(batch,), repeats=repeats,
+                         rounds=max(4, repeats // 10))[batch]
     return {k: ms[k] / ms["original"] for k in files}
 
 
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="resnet50,mobilenet_v2,deit_small_patch16_224")
     p.add_argument("--targets", default="0.5,0.3")
     p.add_argument("--batches", default="1,8")
-    p.add_argument("--repeats", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=200, help="final measurement: timed runs of each model")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides for all runs")
     p.add_argument("--csv", default="latency_budget.csv")
     args = p.parse_args(argv)

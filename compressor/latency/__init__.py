@@ -22,17 +22,17 @@ __all__ = ["GRID", "Coverage", "LatencyCost", "LatencyTable", "Meter", "Round", 
 
 
 def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settings: Settings, *,
-                   progress: bool = False, calibrate_at: float | None = CALIBRATE_AT) -> LatencyCost:
+                   progress: bool = False, calibrate_at: float | None = CALIBRATE_AT, repeats: int = 100) -> LatencyCost:
     """Build (or load from the cache) the latency table of ``model``'s layers, time the whole
     original side by side with one smaller decision (magnitude pruning to ``calibrate_at`` of the
-    FLOPs, None: no calibration), and make ``"latency"`` a cost of ``space``
+    FLOPs, None: no calibration; ``repeats`` runs of each, :class:`Meter`), and make ``"latency"`` a cost of ``space``
     (``space.cost.fraction("latency", ...)``).  ``example``: one input at the deployment's image
     size.  The cost's ``block`` is the channel multiple this CPU's convolutions run in."""
     units = find_units(model, example[:1], space.cost.flops_terms)
     table = LatencyTable.load(settings).fill(list(units.values()), progress=progress)
     block = table.block()
     smaller = _calibration_decision(space, model, calibrate_at, block) if calibrate_at else None
-    meter = Meter(model, example[:1], batch=settings.batch, threads=settings.threads)
+    meter = Meter(model, example[:1], batch=settings.batch, threads=settings.threads, repeats=repeats)
     try:
         if smaller is None:
             whole, ratio = table.time(str(meter.original), [settings.batch, *example.shape[1:]]), None

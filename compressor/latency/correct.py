@@ -28,6 +28,9 @@ from ..space import Space
 from ..space.kinds import get_kind
 
 
+TURN = 10  # runs of one model before the other takes its turn
+
+
 @dataclass
 class Round:
     asked: float  # the budget the decision was made for
@@ -38,11 +41,12 @@ class Round:
 
 
 class Meter:
-    """Times compressed models against the original in onnxruntime, side by side (turns alternate,
-    :func:`~compressor.export.latency.ort_latency`); the original is exported once."""
+    """Times compressed models against the original in onnxruntime, side by side: ``repeats`` runs
+    of each, turns alternating every :data:`TURN` runs (:func:`~compressor.export.latency.ort_latency`),
+    medians; the original is exported once."""
 
     def __init__(self, original: nn.Module, example: torch.Tensor, *, batch: int, threads: int | None,
-                 repeats: int = 20) -> None:
+                 repeats: int = 100) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="compressor-latency-")
         self.example, self.batch, self.threads, self.repeats = example, batch, threads, repeats
         self.original = self._export(original, "original")
@@ -56,7 +60,7 @@ class Meter:
         """Median ms of the original and of ``compressed``."""
         paths = {"original": self.original, "compressed": self._export(compressed, "compressed")}
         ms = ort_latency(paths, tuple(self.example.shape[1:]), batches=(self.batch,), repeats=self.repeats,
-                         threads=self.threads)[self.batch]
+                         rounds=max(4, self.repeats // TURN), threads=self.threads)[self.batch]
         return ms["original"], ms["compressed"]
 
     def close(self) -> None:
