@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,9 @@ import torch
 from torch import nn
 
 from .decision import Decision
-from .export import export_onnx
 from .export.onnx import OnnxExport
 from .export.flops import fvcore_flops
-from .export.latency import ort_latency
+from .export.latency import latency_vs_original
 from .methods.followup import FollowUp
 from .recipe import Recipe
 from .space import Space
@@ -106,13 +104,10 @@ def _latency(recipe: Recipe, original: nn.Module, example: torch.Tensor, out: Pa
     """onnxruntime latency of the original and the compressed model (and its int8 file), side by side."""
     if not (recipe.export.onnx and recipe.export.latency_repeats):
         return {}
-    with clock("latency"), tempfile.TemporaryDirectory() as tmp:
-        export_onnx(original, Path(tmp) / "original.onnx", example, opset=recipe.export.opset,
-                    dynamic_batch=True, check=False)
-        files = {"original": Path(tmp) / "original.onnx", "compressed": out / "model.onnx"}
-        if int8:
-            files["int8"] = out / "model.int8.onnx"
-        ms = ort_latency(files, tuple(example.shape[1:]), repeats=recipe.export.latency_repeats)
+    files = {"compressed": out / "model.onnx", **({"int8": out / "model.int8.onnx"} if int8 else {})}
+    with clock("latency"):
+        ms = latency_vs_original(original, example, files, opset=recipe.export.opset,
+                                 repeats=recipe.export.latency_repeats)
     return {str(b): {**v, "ratio": v["compressed"] / v["original"],
                      **({"int8_ratio": v["int8"] / v["compressed"]} if int8 else {})} for b, v in ms.items()}
 

@@ -31,8 +31,7 @@ import torch
 
 from compressor import compress, load_recipe
 from compressor.budget import decide
-from compressor.export import export_onnx
-from compressor.export.latency import ort_latency
+from compressor.export.latency import latency_vs_original
 from compressor.frontend import trace
 from compressor.importance import get_importance
 from compressor.latency import Meter
@@ -68,12 +67,8 @@ def flops_for_latency(name: str, size: int, classes: int, ratio: float, batch: i
 
 def final_ratios(name: str, size: int, classes: int, files: dict[str, Path], batch: int,
                  repeats: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        model, _ = create_model_for_size(name, size, num_classes=classes)
-        original = Path(tmp) / "original.onnx"
-        export_onnx(model.eval(), original, torch.randn(1, 3, size, size), check=False, dynamic_batch=True)
-        ms = ort_latency({"original": original, **files}, (3, size, size), batches=(batch,), repeats=repeats,
-                         rounds=max(4, repeats // 10))[batch]
+    model, _ = create_model_for_size(name, size, num_classes=classes)
+    ms = latency_vs_original(model, torch.randn(1, 3, size, size), files, batches=(batch,), repeats=repeats)[batch]
     return {k: ms[k] / ms["original"] for k in files}
 
 

@@ -86,13 +86,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """onnxruntime latency of the original, ``model.onnx`` and ``model.int8.onnx`` (when written),
     side by side on this machine: what a user runs where they deploy."""
-    import tempfile
-    from pathlib import Path
-
     import onnxruntime as ort
 
-    from ..export import export_onnx
-    from ..export.latency import ort_latency
+    from ..export.latency import latency_vs_original
     from ..export.manifest import SavedModelError, check_source
     from ..export.onnx import check_onnx_file
     from ..export.quantize import cpu_int8_support
@@ -109,12 +105,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.trust_source:
         check_source(manifest, saved.arch_path)
     x = torch.randn(*manifest.input_shape)
-    with tempfile.TemporaryDirectory() as tmp:
-        original = Path(tmp) / "original.onnx"  # weights do not change a dense model's latency
-        export_onnx(build_source(manifest.source, dict(manifest.source_kwargs), saved.arch_path).eval(), original,
-                    x, opset=17, dynamic_batch=True, check=False)
-        ms = ort_latency({"original": original, **files}, tuple(x.shape[1:]), batches=tuple(args.batch),
-                         repeats=args.repeats, threads=args.threads)
+    # the original at random init: weights do not change a dense model's latency
+    original = build_source(manifest.source, dict(manifest.source_kwargs), saved.arch_path)
+    ms = latency_vs_original(original, x, files, batches=tuple(args.batch), repeats=args.repeats, threads=args.threads)
     print(f"{d}: onnxruntime {ort.__version__} CPU, {args.threads or 'default'} threads, medians of "
           f"{args.repeats} runs per model in alternating turns; CPU: {cpu_int8_support()}")
     print(_bench_table(ms))

@@ -9,8 +9,8 @@ How it is measured, and why:
   every operator then pays a thread wake-up (mobilenet_v2 batch 1: 3.9 ms instead of 2.9), which
   pulls every ratio towards 1.
 * The models take turns in rounds (A's session runs ``repeats / rounds`` times, then B's, ...,
-  then the next round), so that machine noise hits them alike; each figure is the median of all
-  its runs.  Ratios are what to compare across machines.
+  then the next round; by default a turn is 10 runs), so that machine noise hits them alike; each
+  figure is the median of all its runs.  Ratios are what to compare across machines.
 """
 from __future__ import annotations
 
@@ -18,17 +18,27 @@ import gc
 import math
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
+
+from .onnx import export_onnx
+
+
+TURN = 10  # timed runs of one model before the next takes its turn
 
 
 def ort_latency(paths: dict[str, str | os.PathLike], input_shape: tuple[int, ...], *,
-                batches: tuple[int, ...] = (1, 8), repeats: int = 20, warmup: int = 3, rounds: int = 4,
+                batches: tuple[int, ...] = (1, 8), repeats: int = 20, warmup: int = 3, rounds: int | None = None,
                 threads: int | None = None) -> dict[int, dict[str, float]]:
     """``{batch: {name: median milliseconds}}`` for every ONNX file in ``paths`` (batch-dynamic
     models, or models exported at that batch size).  ``input_shape`` excludes the batch; each
-    model runs ``repeats`` timed times per batch size, spread over ``rounds`` turns."""
+    model runs ``repeats`` timed times per batch size, spread over ``rounds`` turns (default: a
+    turn every :data:`TURN` runs, at least 4)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -37,7 +47,7 @@ def ort_latency(paths: dict[str, str | os.PathLike], input_shape: tuple[int, ...
         opts.intra_op_num_threads = threads
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, *input_shape)).astype(np.float32) for b in batches}
-    rounds = max(1, min(rounds, repeats))
+    rounds = max(1, min(rounds or max(4, repeats // TURN), repeats))
     per_round = math.ceil(repeats / rounds)
     times: dict[int, dict[str, list[float]]] = {b: {n: [] for n in paths} for b in batches}
     for _ in range(rounds):
@@ -45,13 +55,29 @@ def ort_latency(paths: dict[str, str | os.PathLike], input_shape: tuple[int, ...
             session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             feed_name = session.get_inputs()[0].name
             for b in batches:
-                feed = {feed_name: inputs[b]}
-                for _ in range(warmup):
-                    session.run(None, feed)
-                for _ in range(per_round):
-                    t0 = time.perf_counter()
-                    session.run(None, feed)
-                    times[b][name].append((time.perf_counter() - t0) * 1e3)
+                times[b][name] += timed_runs(session, {feed_name: inputs[b]}, warmup, per_round)
             del session
             gc.collect()  # the next model runs with no other session alive
     return {b: {n: statistics.median(t) for n, t in per_model.items()} for b, per_model in times.items()}
+
+
+def timed_runs(session, feed: dict[str, np.ndarray], warmup: int, repeats: int) -> list[float]:
+    """Milliseconds of each of ``repeats`` runs of an onnxruntime ``session``, after ``warmup``."""
+    for _ in range(warmup):
+        session.run(None, feed)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def latency_vs_original(original: nn.Module, example: torch.Tensor, files: dict[str, str | os.PathLike], *,
+                        opset: int = 17, **timing) -> dict[int, dict[str, float]]:
+    """:func:`ort_latency` of ``original`` (exported here, batch-dynamic; ``"original"`` in the
+    result) and the ONNX ``files``, side by side; ``timing``: ort_latency's keywords."""
+    with tempfile.TemporaryDirectory(prefix="compressor-latency-") as tmp:
+        path = Path(tmp) / "original.onnx"
+        export_onnx(original.eval(), path, example, opset=opset, dynamic_batch=True, check=False)
+        return ort_latency({"original": path, **files}, tuple(example.shape[1:]), **timing)

@@ -10,7 +10,7 @@ from ..budget import BudgetError, decide
 from ..decision import Decision
 from ..space import Space
 from ..surgery import slice_model
-from .correct import Meter, Round, magnitude_scores, meet_latency, redecider, rounds_table
+from .correct import Meter, Round, closest, magnitude_scores, meet_latency, redecider, rounds_table
 from .cost import Coverage, LatencyCost
 from .table import LatencyTable, Settings, cache_dir
 from .units import GRID, Unit, find_units
@@ -63,7 +63,7 @@ def budget_summary(cost: LatencyCost, rounds: list[Round], target: float, tolera
 
     table = cost.table
     settings = table.settings
-    final = min(rounds, key=lambda r: abs(r.measured / target - 1)) if rounds else None
+    final = rounds[closest(rounds, target)] if rounds else None
     return {"target": target, "tolerance": tolerance,
             "settings": {"cpu": cpu_name(), "onnxruntime": ort.__version__, "provider": "CPUExecutionProvider",
                          "graph_optimization": "ORT_ENABLE_ALL", "batch": settings.batch,

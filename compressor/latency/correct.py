@@ -28,9 +28,6 @@ from ..space import Space
 from ..space.kinds import get_kind
 
 
-TURN = 10  # runs of one model before the other takes its turn
-
-
 @dataclass
 class Round:
     asked: float  # the budget the decision was made for
@@ -42,8 +39,8 @@ class Round:
 
 class Meter:
     """Times compressed models against the original in onnxruntime, side by side: ``repeats`` runs
-    of each, turns alternating every :data:`TURN` runs (:func:`~compressor.export.latency.ort_latency`),
-    medians; the original is exported once."""
+    of each, turns alternating (:func:`~compressor.export.latency.ort_latency`), medians; the
+    original is exported once."""
 
     def __init__(self, original: nn.Module, example: torch.Tensor, *, batch: int, threads: int | None,
                  repeats: int = 100) -> None:
@@ -60,7 +57,7 @@ class Meter:
         """Median ms of the original and of ``compressed``."""
         paths = {"original": self.original, "compressed": self._export(compressed, "compressed")}
         ms = ort_latency(paths, tuple(self.example.shape[1:]), batches=(self.batch,), repeats=self.repeats,
-                         rounds=max(4, self.repeats // TURN), threads=self.threads)[self.batch]
+                         threads=self.threads)[self.batch]
         return ms["original"], ms["compressed"]
 
     def close(self) -> None:
@@ -102,8 +99,12 @@ def meet_latency(decision: Decision, target: float, measure: Callable[[Decision]
         if abs(ratio / target - 1) <= tolerance or redecide is None:
             break
         asked = _next_budget(history, target)
-    best = min(range(len(history)), key=lambda i: abs(history[i].measured / target - 1))
-    return decisions[best], history
+    return decisions[closest(history, target)], history
+
+
+def closest(history: list[Round], target: float) -> int:
+    """The round whose measured ratio is nearest ``target`` (relative): the one a run keeps."""
+    return min(range(len(history)), key=lambda i: abs(history[i].measured / target - 1))
 
 
 def _next_budget(history: list[Round], target: float) -> float:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..export.latency import timed_runs
 from ..machine import cpu_name
 from .units import GRID, Unit
 
@@ -158,14 +159,7 @@ class LatencyTable:
 
         session = ort.InferenceSession(model, self.settings.session_options(), providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-        for _ in range(self.settings.warmup):
-            session.run(None, feed)
-        times = []
-        for _ in range(self.settings.repeats):
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+        return statistics.median(timed_runs(session, feed, self.settings.warmup, self.settings.repeats))
 
 
 def _is_grid(v) -> bool:
