@@ -21,7 +21,7 @@ from .export.flops import fvcore_flops
 from .frontend import trace
 from .gates.outputs import first_output
 from .invariants import TOL_GATES_AT_ONE, TOL_SLICE, gates_at_one_diff, slice_diff
-from .space import get_kind
+from .space import Space, get_kind
 from .surgery.slice import slice_model
 from .zoo import create_model_for_size, example_input
 
@@ -80,20 +80,7 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
     randomise_zero_weights(m, seed)
     x = example_input(name, m, batch=2, size=size) if isinstance(model, str) else \
         torch.randn(2, 3, size or 224, size or 224)
-    res: dict = {"params": sum(p.numel() for p in m.parameters())}
-    weights_mb = sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20
-    with torch.no_grad():
-        _, plain_mb = peak_memory(lambda: m(x[:1]))
-    t0 = time.perf_counter()
-    space, trace_mb = peak_memory(lambda: trace(m, x[:1], kinds=kinds or ROUND_TRIP_KINDS))
-    res["trace_s"] = round(time.perf_counter() - t0, 2)
-    if plain_mb is not None:  # the trace's peak against a plain forward pass, weights included
-        res["trace_mem_x"] = round((weights_mb + trace_mb) / (weights_mb + plain_mb), 2)
-        res["trace_peak_mb"] = round(weights_mb + trace_mb)
-    res["groups"] = len(space["channels"].groups)
-    res["prunable"] = sum(g.prunable for g in space["channels"].groups)
-    res["blocks"] = len(space["depth"].blocks) if "depth" in space else 0
-    res["kernel_sites"] = len(get_kind("kernel").checkable(space["kernel"])) if "kernel" in space else 0
+    space, res = _traced(m, x[:1], kinds or ROUND_TRIP_KINDS)
     decision = decision_for_budget(space, target, seed=seed)
     full = float(space.cost.flops())
     res["flops_ratio"] = round(decision.flops(space) / full, 4)
@@ -109,21 +96,50 @@ def check_round_trip(model: str | nn.Module, *, size: int | None = None, target:
     fv = fvcore_flops(sliced, x[:1])
     res["flops_vs_fvcore"] = round(decision.flops(space) / fv, 5) if fv else None
     res["params_exact"] = int(round(decision.params(space))) == sum(p.numel() for p in sliced.parameters())
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx = export_onnx(sliced, Path(tmp) / "model.onnx", x, check=True, atol=float("inf"))
-        res["inv4"], res["onnx_exporter"] = onnx.max_rel_diff, onnx.exporter
-        if isinstance(model, str):
-            save_compressed(sliced, Path(tmp) / "saved", source=model, input_shape=tuple(x[:1].shape),
-                            decision=decision, source_kwargs=kwargs)
-            loaded = load_compressed(Path(tmp) / "saved")
-            with torch.no_grad():
-                res["inv5"] = float((first_output(loaded(x)) - ys).abs().max())
+    res.update(_exported(sliced, x, ys, decision, model if isinstance(model, str) else None, kwargs))
     res["grow"] = check_growth(m, space, x)
     res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     failures = _failures(res, float(y0.abs().max()))
     res["status"] = "fail" if failures else "pass"
     if failures:
         res["error"] = "; ".join(failures)
+    return res
+
+
+def _traced(m: nn.Module, x: torch.Tensor, kinds: list[str]) -> tuple[Space, dict]:
+    """The space of ``m`` and the trace's facts: its time and peak memory against a plain forward
+    pass (weights included), and what it found."""
+    res: dict = {"params": sum(p.numel() for p in m.parameters())}
+    weights_mb = sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20
+    with torch.no_grad():
+        _, plain_mb = peak_memory(lambda: m(x))
+    t0 = time.perf_counter()
+    space, trace_mb = peak_memory(lambda: trace(m, x, kinds=kinds))
+    res["trace_s"] = round(time.perf_counter() - t0, 2)
+    if plain_mb is not None:
+        res["trace_mem_x"] = round((weights_mb + trace_mb) / (weights_mb + plain_mb), 2)
+        res["trace_peak_mb"] = round(weights_mb + trace_mb)
+    res["groups"] = len(space["channels"].groups)
+    res["prunable"] = sum(g.prunable for g in space["channels"].groups)
+    res["blocks"] = len(space["depth"].blocks) if "depth" in space else 0
+    res["kernel_sites"] = len(get_kind("kernel").checkable(space["kernel"])) if "kernel" in space else 0
+    return space, res
+
+
+def _exported(sliced: nn.Module, x: torch.Tensor, ys: torch.Tensor, decision, source: str | None,
+              kwargs: dict) -> dict:
+    """Invariant 4 (ONNX against PyTorch) and, for a zoo model (``source``), invariant 5 (saved
+    and loaded again against ``ys``, the sliced model's output)."""
+    res: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = export_onnx(sliced, Path(tmp) / "model.onnx", x, check=True, atol=float("inf"))
+        res["inv4"], res["onnx_exporter"] = onnx.max_rel_diff, onnx.exporter
+        if source is not None:
+            save_compressed(sliced, Path(tmp) / "saved", source=source, input_shape=tuple(x[:1].shape),
+                            decision=decision, source_kwargs=kwargs)
+            loaded = load_compressed(Path(tmp) / "saved")
+            with torch.no_grad():
+                res["inv5"] = float((first_output(loaded(x)) - ys).abs().max())
     return res
 
 

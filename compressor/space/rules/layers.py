@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,50 +40,74 @@ def conv_rule(tr: Trace, func, args, kwargs, out) -> None:
         tr.cost("conv", math.prod(w.shape[2:]) * (cin // groups), torch.full(positions, root, dtype=torch.long))
         return
     _record_conv(tr, wname, w, x, out, args)
-    lin = tr.vector(tr.label(x), 1, str(func))
-    o_atoms = tr.fresh(cout, f"{wname}")
-    in_dim, out_dim = (0, 1) if transposed else (1, 0)
-    ksize = math.prod(w.shape[2:])
+    conv = _Conv(w, wname, tr.vector(tr.label(x), 1, str(func)), tr.fresh(cout, f"{wname}"), groups, transposed,
+                 math.prod(w.shape[2:]), positions, tuple(out.shape), str(func))
     if groups == 1:
-        tr.param_dim(w, out_dim, o_atoms)
-        tr.param_dim(w, in_dim, lin)
-        tr.gate_site(w, in_dim, lin)
-        out_lab = _channel_labels(o_atoms, out.shape)
-        tr.cost("conv", ksize, _channel_labels(o_atoms, positions), lin, weight=wname)
-        w_rows, w_cols = o_atoms, lin
+        out_lab, w_rows, w_cols = _dense_conv(tr, conv)
     elif not transposed and groups < cin // groups:
-        # Few wide groups (ResNeSt's radix): position i of every group is one unit, on each side,
-        # so every group keeps the same positions and ``groups`` stays.
-        kin, kout = cin // groups, cout // groups
-        pin = tr.reduce_rows(lin.reshape(groups, kin).T.copy(), str(func))
-        pout = tr.reduce_rows(o_atoms.reshape(groups, kout).T.copy(), str(func))
-        tr.param_dim(w, 0, np.tile(pout, groups))
-        tr.param_dim(w, 1, pin)
-        tr.gate_site(w, 1, pin)
-        out_lab = _channel_labels(np.tile(pout, groups), out.shape)
-        tr.cost("conv", ksize, out_lab, pin, weight=wname)
-        w_rows, w_cols = np.tile(pout, groups), pin
+        out_lab, w_rows, w_cols = _wide_groups_conv(tr, conv)
     else:
-        # Every group of channels stays whole: input group g and output group g are one unit.
-        kin, kout = cin // groups, cout // groups
-        gin = lin.reshape(groups, kin)
-        gout = o_atoms.reshape(groups, kout)
-        both = np.concatenate([gin, gout], axis=1)
-        tr.reduce_rows(both, str(func))
-        if transposed:
-            tr.param_dim(w, 0, lin)
-            tr.gate_site(w, 0, lin)
-        else:
-            tr.param_dim(w, 0, o_atoms)
-            tr.gate_site(w, 0, o_atoms)
-        out_lab = _channel_labels(tr.ds.find(o_atoms), out.shape)
-        tr.cost("conv", ksize * kin, _channel_labels(tr.ds.find(o_atoms), positions), weight=wname)
-        w_rows, w_cols = tr.ds.find(o_atoms), np.full(kin, -1)
+        out_lab, w_rows, w_cols = _whole_groups_conv(tr, conv)
     if std is not None:
-        _standardised_rows(tr, std, w_rows, w_cols, ksize)
+        _standardised_rows(tr, std, w_rows, w_cols, conv.ksize)
     if b is not None:
-        tr.param_dim(b, 0, o_atoms)
+        tr.param_dim(b, 0, conv.o_atoms)
     tr.set_label(out, out_lab)
+
+
+@dataclass(frozen=True)
+class _Conv:
+    """What the labelling of one convolution's channels reads: its weight, input channel labels
+    (``lin``), fresh output atoms, and shapes."""
+
+    w: torch.Tensor
+    wname: str
+    lin: np.ndarray
+    o_atoms: np.ndarray
+    groups: int
+    transposed: bool
+    ksize: int
+    positions: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    func: str
+
+
+def _dense_conv(tr: Trace, c: _Conv) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """groups = 1: output and input channels are independent units.  Returns (output labels,
+    weight rows, weight columns)."""
+    in_dim, out_dim = (0, 1) if c.transposed else (1, 0)
+    tr.param_dim(c.w, out_dim, c.o_atoms)
+    tr.param_dim(c.w, in_dim, c.lin)
+    tr.gate_site(c.w, in_dim, c.lin)
+    tr.cost("conv", c.ksize, _channel_labels(c.o_atoms, c.positions), c.lin, weight=c.wname)
+    return _channel_labels(c.o_atoms, c.out_shape), c.o_atoms, c.lin
+
+
+def _wide_groups_conv(tr: Trace, c: _Conv) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Few wide groups (ResNeSt's radix): position i of every group is one unit, on each side, so
+    every group keeps the same positions and ``groups`` stays."""
+    kin, kout = c.lin.size // c.groups, c.o_atoms.size // c.groups
+    pin = tr.reduce_rows(c.lin.reshape(c.groups, kin).T.copy(), c.func)
+    pout = tr.reduce_rows(c.o_atoms.reshape(c.groups, kout).T.copy(), c.func)
+    rows = np.tile(pout, c.groups)
+    tr.param_dim(c.w, 0, rows)
+    tr.param_dim(c.w, 1, pin)
+    tr.gate_site(c.w, 1, pin)
+    out_lab = _channel_labels(rows, c.out_shape)
+    tr.cost("conv", c.ksize, out_lab, pin, weight=c.wname)
+    return out_lab, rows, pin
+
+
+def _whole_groups_conv(tr: Trace, c: _Conv) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every group of channels stays whole: input group g and output group g are one unit."""
+    kin, kout = c.lin.size // c.groups, c.o_atoms.size // c.groups
+    tr.reduce_rows(np.concatenate([c.lin.reshape(c.groups, kin), c.o_atoms.reshape(c.groups, kout)], axis=1), c.func)
+    dim0 = c.lin if c.transposed else c.o_atoms
+    tr.param_dim(c.w, 0, dim0)
+    tr.gate_site(c.w, 0, dim0)
+    rows = tr.ds.find(c.o_atoms)
+    tr.cost("conv", c.ksize * kin, _channel_labels(rows, c.positions), weight=c.wname)
+    return _channel_labels(rows, c.out_shape), rows, np.full(kin, -1)
 
 
 def _record_conv(tr: Trace, wname: str, w: torch.Tensor, x: torch.Tensor, out: torch.Tensor, args) -> None:
