@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..export.latency import timed_runs
+from ..export.ort_timing import timed_runs
 from ..machine import cpu_name
 from .units import GRID, Unit
 
