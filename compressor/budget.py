@@ -118,6 +118,17 @@ def decide(space: Space, scores: Mapping[str, np.ndarray], target: float, *, wha
     return Decision({**payloads, **Decision.from_keep(space, {k: keep[k] for k in scores})})
 
 
+def smallest_decision(space: Space, kinds: list[str], *, fixed: Decision | None = None,
+                      round_to: int | None = None) -> Decision:
+    """Every free slot of ``kinds`` removed and the result settled (the floor :func:`decide` refuses
+    budgets below); other kinds keep ``fixed``'s payload, or everything."""
+    fixed = fixed or Decision()
+    fit = _Fit(space, {k: np.zeros(space[k].size) for k in kinds}, "flops", round_to, fixed, None)
+    keep = fit.keep_after(len(fit.slots))
+    payloads = {k: v for k, v in fixed.items() if k not in kinds}
+    return Decision({**payloads, **Decision.from_keep(space, {k: keep[k] for k in kinds})})
+
+
 def _fill(fit: _Fit, keep: dict[str, np.ndarray], target: float, max_tries: int = 4000) -> dict[str, np.ndarray]:
     """Turn removed candidates back on, best score per unit of marginal cost first, while the
     settled result stays within ``target`` (each tried against the exact cost)."""

@@ -14,9 +14,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .budget import decide
+from .budget import BudgetError, decide
 from .data import (IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD, ImageSpec, count_classes, describe_transform,
                    load_dataset, split_dataset)
+from .decision import Decision
+from .errors import distinct_figures, figure_at_least
 from .frontend import trace
 from .machine import input_shape_problem
 from .methods import get_method
@@ -84,7 +86,7 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
         raise RecipeError(f"search.epochs: {recipe.method.name} trains in the search stage and needs at least "
                           f"{method.min_search_epochs()} epoch(s) there, got {recipe.search.epochs}")
     then = tuple(method_class.then_kinds(recipe.choices))
-    latency = latency_cost(recipe, space, net, size, then)  # a latency budget's table, built or cached
+    latency = latency_cost(recipe, space, net, size, then, method.fixed())  # a latency table, a measured floor
     if latency is not None and latency.block:  # widths round to the channel block measured on this CPU
         recipe = load_recipe(recipe, {"export.round_to": latency.block})
     smallest = {k: np.zeros(space[k].size) for k in space if get_kind(k).weight_scored}
@@ -97,9 +99,12 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
                         recipe, data, (train_set, val_set, test_set), num_classes, start), then, latency)
 
 
-def latency_cost(recipe: Recipe, space: Space, net: nn.Module, size: int, then: tuple[str, ...]) -> Any:
+def latency_cost(recipe: Recipe, space: Space, net: nn.Module, size: int, then: tuple[str, ...],
+                 fixed: Decision) -> Any:
     """For a latency budget: the layer table measured (or loaded from the cache) and ``latency``
-    attached to the space's cost model; None for other budgets."""
+    attached to the space's cost model; None for other budgets.  Raises :class:`BudgetError` when
+    even the smallest decision (``fixed`` where the method or rules fix it) *measures* above the
+    target by more than the tolerance: a table can predict a floor this CPU does not reach."""
     budget = recipe.budget
     if budget.what != "latency":
         return None
@@ -111,8 +116,16 @@ def latency_cost(recipe: Recipe, space: Space, net: nn.Module, size: int, then: 
                           "run without torchrun, or use a flops budget under DDP")
     from .latency import Settings, attach_latency
 
-    return attach_latency(space, net, torch.randn(1, 3, size, size), Settings(budget.batch, budget.threads),
-                          progress=recipe.run.progress, repeats=budget.repeats)
+    cost = attach_latency(space, net, torch.randn(1, 3, size, size), Settings(budget.batch, budget.threads),
+                          progress=recipe.run.progress, repeats=budget.repeats, fixed=fixed,
+                          smallest_of=[k for k in space if get_kind(k).weight_scored])
+    if cost.floor is not None and cost.floor > budget.target * (1 + budget.tolerance):
+        want, floor = distinct_figures(budget.target, cost.floor)
+        raise BudgetError(f"budget {want} of the latency cannot be met here: the smallest decision measures "
+                          f"{floor} of the original's onnxruntime latency (batch {budget.batch}, threads "
+                          f"{budget.threads or 'default'}; everything removable removed): ask for at least "
+                          f"{figure_at_least(cost.floor / (1 + budget.tolerance), floor)}")
+    return cost
 
 
 def default_out(name: str, recipe: Recipe) -> Path:

@@ -174,11 +174,13 @@ def _latency_budget_md(b: dict[str, Any] | None) -> list[str]:
              f"the graph is costed by its FLOPs ({t['rest_ms']:.3f} ms).  "
              + (f"Widths round to {t['channel_block']} channels, the block this CPU's convolutions were measured "
                 "to run in." if t["channel_block"] else "No channel block showed in the measurements: widths round "
-                "to export.round_to.") + _calibration_md(t.get("calibration")),
-             "", "| round | budget asked | predicted | measured | original ms | compressed ms |",
+                "to export.round_to.") + _calibration_md(t.get("calibration"))
+             + (f"  The smallest decision (everything removable removed) measured {b['smallest_measured']:.3f} of the "
+                "original." if b.get("smallest_measured") is not None else ""),
+             "", "| round | budget asked | predicted | measured (median of) | original ms | compressed ms |",
              "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {i} | {r['asked']:.3f} | {r['predicted']:.3f} | {r['measured']:.3f} | {r['original_ms']:.3f} "
-              f"| {r['compressed_ms']:.3f} |" for i, r in enumerate(b["rounds"])]
+    lines += [f"| {i} | {r['asked']:.3f} | {r['predicted']:.3f} | {r['measured']:.3f} ({r['measurements']}) "
+              f"| {r['original_ms']:.3f} | {r['compressed_ms']:.3f} |" for i, r in enumerate(b["rounds"])]
     return lines
 
 

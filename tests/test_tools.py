@@ -42,14 +42,16 @@ def test_latency_table_rows(tmp_path, capsys):
 
 def test_latency_budget_rows(tmp_path, capsys):
     out = tmp_path / "budget.csv"
-    latency_budget.main(["--models", "resnet18", "--targets", "0.6", "--batches", "8", "--repeats", "6",
+    latency_budget.main(["--models", "resnet18", "--targets", "0.6,0.02", "--batches", "8", "--repeats", "6",
                          "--csv", str(out), "--set", "data.limit_train=128", "--set", "base.epochs=1",
                          "--set", "search.epochs=1", "--set", "finetune.epochs=1", "--set", "export.latency_repeats=2",
                          "--set", "budget.rounds=3", "--set", "budget.repeats=20"])
-    (row,) = list(csv.DictReader(out.open()))
+    row, refused = list(csv.DictReader(out.open()))
     assert 0 < float(row["latency_ratio"]) < 1 and 0 < float(row["flops_target"]) < 1
-    assert 1 <= int(row["rounds"]) <= 3 and float(row["flops_ratio"]) > 0
-    assert "| resnet18 | 8 | 0.6 |" in capsys.readouterr().out
+    assert 1 <= int(row["rounds"]) <= 3 and float(row["flops_ratio"]) > 0 and not row["refused"]
+    assert "the smallest decision measures" in refused["refused"] and not refused["latency_ratio"]
+    printed = capsys.readouterr().out
+    assert "| resnet18 | 8 | 0.6 |" in printed and "| resnet18 | 8 | 0.02 | refused |" in printed
 
 
 def test_ablations_variants(monkeypatch):

@@ -31,7 +31,7 @@ def parse_sets(items: list[str]) -> dict:
 
 def write_csv(path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))  # rows may differ
         w.writeheader()
         w.writerows(rows)
 

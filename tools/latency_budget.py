@@ -12,7 +12,8 @@ For each model, batch size and latency target, on the default recipe and the emb
    latency depends on shapes only) and both runs' ``model.onnx``, taking turns every 10 runs,
    medians of ``--repeats`` runs each.
 
-Prints a table (latency run: the final ratio, whether it is within 5% of the target, its
+A target the smallest decision measures above (by more than the tolerance) is refused up front
+by ``compress``; the row says so with the measured figure.  Prints a table (latency run: the final ratio, whether it is within 5% of the target, its
 measure-and-correct rounds, accuracy; FLOPs run: the fraction, its ratio, accuracy) and writes
 every figure to ``--csv``.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 
 from compressor import compress, load_recipe
-from compressor.budget import decide
+from compressor.budget import BudgetError, decide
 from compressor.export.latency import latency_vs_original
 from compressor.frontend import trace
 from compressor.importance import get_importance
@@ -75,7 +76,10 @@ def final_ratios(name: str, size: int, classes: int, files: dict[str, Path], bat
 def run_row(name: str, target: float, batch: int, sets: dict, repeats: int, out: Path) -> dict:
     latency_dir, flops_dir = out / f"{name}-lat{target}-b{batch}", out / f"{name}-flops-for-lat{target}-b{batch}"
     recipe = load_recipe("default", {**sets, "budget.flops": None, "budget.latency": target, "budget.batch": batch})
-    compress(name, recipe, out=latency_dir)
+    try:
+        compress(name, recipe, out=latency_dir)
+    except BudgetError as e:  # the smallest decision measures above the target: refused up front
+        return {"model": name, "batch": batch, "target": target, "refused": str(e)}
     lat = json.loads((latency_dir / "report.json").read_text())
     size, classes = lat["input_shape"][-1], lat["data"]["classes"]  # the original as the runs built it
     round_to = load_recipe("default", sets).export.round_to
@@ -90,7 +94,7 @@ def run_row(name: str, target: float, batch: int, sets: dict, repeats: int, out:
             "latency_flops": round(lat["compressed"]["flops_fraction_fvcore"], 4),
             "latency_top1": lat["compressed"]["test_accuracy"], "flops_target": flops,
             "flops_ratio": round(ratios["flops"], 4), "flops_top1": fl["compressed"]["test_accuracy"],
-            "original_top1": lat["original"]["test_accuracy"]}
+            "original_top1": lat["original"]["test_accuracy"], "refused": ""}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,10 +118,16 @@ def main(argv: list[str] | None = None) -> int:
           "| FLOPs budget at equal latency | measured | top-1 |")
     print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        if r["refused"]:
+            print(f"| {r['model']} | {r['batch']} | {r['target']:g} | refused | | | | | | | |")
+            continue
         print(f"| {r['model']} | {r['batch']} | {r['target']:g} | {r['latency_ratio']:.3f} | "
               f"{'yes' if r['within_5pct'] else 'no'} | {r['rounds']} | {r['latency_flops']:.3f} | "
               f"{100 * r['latency_top1']:.2f}% | {r['flops_target']:g} | {r['flops_ratio']:.3f} | "
               f"{100 * r['flops_top1']:.2f}% |")
+    for r in rows:
+        if r["refused"]:
+            print(f"{r['model']} batch {r['batch']} at {r['target']:g}: {r['refused']}")
     return 0
 
 

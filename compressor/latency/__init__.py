@@ -3,14 +3,26 @@
 the whole model is measured against the original and the budget corrected (:mod:`.correct`)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from ..budget import BudgetError, decide
+from ..budget import BudgetError, decide, smallest_decision
 from ..decision import Decision
 from ..space import Space
 from ..surgery import slice_model
-from .correct import Meter, Round, closest, magnitude_scores, meet_latency, redecider, rounds_table
+from .correct import (
+    CONFIRM,
+    Meter,
+    Round,
+    closest,
+    magnitude_scores,
+    median_pair,
+    meet_latency,
+    redecider,
+    rounds_table,
+)
 from .cost import Coverage, LatencyCost
 from .table import LatencyTable, Settings, cache_dir
 from .units import GRID, Unit, find_units
@@ -22,28 +34,37 @@ __all__ = ["GRID", "Coverage", "LatencyCost", "LatencyTable", "Meter", "Round", 
 
 
 def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settings: Settings, *,
-                   progress: bool = False, calibrate_at: float | None = CALIBRATE_AT, repeats: int = 100) -> LatencyCost:
+                   progress: bool = False, calibrate_at: float | None = CALIBRATE_AT, repeats: int = 100,
+                   smallest_of: Sequence[str] = (), fixed: Decision | None = None) -> LatencyCost:
     """Build (or load from the cache) the latency table of ``model``'s layers, time the whole
     original side by side with one smaller decision (magnitude pruning to ``calibrate_at`` of the
-    FLOPs, None: no calibration; ``repeats`` runs of each, :class:`Meter`), and make ``"latency"`` a cost of ``space``
+    FLOPs, None: no calibration; the median of :data:`CONFIRM` measurements of ``repeats`` runs
+    each, :class:`Meter`), and make ``"latency"`` a cost of ``space``
     (``space.cost.fraction("latency", ...)``).  ``example``: one input at the deployment's image
-    size.  The cost's ``block`` is the channel multiple this CPU's convolutions run in."""
+    size.  The cost's ``block`` is the channel multiple this CPU's convolutions run in.
+
+    ``smallest_of``: kinds whose smallest decision (``fixed`` elsewhere) is measured too, as the
+    cost's ``floor``: the least latency ratio any budget over them can reach here."""
     units = find_units(model, example[:1], space.cost.flops_terms)
     table = LatencyTable.load(settings).fill(list(units.values()), progress=progress)
     block = table.block()
     smaller = _calibration_decision(space, model, calibrate_at, block) if calibrate_at else None
     meter = Meter(model, example[:1], batch=settings.batch, threads=settings.threads, repeats=repeats)
+    measured = lambda d: median_pair([meter(slice_model(model, space, d)) for _ in range(CONFIRM)])  # noqa: E731
     try:
         if smaller is None:
             whole, ratio = table.time(str(meter.original), [settings.batch, *example.shape[1:]]), None
-        else:  # three side-by-side measurements, the middle one: a run disturbed once does not decide
-            pairs = sorted((c / o, o) for o, c in (meter(slice_model(model, space, smaller)) for _ in range(3)))
-            ratio, whole = pairs[1]
+        else:
+            whole, compressed = measured(smaller)
+            ratio = compressed / whole
+        floor = measured(smallest_decision(space, list(smallest_of), fixed=fixed, round_to=block)) \
+            if smallest_of else None
     finally:
         meter.close()
     cost = LatencyCost(space.cost, units, table, whole, table.overhead(), block)
     if smaller is not None:
         cost.calibrate(space.cost.flat(smaller.values(space)), ratio)
+    cost.floor = floor[1] / floor[0] if floor else None
     space.cost.attach("latency", cost)
     return cost
 
@@ -73,6 +94,7 @@ def budget_summary(cost: LatencyCost, rounds: list[Round], target: float, tolera
                       "whole_ms": round(cost.coverage.whole_ms, 4), "units_ms": round(cost.coverage.units_ms, 4),
                       "fixed_ms": round(cost.coverage.fixed_ms, 4), "rest_ms": round(cost.coverage.rest_ms, 4),
                       "calibration": cost.calibration},
+            "smallest_measured": None if cost.floor is None else round(cost.floor, 4),
             "rounds": rounds_table(rounds),
             "measured": final.measured if final else None,
             "met": bool(final and abs(final.measured / target - 1) <= tolerance)}
