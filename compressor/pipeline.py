@@ -142,7 +142,8 @@ class Run:
             decision, self.latency_rounds = meet_latency(
                 self.result.decision, budget.target, lambda d: meter(slice_model(original, p.space, d)), redecide,
                 lambda d: d.cost(p.space, "latency") / p.space.cost.full("latency"),
-                tolerance=budget.tolerance, rounds=budget.rounds)
+                tolerance=budget.tolerance, rounds=budget.rounds,
+                floor=None if p.latency.floor is None else (p.latency.floor_budget, p.latency.floor))
         finally:
             meter.close()
         saved.parent.mkdir(parents=True, exist_ok=True)

@@ -57,15 +57,17 @@ def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settin
         else:
             whole, compressed = measured(smaller)
             ratio = compressed / whole
-        floor = measured(smallest_decision(space, list(smallest_of), fixed=fixed, round_to=block)) \
-            if smallest_of else None
+        smallest = smallest_decision(space, list(smallest_of), fixed=fixed, round_to=block) if smallest_of else None
+        floor = measured(smallest) if smallest is not None else None
     finally:
         meter.close()
     cost = LatencyCost(space.cost, units, table, whole, table.overhead(), block)
     if smaller is not None:
         cost.calibrate(space.cost.flat(smaller.values(space)), ratio)
-    cost.floor = floor[1] / floor[0] if floor else None
     space.cost.attach("latency", cost)
+    if floor:  # the smallest decision: its measured ratio, and the budget a decision for it asks
+        cost.floor = floor[1] / floor[0]
+        cost.floor_budget = smallest.cost(space, "latency") / space.cost.full("latency")
     return cost
 
 

@@ -82,6 +82,7 @@ class LatencyCost:
         self.scale, self.offset = 1.0, 0.0
         self.calibration: dict | None = None
         self.floor: float | None = None  # the smallest decision's measured ratio, where one was measured
+        self.floor_budget: float | None = None  # and its predicted fraction
 
     def calibrate(self, v: torch.Tensor, measured: float) -> None:
         """Fit the affine correction so that the original predicts ``whole_ms`` and the decision

@@ -148,6 +148,27 @@ def test_a_round_within_the_tolerance_is_accepted_on_the_median_of_three_measure
     assert decision.to_dict() == {"n": [2]} and asked[0] == pytest.approx(0.5 * 0.5 / 0.6)
 
 
+def test_corrections_bracket_the_target_with_the_smallest_decision():
+    """A flat response (mobilenet_v2 at 32 px: 0.30 asked measured 0.368, then 0.244 measured
+    0.364) sent the secant below what the table can decide; with the smallest decision measured
+    (0.15 asked, 0.148 measured) the next budget interpolates between it and the round above."""
+    from compressor.decision import Decision
+    from compressor.latency import meet_latency
+
+    readings = iter([(1.0, 0.368), (1.0, 0.364), (1.0, 0.25)])
+    asked = []
+
+    def redecide(target):
+        asked.append(target)
+        return Decision({"n": [len(asked)]})
+
+    _, rounds = meet_latency(Decision(), 0.3, lambda d: next(readings), redecide, lambda d: 0.0, tolerance=0.03,
+                             rounds=3, floor=(0.15, 0.148))
+    ask = asked[0] + (0.3 - 0.364) * (0.3 - asked[0]) / (0.368 - 0.364)  # the secant, before: far below 0.15
+    assert ask < 0.15 and [r.measured for r in rounds] == [0.368, 0.364, 0.25]
+    assert asked[1] == pytest.approx(0.15 + (0.3 - 0.148) * (asked[0] - 0.15) / (0.364 - 0.148))
+
+
 def test_a_budget_below_the_measured_floor_is_refused_with_that_figure(monkeypatch):
     """The table may predict a floor this CPU does not reach: the smallest decision is timed, and a
     target it misses by more than the tolerance is refused before any training."""
