@@ -132,7 +132,9 @@ def group_channels(tr: Trace, model: nn.Module) -> ChannelGrouping:
 
     def to_units(atoms: np.ndarray) -> np.ndarray:
         atoms = np.asarray(atoms, dtype=np.int64)
-        return np.where(atoms >= 0, unit_of_atom[np.maximum(atoms, 0)], -1)
+        units, has = np.full(atoms.shape, -1, dtype=np.int64), atoms >= 0  # -1: a channel of the raw input
+        units[has] = unit_of_atom[atoms[has]]
+        return units
 
     param_slices: dict[str, ParamSlice] = {}
     for pd in tr.param_dims:

@@ -158,9 +158,13 @@ def _per_channel(tr: Trace, op: str, x: torch.Tensor, dim: int, params, groups: 
         if isinstance(p, torch.Tensor) and p.dim() == 1 and p.shape[0] == x.shape[dim]:
             if tr.param_name(p) is not None:
                 tr.param_dim(p, 0, vec)
-            else:
-                tr.ds.union(vec, tr.vector(tr.label(p), 0, op))
-    return np.where(vec >= 0, tr.ds.find(np.maximum(vec, 0)), -1)
+            else:  # a buffer or a computed tensor: joined where both sides carry channels (not a raw input)
+                other = tr.vector(tr.label(p), 0, op)
+                both = (vec >= 0) & (other >= 0)
+                tr.ds.union(vec[both], other[both])
+    roots, has = np.full(len(vec), -1, dtype=np.int64), vec >= 0  # -1: a channel of the raw input
+    roots[has] = tr.ds.find(vec[has])
+    return roots
 
 
 def _linear(tr: Trace, func, x: torch.Tensor, w: torch.Tensor, w_in_dim: int, bias, out) -> None:
