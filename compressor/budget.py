@@ -208,9 +208,13 @@ def choose_options(space: Space, kind: str, scores: np.ndarray, target: float, *
         raise BudgetError(f"budget {want} of the {what} cannot be met: the cheapest option at every {kind} site "
                           f"keeps {floor}: ask for at least {figure_at_least(smallest, floor)}")
     low = -np.inf if at_least is None else at_least - constant
+    rows = [LinearConstraint(one_each, 1, 1)]
+    own = choices.linear_rows() if hasattr(choices, "linear_rows") else []  # the kind's (DARTS: 2 edges a node)
+    if own:
+        a, b = zip(*own)
+        rows.append(LinearConstraint(np.stack(a), np.asarray(b), np.asarray(b)))
     solve = lambda lo: milp(-np.asarray(scores, dtype=np.float64), integrality=np.ones(choices.size),  # noqa: E731
-                            bounds=bounds, constraints=[LinearConstraint(one_each, 1, 1),
-                                                        LinearConstraint(coef[None], lo, target - constant)])
+                            bounds=bounds, constraints=[*rows, LinearConstraint(coef[None], lo, target - constant)])
     result = solve(low)
     if result.x is None and at_least is not None:  # nothing in the band: the best under the budget
         result = solve(-np.inf)

@@ -36,6 +36,7 @@ class OpSite:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     attrs: dict[str, Any] = field(default_factory=dict, hash=False)
+    replace_only: bool = True  # a layer: only options cheaper than it; a declared site: every option
 
     @property
     def same_shape(self) -> bool:
@@ -48,6 +49,11 @@ class Candidate:
 
     name: ClassVar[str] = ""
     kinds: ClassVar[tuple[str, ...]] = ()
+
+    def is_skip(self, site: OpSite, **args: Any) -> bool:
+        """Whether this option is an identity path at ``site`` (what P-DARTS's cap and skip
+        dropout act on)."""
+        return False
 
     def options(self, site: OpSite) -> list[dict[str, Any]]:
         """Argument sets this candidate offers at ``site`` ([] where it does not apply)."""
@@ -97,6 +103,12 @@ def build_option(site: OpSite, option: dict[str, Any]) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(zlib.crc32(f"{site.name}|{sorted(option.items())}".encode()))
         return _CANDIDATES[name].build(site, **args)
+
+
+def is_skip(site: OpSite, option: dict[str, Any]) -> bool:
+    """Whether ``option`` is an identity path at ``site`` (:meth:`Candidate.is_skip`)."""
+    c = _CANDIDATES.get(option["op"])
+    return c is not None and c.is_skip(site, **{k: v for k, v in option.items() if k != "op"})
 
 
 def label(option: dict[str, Any]) -> str:
@@ -187,6 +199,9 @@ class Skip(Candidate):
 
     name, kinds = "skip", ("conv", "linear")
 
+    def is_skip(self, site: OpSite) -> bool:
+        return True
+
     def options(self, site: OpSite) -> list[dict[str, Any]]:
         return [{}] if site.same_shape else []
 
@@ -233,3 +248,9 @@ class LowRank(Candidate):
             return nn.Sequential(nn.Linear(a["in"], rank, bias=False), nn.Linear(rank, a["out"], bias=a["bias"]))
         return nn.Sequential(_conv(site, a["in"], rank, 1, a["stride"], a["padding"]),
                              _conv(site, rank, a["out"], 1, 1, 0, bias=a["bias"]))
+
+
+def module_like(module: nn.Module) -> dict:
+    """The dtype and device of a module's weights (a candidate is built to match)."""
+    p = next(module.parameters(), None)
+    return {"dtype": p.dtype, "device": p.device} if p is not None else {}

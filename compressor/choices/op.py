@@ -1,7 +1,9 @@
 """The ``op`` kind: a convolution or linear layer replaced by another operation.
 
 Sites are the 2-D convolutions (dense, grouped, depthwise) and linear layers the trace ran, each a
-module of its own (``nn.Conv2d``, ``nn.Linear``) so that surgery can swap it.  Its options are
+module of its own (``nn.Conv2d``, ``nn.Linear``) so that surgery can swap it, and every module
+that declares itself one (``op_site_kind``, ``op_site()``: its site kind and arguments, e.g. a
+DARTS cell edge); the layers inside a declared site are not sites of their own.  Its options are
 ``itself`` and every registered candidate that applies (:mod:`compressor.choices.candidates`),
 one slot each; a decision has one option at 1 per site.  The gate is a :class:`MixedOp` in the
 module's place computing ``sum_o v_o * o(x)`` (a softmax over architecture logits during a
@@ -10,8 +12,9 @@ surgery puts that operation's module there (invariant 2).  Every option's FLOPs 
 measured on it at the site's traced input (the same counting as every other cost), and enter
 the cost model as terms scaled by its slot; the original operation's terms by ``itself``'s.
 Candidate costs assume the site's traced widths; a candidate that costs no less than the
-original in both FLOPs and params (a factorised 7 x 7 stem on 3 input channels) is not offered.  Payload: ``{site: {"op": name, **args}}`` for
-the sites that changed.
+original in both FLOPs and params (a factorised 7 x 7 stem on 3 input channels) is not offered
+at a layer; a declared site offers every option (they are alternatives, not replacements).
+Payload: ``{site: {"op": name, **args}}`` for the sites that changed.
 """
 from __future__ import annotations
 
@@ -21,15 +24,16 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..space.cost import Term
 from ..space.kinds import ChoiceKind, ChoiceSet, register_kind
 from ..space.space import build_space
-from .candidates import ITSELF, OpSite, build_option, label, options_at
+from .candidates import ITSELF, OpSite, build_option, label, module_like, options_at
+from .mixed_op import MixedOp
 
 OptionCost = tuple[float, float]  # (MACs, params) at the site
+RULE_ATTRS = ("group", "keep", "off", "tie")  # site arguments that state a rule of the decision, not the op
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,41 @@ class OpChoices(ChoiceSet):
                 mask[s.slots] = True
         return mask
 
+    def groups(self) -> list[tuple[list[int], int, list[int]]]:
+        """Sites declaring one ``group`` (DARTS: the edges into a node): (their indices in
+        ``sites``, how many of them keep an option other than their ``off`` one, each one's
+        ``off`` option index)."""
+        members: dict[str, list[int]] = {}
+        for i, s in enumerate(self.sites):
+            if "group" in s.site.attrs and s.frozen is None and len(s.options) > 1:
+                members.setdefault(s.site.attrs["group"], []).append(i)
+        return [(m, self.sites[m[0]].site.attrs["keep"],
+                 [self.sites[i].index({"op": self.sites[i].site.attrs["off"]}) for i in m]) for m in members.values()]
+
+    def ties(self) -> list[list[int]]:
+        """Sites declaring one ``tie`` (they take the same option), as indices in ``sites``."""
+        members: dict[str, list[int]] = {}
+        for i, s in enumerate(self.sites):
+            if "tie" in s.site.attrs and s.frozen is None and len(s.options) > 1:
+                members.setdefault(s.site.attrs["tie"], []).append(i)
+        return [m for m in members.values() if len(m) > 1]
+
+    def linear_rows(self) -> list[tuple[np.ndarray, float]]:
+        """``(row, value)``: ``row @ slots == value`` for every decision, beyond one option per
+        site: each group's count of ``off`` options, each tie's options equal."""
+        rows = []
+        for m, keep, off in self.groups():
+            row = np.zeros(self.size)
+            row[[self.sites[i].offset + o for i, o in zip(m, off)]] = 1
+            rows.append((row, float(len(m) - keep)))
+        for m in self.ties():
+            for a, b in zip(m, m[1:]):
+                for k in range(len(self.sites[a].options)):
+                    row = np.zeros(self.size)
+                    row[self.sites[a].offset + k], row[self.sites[b].offset + k] = 1, -1
+                    rows.append((row, 0.0))
+        return rows
+
 
 @register_kind
 class OpKind(ChoiceKind):
@@ -94,32 +133,33 @@ class OpKind(ChoiceKind):
     def find(self, found) -> OpChoices:
         modules = dict(found.model.named_modules())
         allowed = found.options.get("candidates")
-        sites, offset, seen = [], 0, set()
-        for op in found.trace.param_ops:
-            name = op.weight.rpartition(".")[0]
-            site = _site(op, modules.get(name), name)
-            if site is None or name in seen:
-                continue
-            seen.add(name)
-            priced = [(o, _cost(site, o, modules[name])) for o in options_at(site, allowed)]
-            own = priced[0][1]  # a candidate no cheaper than the original in FLOPs and params is no choice
-            priced = priced[:1] + [(o, c) for o, c in priced[1:] if c[0] < own[0] or c[1] < own[1]]
+        sites, offset, priced_before = [], 0, {}
+        for site in _sites(found, modules):
+            priced = [(o, _cost(site, o, modules[site.name], priced_before)) for o in options_at(site, allowed)]
+            own = priced[0][1]  # a replacement no cheaper than the original in FLOPs and params is no choice
+            if site.replace_only:
+                priced = priced[:1] + [(o, c) for o, c in priced[1:] if c[0] < own[0] or c[1] < own[1]]
             options, costs = tuple(o for o, _ in priced), tuple(c for _, c in priced)
             sites.append(OpChoice(site, options, costs, offset))
             offset += len(options)
         return OpChoices(tuple(sites))
 
     def refine_terms(self, choices: OpChoices, terms: list[Term], what: str) -> list[Term]:
-        own = {}
-        for s in choices.sites:
-            own[f"{s.name}.weight"] = own[f"{s.name}.bias"] = s.offset  # the original op's terms
-        # an option's terms are scaled (and kept alive) as the original op's are: by the
-        # residual blocks around the site, refined before this kind
-        around = {t.weight: (t.scale, t.live) for t in terms if t.weight in own and t.weight.endswith(".weight")}
-        out = [t.with_(scale=t.scale + (("op", own[t.weight]),)) if t.weight in own else t for t in terms]
+        """The original operation's terms (every term computed inside the site's module) scale by
+        ``itself``'s slot; each option adds its own cost, scaled and kept alive as the original's
+        first term is (by the residual blocks around the site, refined before this kind)."""
+        sites = {s.name: s for s in choices.sites}
+        around, out = {}, []
+        for t in terms:
+            s = _owner(t, sites)
+            if s is None:
+                out.append(t)
+                continue
+            around.setdefault(s.name, (t.scale, t.live))
+            out.append(t.with_(scale=t.scale + (("op", s.offset),)))
         col = 0 if what == "flops" else 1
         for s in choices.sites:
-            scale, live = around.get(f"{s.name}.weight", ((), None))
+            scale, live = around.get(s.name, ((), None))
             out += [Term(f"op:{o['op']}", s.name, s.costs[i][col], scale=scale + (("op", s.offset + i),), live=live)
                     for i, o in enumerate(s.options) if i]
         return out
@@ -175,8 +215,9 @@ class OpKind(ChoiceKind):
     def cut(self, model: nn.Module, choices: OpChoices, payload) -> nn.Module:
         for name, option in payload.items():
             if option["op"] != ITSELF:
-                like = _like(model.get_submodule(name))
-                model.set_submodule(name, build_option(choices.site(name).site, option).to(**like))
+                original = model.get_submodule(name)
+                chosen = build_option(choices.site(name).site, option).to(**module_like(original))
+                model.set_submodule(name, chosen.train(original.training))
         return model
 
     # -- checks ---------------------------------------------------------------------------------------
@@ -201,7 +242,8 @@ class OpKind(ChoiceKind):
     def describe(self, space, choices: OpChoices, verbose: bool = False) -> list[str]:
         free = [s for s in choices.sites if s.frozen is None and len(s.options) > 1]
         full = space.cost.full("flops")
-        lines = [f"op sites: {len(choices.sites)} convolutions and linear layers ({len(free)} with candidates)",
+        kinds = sorted({s.site.kind for s in choices.sites})
+        lines = [f"op sites: {len(choices.sites)} ({', '.join(kinds)}; {len(free)} with candidates)",
                  f"  {'site':<40} {'FLOPs%':>7}  options (FLOPs% each)"]
         for s in choices.sites if verbose else choices.sites[:40]:
             opts = ", ".join(f"{label(o)} {100 * c[0] / full:.1f}" for o, c in zip(s.options[1:], s.costs[1:]))
@@ -209,83 +251,51 @@ class OpKind(ChoiceKind):
         return lines
 
 
-class MixedOp(nn.Module):
-    """``sum_o v_o * o(x)`` over a site's options, ``v`` its slots' gate values; options at 0 are
-    not computed when the values carry no gradient (a decision, not a search).
-
-    With ``partial = K > 1`` (PC-DARTS's partial channels, for a search) only 1/K of the output
-    channels are the mixture; the others are the original operation's, as if it had been chosen.
-    The window of mixed channels moves by 1/K at every :meth:`advance` (the search calls it once
-    per step, so that the several forwards of a second-order step see one window), and over K
-    steps each channel is searched once (PC-DARTS moves its fixed slice by a channel shuffle,
-    which a trained network cannot absorb).  Candidates compute only the window's channels (:func:`narrow_output`),
-    which is where the memory goes down."""
-
-    def __init__(self, original: nn.Module, choice: OpChoice, values) -> None:
-        super().__init__()
-        self._values = [values]
-        self.offset, self.n = choice.offset, len(choice.options)
-        self.partial, self.turn = 1, 0
-        self.skip_dropout = 0.0  # P-DARTS: dropout on the skip option's output during a search
-        self.skips = [i for i, o in enumerate(choice.options) if o["op"] == "skip"]
-        like = _like(original)
-        self.ops = nn.ModuleList([original] + [build_option(choice.site, o).to(**like) for o in choice.options[1:]])
-
-    def weights(self) -> torch.Tensor:
-        return self._values[0]["op"][self.offset:self.offset + self.n]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weights().to(device=x.device)
-        if self.partial > 1:  # a search's weight and architecture steps alike (PC-DARTS)
-            return self._partial(x, w)
-        out = None
-        for i, op in enumerate(self.ops):
-            if not w.requires_grad and float(w[i]) == 0.0:
-                continue
-            y = self._dropped(i, op(x)) * w[i].to(x.dtype)
-            out = y if out is None else out + y
-        return out if out is not None else self.ops[0](x) * 0
-
-    def advance(self) -> None:
-        """Move the partial-channel window by 1/K (the next search step)."""
-        self.turn += 1
-
-    def _dropped(self, i: int, y: torch.Tensor) -> torch.Tensor:
-        if self.skip_dropout and i in self.skips:
-            return F.dropout(y, self.skip_dropout, self.training)
-        return y
-
-    def _partial(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        whole = self.ops[0](x)
-        width = whole.shape[1] // self.partial
-        start = width * (self.turn % self.partial)
-        window = slice(start, start + width)
-        mix = whole[:, window] * w[0].to(x.dtype)
-        on = (w.detach() != 0).tolist()  # (0: an option a progressive stage dropped)
-        for i, op in enumerate(self.ops):
-            if i and on[i]:
-                mix = mix + self._dropped(i, narrow_output(op, x, window)) * w[i].to(x.dtype)
-        return torch.cat([whole[:, :start], mix, whole[:, start + width:]], dim=1)
+def _sites(found, modules: dict[str, nn.Module]) -> list[OpSite]:
+    """Every site, in module order: the modules that declare one (``op_site_kind`` and
+    ``op_site()``), then the plain convolutions and linear layers outside them."""
+    declared = [n for n, m in modules.items() if n and hasattr(m, "op_site_kind") and hasattr(m, "op_site")]
+    shapes = _io_shapes(found.model, found.example_inputs, declared) if declared else {}
+    sites = {n: OpSite(n, modules[n].op_site_kind, *shapes[n], modules[n].op_site(), replace_only=False)
+             for n in declared if n in shapes}
+    inside = tuple(f"{n}." for n in declared)
+    for op in found.trace.param_ops:
+        name = op.weight.rpartition(".")[0]
+        if name not in sites and not name.startswith(inside):
+            site = _layer_site(op, modules.get(name), name)
+            if site is not None:
+                sites[name] = site
+    order = {n: i for i, n in enumerate(modules)}
+    return sorted(sites.values(), key=lambda s: order[s.name])
 
 
-_CHANNELWISE = (nn.Identity, nn.AvgPool2d, nn.MaxPool2d)
+def _owner(term: Term, sites: dict[str, OpChoice]) -> OpChoice | None:
+    """The site whose module computes ``term`` (by the parameter it reads, else its module)."""
+    for name in (term.weight or "", term.module):
+        while name:
+            if name in sites:
+                return sites[name]
+            name = name.rpartition(".")[0]
+    return None
 
 
-def narrow_output(op: nn.Module, x: torch.Tensor, window: slice) -> torch.Tensor:
-    """``op(x)[:, window]``, computing only those output channels where ``op`` allows it: a dense
-    convolution (its filters in the window), a sequence (its last module narrowed), an operation
-    that acts per channel (on the window of its input); anything else computes every channel."""
-    if isinstance(op, nn.Conv2d) and op.groups == 1 and op.padding_mode == "zeros":
-        bias = op.bias[window] if op.bias is not None else None
-        return F.conv2d(x, op.weight[window], bias, op.stride, op.padding, op.dilation)
-    if isinstance(op, nn.Sequential) and len(op):
-        return narrow_output(op[-1], op[:-1](x), window)
-    if isinstance(op, _CHANNELWISE):
-        return op(x[:, window])
-    return op(x)[:, window]
+def _io_shapes(model: nn.Module, inputs: tuple, names: list[str]) -> dict[str, tuple[tuple, tuple]]:
+    """Input and output shape of each named module in one forward pass (modules run once each)."""
+    shapes, hooks = {}, []
+    for name in names:
+        def record(mod, args, out, name=name):
+            shapes.setdefault(name, (tuple(args[0].shape), tuple(out.shape)))
+        hooks.append(model.get_submodule(name).register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
 
 
-def _site(op, module: nn.Module | None, name: str) -> OpSite | None:
+def _layer_site(op, module: nn.Module | None, name: str) -> OpSite | None:
     """The op's site when its module can be swapped whole (a plain Conv2d or Linear)."""
     if op.op == "linear" and isinstance(module, nn.Linear) and op.weight == f"{name}.weight":
         return OpSite(name, "linear", op.in_shape, op.out_shape,
@@ -300,15 +310,17 @@ def _site(op, module: nn.Module | None, name: str) -> OpSite | None:
     return None
 
 
-def _cost(site: OpSite, option: dict, original: nn.Module) -> OptionCost:
-    """MACs and params of ``option`` at ``site``, counted by tracing it on the site's input."""
-    like = _like(original)
+def _cost(site: OpSite, option: dict, original: nn.Module, seen: dict | None = None) -> OptionCost:
+    """MACs and params of ``option`` at ``site``, counted by tracing it on the site's input.  A
+    candidate is built from the site's arguments alone, so ``seen`` keeps its cost for every site
+    of the same kind, shape and arguments (a cell network's edges repeat cell after cell)."""
+    if option["op"] != ITSELF and seen is not None:
+        args = sorted((k, v) for k, v in site.attrs.items() if k not in RULE_ATTRS)
+        key = (site.kind, site.in_shape, repr(args), repr(sorted(option.items())))
+        if key not in seen:
+            seen[key] = _cost(site, option, original)
+        return seen[key]
+    like = module_like(original)
     module = original if option["op"] == ITSELF else build_option(site, option).to(**like)
     space = build_space(module.eval(), torch.zeros(site.in_shape, **like), kinds=())
     return space.cost.full("flops"), space.cost.full("params")
-
-
-def _like(module: nn.Module) -> dict:
-    """The dtype and device of a module's weights (a candidate is built to match)."""
-    p = next(module.parameters(), None)
-    return {"dtype": p.dtype, "device": p.device} if p is not None else {}

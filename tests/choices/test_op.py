@@ -11,15 +11,15 @@ from torch import nn
 
 from compressor.budget import BudgetError, choose_options
 from compressor.choices.candidates import ITSELF, build_option, candidate_names, label
-from compressor.choices.op import MixedOp, narrow_output
+from compressor.choices.mixed_op import MixedOp, narrow_output
 from compressor.decision import Decision
 from compressor.export import load_compressed, save_compressed
 from compressor.export.flops import fvcore_flops
 from compressor.frontend import trace
 from compressor.gates import attach_gates
 from compressor.gates.outputs import gated_output
-from compressor.space import get_kind
 from compressor.invariants import TOL_SLICE, relative_diff
+from compressor.space import get_kind
 from compressor.surgery import slice_model
 
 
