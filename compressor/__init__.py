@@ -1,6 +1,7 @@
 """compressor: make existing vision models smaller and faster."""
 from . import choices as _choices  # noqa: F401 - registers the built-in kinds of choice
 from . import methods as _methods  # noqa: F401 - registers the built-in methods
+from . import models as _models  # noqa: F401 - registers our own models (and the cell edges' candidates)
 from .api import CompressResult, compress
 from .decision import Decision
 from .export import export_onnx, load_compressed, save_compressed

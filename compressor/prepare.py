@@ -15,8 +15,17 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .budget import BudgetError, decide
-from .data import (IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD, ImageSpec, count_classes, describe_transform,
-                   load_dataset, split_dataset)
+from .data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MNIST_MEAN,
+    MNIST_STD,
+    ImageSpec,
+    count_classes,
+    describe_transform,
+    load_dataset,
+    split_dataset,
+)
 from .decision import Decision
 from .errors import distinct_figures, figure_at_least
 from .frontend import trace
@@ -205,12 +214,25 @@ def build_original(model: nn.Module | str, recipe: Recipe, num_classes: int) -> 
         except (ImportError, AttributeError) as exc:
             raise UnknownModelError(f"cannot build {model!r}: {exc}") from None
         try:
-            return factory(num_classes=num_classes), model, {"num_classes": num_classes}, start
+            kwargs = {**recipe.model_args, "num_classes": num_classes}
+            return factory(**kwargs), model, kwargs, start
         except TypeError:
+            if recipe.model_args:
+                raise
             return factory(), model, {}, start
     if isinstance(model, str):
         if not recipe.pretrained:
-            net, kwargs = create_model_for_size(model, recipe.data.input_size, num_classes=num_classes)
+            try:
+                net, kwargs = create_model_for_size(model, recipe.data.input_size, num_classes=num_classes,
+                                                    **recipe.model_args)
+            except TypeError as exc:
+                if recipe.model_args:
+                    raise RecipeError(f"model_args: {model} does not take {recipe.model_args} ({exc})") from None
+                raise
+            except ValueError as exc:
+                if recipe.model_args:
+                    raise RecipeError(f"model_args: {exc}") from None
+                raise
             return net, model, kwargs, start
         from .pretrained import load_pretrained
 

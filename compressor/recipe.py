@@ -12,6 +12,7 @@ Unknown keys are errors, and every error names the key path and what was expecte
 from __future__ import annotations
 
 import copy
+import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -207,6 +208,10 @@ class Recipe(_Strict):
     VERSION: ClassVar[int] = RECIPE_VERSION
     version: int = Field(RECIPE_VERSION, description="Recipe format version.")
     model: str | None = Field(None, description="Model name; the CLI's MODEL argument overrides it.")
+    model_args: dict[str, int | float | str | bool] = Field(
+        default_factory=dict, description="Keyword arguments of the model's constructor beside num_classes "
+        "(e.g. {c: 8, layers: 5} for darts_search; a mapping or list is passed as its JSON text, e.g. "
+        "darts_network's genotype); saved with the model, which is rebuilt with them.")
     weights: str | None = Field(None, description="Trained weights of the original; None = train them (base).")
     pretrained: bool = Field(False, description="Start from the weights timm/torchvision provide for the model "
                              "(their cache, or pretrained_file); no base training; a new head if the data's "
@@ -229,6 +234,13 @@ class Recipe(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @field_validator("model_args", mode="before")
+    @classmethod
+    def _json_args(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: json.dumps(a) if isinstance(a, (dict, list)) else a for k, a in v.items()}
+        return v
 
     @field_validator("method", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ def _fmt(n: float) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..frontend import trace
+    from ..methods import get_method
     from ..recipe import load_recipe
     from ..rules import apply_rules
     from ..space import kind_names
@@ -26,10 +27,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, sets) if args.recipe or sets else None
     # every kind unless told, but for the ones choosing among operations (each option is traced: slow)
     kinds = recipe.choices if args.recipe or "choices" in sets else [k for k in kind_names() if not get_kind(k).one_of]
-    model = create_model(args.model).eval()
+    model = create_model(args.model, **(recipe.model_args if recipe else {})).eval()
     x = example_input(args.model, model, size=args.size)
+    options = get_method(recipe.method.name).trace_options(recipe.method) if recipe else {}  # e.g. candidates
     t0 = time.perf_counter()
-    space = trace(model, x, kinds=kinds)
+    space = trace(model, x, kinds=kinds, **options)
     seconds = time.perf_counter() - t0
     rules = {}
     if recipe is not None and recipe.rules:

@@ -10,6 +10,7 @@ unless the caller trusts the directory.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,10 +170,12 @@ def check_source(manifest: Manifest, path: Path) -> None:
             "wrote the directory: --trust-source (CLI), load_compressed(..., trust_source=True), or build the "
             "original yourself: load_compressed(..., original=model)")
     try:
-        model_source(source)
+        origin, bare = model_source(source)
     except UnknownModelError as exc:
         raise SavedModelError(f"{path}: source: {exc}") from None
     for key, value in manifest.source_kwargs.items():
+        if key not in UNTRUSTED_KWARGS and origin == "compressor" and _own_argument(bare, key, value, path):
+            continue
         if key not in UNTRUSTED_KWARGS:
             raise UntrustedSourceError(
                 f"{path}: source_kwargs.{key}: not a constructor argument compress writes ("
@@ -197,3 +200,25 @@ def check_tensors(saved: SavedModel, expected: dict[str, Any]) -> None:
         if list(t.shape) != have[k]:
             raise SavedModelError(f"{saved.weights_path}: {k} has shape {have[k]}, the model {ARCH_FILE} "
                                   f"rebuilds has {list(t.shape)}")
+
+
+OWN_ARGUMENT_LIMITS = {int: 100_000, str: 10_000}  # largest int, longest str in an own model's arguments
+
+
+def _own_argument(model: str, key: str, value: Any, path: Path) -> bool:
+    """Whether ``key`` is an argument of our own registered ``model``'s constructor (its code is
+    ours: plain numbers, flags and strings it parses as data, e.g. darts_network's genotype);
+    raises :class:`SavedModelError` for a value that is not such a plain one, or is out of bounds."""
+    import inspect
+
+    from ..models import MODELS
+
+    if key not in inspect.signature(MODELS[model]).parameters:
+        return False
+    kind = type(value)
+    plain = kind is bool or (kind is float and math.isfinite(value)) or \
+        (kind in OWN_ARGUMENT_LIMITS and (abs(value) if kind is int else len(value)) <= OWN_ARGUMENT_LIMITS[kind])
+    if not plain:
+        raise SavedModelError(f"{path}: source_kwargs.{key}: must be a number, a flag or a short string, "
+                              f"got {str(value)[:60]!r}")
+    return True

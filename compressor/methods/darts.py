@@ -1,7 +1,8 @@
 """``darts``: operation search on any model (DESIGN 5.5; DARTS, Liu et al. ICLR 2019; P-DARTS, Chen et
 al. ICCV 2019; SD-DARTS, arXiv 2302.05629; DNA/LANA for the candidates' initialisation).
 
-    every conv and linear site becomes a mixed op over itself and its candidates (the op kind)
+    every conv and linear site (and every declared site, e.g. a cell edge) becomes a mixed op
+        over itself and its candidates (the op kind)
     blockwise distillation: each candidate learns the original op's output from its input
         (train/blockwise.py); its final loss is its score
     selection: ilp    one option per site maximising -score under the budget (scipy milp)
@@ -13,12 +14,15 @@ al. ICCV 2019; SD-DARTS, arXiv 2302.05629; DNA/LANA for the candidates' initiali
                           L_cost = -log E[F] if F < R - t;  +log E[F] if F > R;  else 0
                           a weight step on D_w (candidates and the rest of the model) [+ SD]
                           P-DARTS: at each stage boundary every site keeps its most probable options
-                      argmax per site; at most skip_cap skips (P-DARTS's cap); then the nearest
-                      choice within the budget (the ILP over log-probabilities) if the argmax misses it
+                      argmax per site (a cell's edges: each node's 2 strongest non-none edges,
+                      cells of a type sharing alpha); at most skip_cap skips (P-DARTS's cap); then the
+                      nearest choice within the budget (the ILP over log-probabilities, with the cell
+                      rules as rows) if the argmax misses it (no band below it when cost_weight = 0)
     the chosen ops replace the originals with their trained weights; fine-tune with KD
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Literal
 
@@ -29,21 +33,21 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..budget import choose_options
-from ..choices.candidates import candidate_names, label
-from ..choices.op import MixedOp
+from ..choices.candidates import candidate_names, is_skip, label
+from ..choices.mixed_op import MixedOp
 from ..data import split_dataset
 from ..decision import Decision
 from ..gates import ControlledModel, attach_gates
-from ..markdown import cell, table
 from ..recipe import MethodConfig, RecipeError, SelfDistillConfig
 from ..space import Space
 from ..surgery.slice import slice_model
 from ..train.bilevel import ArchitectureStep
 from ..train.blockwise import distill_candidates
 from ..train.sampling import cycle
+from . import darts_report
 from .base import SearchContext, SearchResult, register_method
 from .bilevel import BilevelSearch
-from .darts_arch import KIND, OpLogits
+from .darts_arch import KIND, OpLogits, strongest_in_groups
 from .followup import followable
 
 
@@ -96,6 +100,8 @@ class DartsConfig(MethodConfig):
     def _stages(self) -> "DartsConfig":
         if any(b >= a for a, b in zip(self.stages, self.stages[1:])) or any(k < 1 for k in self.stages):
             raise ValueError(f"stages must shrink and stay at least 1, got {self.stages}")
+        if self.selection == "ilp" and not self.distill_steps:
+            raise ValueError("selection ilp chooses by the candidates' distillation scores: set distill_steps > 0")
         return self
 
 
@@ -174,7 +180,7 @@ class DartsMethod(BilevelSearch):
                                                                                    shuffle=True)))
         scores = distill_candidates(gates.model, mixed, batches, steps=self.config.distill_steps,
                                     lr=self.config.distill_lr, autocast=ctx.trainer.autocast,
-                                    progress=ctx.trainer.run.progress)
+                                    progress=ctx.trainer.run.progress) if self.config.distill_steps else {}
         summary = {"candidate_loss": {n: {"best": float(np.min(s[1:])), "worst": float(np.max(s[1:]))}
                                       for n, s in scores.items() if len(s) > 1}}
         decision, history = self._select(gates, ctx, scores)
@@ -190,6 +196,8 @@ class DartsMethod(BilevelSearch):
         trained = {name: mixed[name].ops[self.space[KIND].site(name).index(o)] for name, o in
                    decision.get(KIND, {}).items()}
         plain = gates.remove()
+        if callable(getattr(plain, "genotype", None)):  # a cell search space reads its decision as cells
+            summary["genotype"] = dataclasses.asdict(plain.genotype(decision.get(KIND, {})))
         return SearchResult(plain, decision, summary, history, carry=self._carry(plain, decision, trained))
 
     def _select(self, gates, ctx: SearchContext, scores: dict[str, np.ndarray]) -> tuple[Decision, list[dict]]:
@@ -199,8 +207,9 @@ class DartsMethod(BilevelSearch):
             return self._darts(gates, ctx, scores)
         if cfg.selection == "ilp":
             objective, floor = self._slot_scores(scores), None
-        else:  # random: seeded uniform scores, kept inside the band as darts's argmax is
-            objective, floor = np.random.default_rng(ctx.seed).random(self.space[KIND].size), budget.target - cfg.tolerance
+        else:  # random: seeded uniform scores, kept inside the band as darts's argmax is (none without a cost loss)
+            objective = np.random.default_rng(ctx.seed).random(self.space[KIND].size)
+            floor = budget.target - cfg.tolerance if cfg.cost_weight else None
         return choose_options(self.space, KIND, objective, budget.target, what=budget.what, at_least=floor), []
 
     def _darts(self, gates, ctx: SearchContext, scores: dict[str, np.ndarray]) -> tuple[Decision, list[dict]]:
@@ -266,22 +275,40 @@ class DartsMethod(BilevelSearch):
 
     # -- decisions -------------------------------------------------------------------------------
     def _decide(self, ctx: SearchContext) -> Decision:
-        """argmax per site, at most ``skip_cap`` skips, then within the budget."""
+        """argmax per site (in a group, its ``keep`` strongest sites by their best option other
+        than ``off``; the others ``off``), at most ``skip_cap`` skips, then within the budget."""
         p = self.arch.probabilities().detach()
-        choice = p.argmax(1)
+        choice = strongest_in_groups(p, self._groups())
         if self.config.skip_cap is not None:
-            skips = [i for i, s in enumerate(self.arch.sites) if s.options[int(choice[i])]["op"] == "skip"]
-            for i in sorted(skips, key=lambda i: float(p[i, choice[i]]))[:max(0, len(skips) - self.config.skip_cap)]:
-                others = [j for j, o in enumerate(self.arch.sites[i].options) if o["op"] != "skip"]
-                choice[i] = max(others, key=lambda j: float(p[i, j]))
+            choice = self._cap_skips(p, choice, self.config.skip_cap)
         one_hot = F.one_hot(choice, p.shape[1]).to(p.dtype)
         decision = Decision.from_keep(self.space, {KIND: self.arch.values(one_hot).numpy()})
         cost = decision.cost(self.space, ctx.budget.what) / self.space.cost.full(ctx.budget.what)
         target, band = ctx.budget.target, self.config.tolerance
-        if target - band <= cost <= target:
+        if cost <= target and (cost >= target - band or not self.config.cost_weight):  # no cost loss: no band
             return decision
         log_p = torch.log(self.arch.values(p).clamp_min(1e-12)).numpy()  # the likeliest choice in the band
         return choose_options(self.space, KIND, log_p, target, at_least=target - band, what=ctx.budget.what)
+
+    def _cap_skips(self, p: torch.Tensor, choice: torch.Tensor, cap: int) -> torch.Tensor:
+        """P-DARTS: at most ``cap`` skips, counted once per row of alpha (tied sites choose
+        together); the weakest skips over the cap take their best option that is neither a skip
+        nor the site's ``off``."""
+        sites, rows = self.arch.sites, self.arch.row.tolist()
+        skips = {rows[i]: i for i, s in enumerate(sites) if is_skip(s.site, s.options[int(choice[i])])}
+        weakest = sorted(skips.values(), key=lambda i: float(p[i, choice[i]]))[:max(0, len(skips) - cap)]
+        for i in weakest:
+            s = sites[i]
+            others = [j for j, o in enumerate(s.options) if not is_skip(s.site, o) and o["op"] != s.site.attrs.get("off")]
+            best = max(others, key=lambda j: float(p[i, j]))
+            choice[[k for k, r in enumerate(rows) if r == rows[i]]] = best
+        return choice
+
+    def _groups(self) -> list[tuple[list[int], int, list[int]]]:
+        """The op kind's groups with their members as rows of ``self.arch`` (its free sites)."""
+        row = {s.name: i for i, s in enumerate(self.arch.sites)}
+        sites = self.space[KIND].sites
+        return [([row[sites[i].name] for i in m], keep, off) for m, keep, off in self.space[KIND].groups()]
 
     def _slot_scores(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         out = np.zeros(self.space[KIND].size)
@@ -298,41 +325,10 @@ class DartsMethod(BilevelSearch):
         return {k: v.detach().cpu().clone() for k, v in compressed.state_dict().items()}
 
     def report(self, summary: dict) -> list[str]:
-        """One row per site with candidates: what was chosen, the candidates' distillation losses
-        and the chosen option's final probability; then the rest of the summary."""
-        losses, chosen = summary.get("candidate_loss", {}), summary.get("chosen", {})
-        alpha = summary.get("alpha_of_chosen", {})
-        lines = ["| site | chosen | distillation loss, best / worst candidate | softmax(alpha) of chosen |",
-                 "|---|---|---:|---:|"]
-        for site, loss in losses.items():
-            p = alpha.get(site)
-            lines.append(f"| {site} | {chosen.get(site, 'itself')} | {cell(loss['best'])} / {cell(loss['worst'])} | "
-                         f"{cell(p[-1]) if p else '-'} |")
-        rest = {k: v for k, v in summary.items() if k not in ("candidate_loss", "chosen", "alpha_of_chosen")}
-        return lines + [""] + table(rest)
+        return darts_report.section(summary)
 
     def plots(self, summary: dict, out) -> list[str]:
-        """``alpha.png``: per site, the probability of the option finally chosen, epoch by epoch."""
-        curves = summary.get("alpha_of_chosen")
-        if not curves:
-            return []
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        for name, ps in curves.items():
-            ax.plot(range(1, len(ps) + 1), ps, alpha=0.6, label=name if len(curves) <= 12 else None)
-        ax.set_xlabel("search epoch")
-        ax.set_ylabel("softmax(alpha) of the chosen option")
-        ax.set_ylim(0, 1.02)
-        if len(curves) <= 12:
-            ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "alpha.png", dpi=100)
-        plt.close(fig)
-        return ["alpha.png"]
+        return darts_report.plots(summary, out)
 
     def state_dict(self) -> dict:
         """alpha and the allowed options are in the model's state (the controller is a submodule);
@@ -347,3 +343,4 @@ class DartsMethod(BilevelSearch):
             self.alpha_history = list(state.get("alpha_history", []))
             for mixed in self.windows:
                 mixed.turn = int(state.get("window_turn", 0))
+

@@ -16,7 +16,9 @@ KIND = "op"
 
 
 class OpLogits(GateController):
-    """``alpha`` (sites x most options, padded) and the mask of each site's allowed options."""
+    """``alpha`` (rows x most options, padded) and the mask of each row's allowed options.  A row
+    is a site, or every site that declares the same ``tie`` (DARTS: the edge at one position in
+    every normal cell shares one row); :meth:`probabilities` is per site."""
 
     def __init__(self, space: Space, init_scale: float = 1e-3,
                  start: dict[str, np.ndarray] | None = None) -> None:
@@ -24,18 +26,26 @@ class OpLogits(GateController):
         choices = space[KIND]
         self.size = choices.size
         self.sites = [s for s in choices.sites if s.frozen is None and len(s.options) > 1]
+        ties = [s.site.attrs.get("tie", f"site:{s.name}") for s in self.sites]
+        rows = list(dict.fromkeys(ties))
+        row = [rows.index(t) for t in ties]
+        first = {}
+        for i, r in enumerate(row):
+            s = self.sites[first.setdefault(r, i)]
+            if s.options != self.sites[i].options:
+                raise ValueError(f"op sites {s.name!r} and {self.sites[i].name!r} share a tie but not their options")
         width = max((len(s.options) for s in self.sites), default=1)
         index = torch.full((len(self.sites), width), self.size, dtype=torch.long)
-        allowed = torch.zeros(len(self.sites), width, dtype=torch.bool)
+        allowed = torch.zeros(len(rows), width, dtype=torch.bool)
+        alpha = torch.randn(len(rows), width) * init_scale
         for i, s in enumerate(self.sites):
             index[i, :len(s.options)] = torch.from_numpy(s.slots)
-            allowed[i, :len(s.options)] = True
+            allowed[row[i], :len(s.options)] = True
+            if start is not None and s.name in start and first[row[i]] == i:
+                alpha[row[i], :len(s.options)] = torch.as_tensor(start[s.name], dtype=alpha.dtype)
         self.register_buffer("index", index)  # slot of (site, option); ``size`` pads
+        self.register_buffer("row", torch.tensor(row, dtype=torch.long))  # site -> its row of alpha
         self.register_buffer("allowed", allowed)
-        alpha = torch.randn(len(self.sites), width) * init_scale
-        for i, s in enumerate(self.sites):
-            if start is not None and s.name in start:
-                alpha[i, :len(s.options)] = torch.as_tensor(start[s.name], dtype=alpha.dtype)
         self.alpha = nn.Parameter(alpha)
         start = np.zeros(self.size, dtype=np.float32)
         for s in choices.sites:
@@ -44,12 +54,16 @@ class OpLogits(GateController):
 
     def probabilities(self) -> torch.Tensor:
         """softmax(alpha) over each site's allowed options (sites x options)."""
+        return self._row_probabilities()[self.row]
+
+    def _row_probabilities(self) -> torch.Tensor:
         return F.softmax(self.alpha.float().masked_fill(~self.allowed, -torch.inf), dim=1)
 
     def values(self, per_site: torch.Tensor) -> torch.Tensor:
         """Per-site option weights as slot values of the whole kind."""
         flat = torch.cat([self.start, self.start.new_zeros(1)]).to(per_site.dtype)  # the last slot: padding
-        flat = flat.index_put((self.index.flatten(),), per_site.flatten().masked_fill(~self.allowed.flatten(), 0))
+        allowed = self.allowed[self.row].flatten()
+        flat = flat.index_put((self.index.flatten(),), per_site.flatten().masked_fill(~allowed, 0))
         return flat[:-1]
 
     def argmax(self) -> torch.Tensor:
@@ -63,7 +77,23 @@ class OpLogits(GateController):
     def drop(self, keep: int) -> None:
         """P-DARTS: every site keeps only its ``keep`` most probable allowed options."""
         with torch.no_grad():
-            p = self.probabilities().masked_fill(~self.allowed, -1.0)
+            p = self._row_probabilities().masked_fill(~self.allowed, -1.0)
             top = p.topk(min(keep, p.shape[1]), dim=1).indices
             allowed = torch.zeros_like(self.allowed).scatter(1, top, True) & self.allowed
             self.allowed.copy_(allowed)
+
+
+def strongest_in_groups(p: torch.Tensor, groups: list[tuple[list[int], int, list[int]]]) -> torch.Tensor:
+    """The option index per row of ``p`` (sites x options): the argmax, except in each group
+    (member rows, how many keep, each member's ``off`` option), where the ``keep`` members whose
+    best option other than ``off`` is strongest take it and the others take ``off`` (DARTS's
+    discretisation: a node's top-2 incoming edges by their strongest non-``none`` weight)."""
+    choice = p.argmax(1)
+    for members, keep, off in groups:
+        q = p[members].clone()
+        q[torch.arange(len(members)), torch.as_tensor(off)] = -1.0
+        best = q.max(1)
+        ranked = torch.argsort(best.values, descending=True, stable=True).tolist()
+        for rank, m in enumerate(ranked):
+            choice[members[m]] = best.indices[m] if rank < keep else off[m]
+    return choice

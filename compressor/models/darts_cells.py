@@ -16,6 +16,7 @@ identity, or a factorised reduction (two offset 1x1 stride-2 convolutions) in a 
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -58,45 +59,48 @@ GENOTYPES = {  # as published with each paper's code
 }
 
 
-def relu_conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Sequential:
-    return nn.Sequential(nn.ReLU(), nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout))
+def relu_conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, *,
+                 affine: bool = True) -> nn.Sequential:
+    return nn.Sequential(nn.ReLU(), nn.Conv2d(cin, cout, kernel, stride, padding, bias=False),
+                         nn.BatchNorm2d(cout, affine=affine))
 
 
-def dw_pw(c: int, kernel: int, stride: int, dilation: int = 1) -> nn.Sequential:
+def dw_pw(c: int, kernel: int, stride: int, dilation: int = 1, *, affine: bool = True) -> nn.Sequential:
     """ReLU, depthwise ``kernel`` x ``kernel`` (``dilation``), pointwise, BN."""
     pad = dilation * (kernel - 1) // 2
     return nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, kernel, stride, pad, dilation=dilation, groups=c, bias=False),
-                         nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+                         nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c, affine=affine))
 
 
 class FactorizedReduce(nn.Module):
     """Half the channels from a stride-2 1x1 convolution, half from another one shifted by a
     pixel; then BN (halves the resolution without losing the odd pixels)."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, *, affine: bool = True) -> None:
         super().__init__()
         self.relu = nn.ReLU()
         self.conv_a = nn.Conv2d(cin, cout // 2, 1, 2, bias=False)
         self.conv_b = nn.Conv2d(cin, cout - cout // 2, 1, 2, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
+        self.bn = nn.BatchNorm2d(cout, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
         return self.bn(torch.cat([self.conv_a(x), self.conv_b(x[:, :, 1:, 1:])], dim=1))
 
 
-def primitive(name: str, c: int, stride: int) -> nn.Module:
-    """One of the DARTS space's operations on ``c`` channels (``none`` has no discrete use)."""
+def primitive(name: str, c: int, stride: int, *, affine: bool = True) -> nn.Module:
+    """One of the DARTS space's operations on ``c`` channels (``none`` has no discrete use);
+    ``affine`` False: the search's BN without scale and shift."""
     if name == "skip_connect":
-        return nn.Identity() if stride == 1 else FactorizedReduce(c, c)
+        return nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine=affine)
     if name in ("max_pool_3x3", "avg_pool_3x3"):
         return nn.MaxPool2d(3, stride, 1) if name[0] == "m" else nn.AvgPool2d(3, stride, 1, count_include_pad=False)
     kind, size = name.rsplit("_", 1)
     kernel = int(size.split("x")[0])
     if kind == "sep_conv":
-        return nn.Sequential(*dw_pw(c, kernel, stride), *dw_pw(c, kernel, 1))
+        return nn.Sequential(*dw_pw(c, kernel, stride, affine=affine), *dw_pw(c, kernel, 1, affine=affine))
     if kind == "dil_conv":
-        return dw_pw(c, kernel, stride, dilation=2)
+        return dw_pw(c, kernel, stride, dilation=2, affine=affine)
     raise ValueError(f"unknown DARTS primitive {name!r}")
 
 
@@ -216,3 +220,43 @@ for _name in GENOTYPES:
 def darts_v2_imagenet(num_classes: int = 1000, c: int = 48, layers: int = 14, auxiliary: bool = False) -> DartsNetwork:
     """DARTS V2's cell, ImageNet evaluation network (14 cells, C = 48, stride-8 stem)."""
     return DartsNetwork(GENOTYPES["darts_v2"], c, layers, num_classes, auxiliary=auxiliary, imagenet=True)
+
+
+@register_model
+def darts_network(genotype: str = "darts_v2", num_classes: int = 10, c: int = 36, layers: int = 20,
+                  auxiliary: bool = False) -> DartsNetwork:
+    """A discrete DARTS network from ``genotype``: a published one by name (darts_v1, darts_v2,
+    pc_darts, p_darts) or a found one as JSON, e.g. a search report's ``method_summary.genotype``
+    (``{"normal": [[op, input state], ...], "reduce": [...]}``)."""
+    return DartsNetwork(parse_genotype(genotype), c, layers, num_classes, auxiliary=auxiliary)
+
+
+OPS = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+
+
+def parse_genotype(text: str) -> Genotype:
+    """A published genotype's name, or a genotype as JSON (checked: 2 known operations per node,
+    each from an earlier state); raises ValueError saying what is wrong."""
+    if text in GENOTYPES:
+        return GENOTYPES[text]
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"genotype {text[:40]!r} is neither a published genotype ({', '.join(GENOTYPES)}) "
+                         "nor JSON") from None
+    cells = {}
+    for kind in ("normal", "reduce"):
+        pairs = raw.get(kind) if isinstance(raw, dict) else None
+        if not isinstance(pairs, list) or not pairs or len(pairs) % 2:
+            raise ValueError(f"genotype.{kind}: expected a list of [operation, input state] pairs, two per node")
+        for i, pair in enumerate(pairs):
+            ok = isinstance(pair, list) and len(pair) == 2 and pair[0] in OPS and isinstance(pair[1], int)
+            if not ok or not 0 <= pair[1] < 2 + i // 2:
+                raise ValueError(f"genotype.{kind}[{i}]: expected [operation, input state] with an operation in "
+                                 f"{', '.join(OPS)} and a state before node {2 + i // 2}, got {pair!r}")
+        cells[kind] = tuple((op, state) for op, state in pairs)
+    nodes = len(cells["normal"]) // 2
+    if len(cells["reduce"]) != 2 * nodes:
+        raise ValueError(f"genotype: the normal cell has {nodes} nodes and the reduction cell "
+                         f"{len(cells['reduce']) // 2}: both cells need the same number")
+    return Genotype(cells["normal"], cells["reduce"], tuple(range(2, 2 + nodes)))

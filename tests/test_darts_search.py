@@ -1,0 +1,136 @@
+"""The DARTS search space on the op kind: every cell edge a site over the 8 primitives, the
+discretisation (2 edges per node, tied cells), exact surgery and costs, and a tiny search run."""
+import functools
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from compressor.budget import choose_options
+from compressor.choices.candidates import ITSELF, label
+from compressor.cli import main
+from compressor.decision import Decision
+from compressor.export import load_compressed
+from compressor.export.flops import fvcore_flops
+from compressor.frontend import trace
+from compressor.gates.outputs import gated_output
+from compressor.invariants import TOL_SLICE, relative_diff
+from compressor.methods.darts_arch import OpLogits, strongest_in_groups
+from compressor.models import GENOTYPES
+from compressor.models.darts_cells import parse_genotype
+from compressor.models.darts_search import EDGE_OP, PRIMITIVES, darts_search
+from compressor.surgery import slice_model
+from compressor.zoo import create_model
+
+LAYERS, EDGES = 3, 14  # cells 1 and 2 reduce
+
+
+@functools.lru_cache(maxsize=1)
+def _traced():
+    torch.manual_seed(0)
+    model = darts_search(num_classes=10, c=4, layers=LAYERS).eval()
+    x = torch.randn(2, 3, 16, 16)
+    return model, x, trace(model, x[:1], kinds=["op"], candidates=list(PRIMITIVES))
+
+
+def _edges(space):
+    return [s for s in space["op"].sites if s.site.kind == "edge"]
+
+
+def test_every_edge_is_a_site_over_the_eight_primitives_and_nothing_inside_it_is():
+    _, _, space = _traced()
+    edges = _edges(space)
+    assert len(edges) == LAYERS * EDGES
+    for s in edges:
+        assert {label(o) for o in s.options} == {ITSELF} | set(PRIMITIVES) - {EDGE_OP}
+    assert not any(".edges." in s.name and s.site.kind != "edge" for s in space["op"].sites)
+    others = [s for s in space["op"].sites if s.site.kind != "edge"]
+    assert others and all(len(s.options) == 1 for s in others)  # stem, preprocessing, classifier: no candidate
+    assert len(space["op"].groups()) == LAYERS * 4 and all(keep == 2 for _, keep, _ in space["op"].groups())
+    assert sorted(len(t) for t in space["op"].ties()) == [2] * EDGES  # the two reduction cells
+
+
+def test_a_decision_meets_the_cell_rules_slices_exactly_and_costs_what_fvcore_counts():
+    model, x, space = _traced()
+    scores = np.random.default_rng(0).random(space["op"].size)
+    decision = choose_options(space, "op", scores, 0.9)
+    chosen = decision["op"]
+    sites = space["op"].sites
+    for members, keep, _ in space["op"].groups():
+        on = [chosen.get(sites[i].name, {"op": EDGE_OP})["op"] != "none" for i in members]
+        assert sum(on) == keep
+    for tie in space["op"].ties():
+        assert len({json.dumps(chosen.get(sites[i].name, {}), sort_keys=True) for i in tie}) == 1
+    sliced = slice_model(model, space, decision).eval()
+    with torch.no_grad():
+        ys = sliced(x)
+    assert relative_diff(ys, gated_output(model, space, decision, x)) <= TOL_SLICE
+    assert decision.flops(space) == pytest.approx(fvcore_flops(sliced, x[:1]), rel=1e-9)
+    assert round(decision.params(space)) == sum(p.numel() for p in sliced.parameters())
+
+
+def test_each_node_keeps_its_two_strongest_non_off_edges():
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.6, 0.35, 0.05], [0.2, 0.7, 0.1]])
+    choice = strongest_in_groups(p, [([0, 1, 2], 2, [0, 0, 0])])
+    assert choice.tolist() == [0, 2, 1, 1]  # row 0 is off (its best non-off 0.3 is the weakest); row 3 ungrouped
+
+
+def test_cells_of_one_type_share_their_architecture_logits():
+    _, _, space = _traced()
+    arch = OpLogits(space)
+    assert arch.alpha.shape[0] == 2 * EDGES  # one normal and one reduction cell's worth
+    with torch.no_grad():
+        arch.alpha.normal_()
+    p = arch.probabilities()
+    rows = {s.name: i for i, s in enumerate(arch.sites)}
+    assert torch.equal(p[rows["cells.1.edges.5"]], p[rows["cells.2.edges.5"]])
+    assert not torch.equal(p[rows["cells.0.edges.5"]], p[rows["cells.1.edges.5"]])
+
+
+def test_a_tiny_search_runs_end_to_end_and_reports_its_cells(tmp_path):
+    out = tmp_path / "run"
+    assert main(["darts_search", "--recipe", "darts-cifar10-cpu", "--set", "model_args.c=4",
+                 "--set", f"model_args.layers={LAYERS}", "--set", "data.limit_train=96", "--set", "data.batch_size=32",
+                 "--set", "search.epochs=1", "--set", "finetune.epochs=1", "--set", "export.latency_repeats=0",
+                 "--set", "run.progress=false", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    found = report["method_summary"]["genotype"]
+    genotype = parse_genotype(json.dumps(found))
+    assert len(genotype.normal) == len(genotype.reduce) == 8
+    assert all(op in PRIMITIVES and op != "none" for op, _ in genotype.normal + genotype.reduce)
+    net = create_model("darts_network", genotype=json.dumps(found), c=4, layers=LAYERS).eval()
+    assert net(torch.randn(1, 3, 16, 16)).shape == (1, 10)  # the found cells build the discrete network
+    assert "normal cell" in (out / "report.md").read_text() and (out / "cells.png").is_file()
+    loaded = load_compressed(out).eval()  # rebuilt from darts_search(**model_args) and the candidate registry
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = loaded(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], want, rtol=1e-3, atol=1e-4)
+
+
+def test_model_args_that_the_model_does_not_take_are_one_line(capsys):
+    assert main(["darts_search", "--recipe", "darts-cifar10-cpu", "--set", "model_args.width=3", "--check"]) == 2
+    assert "model_args: darts_search does not take" in capsys.readouterr().err
+    assert main(["darts_network", "--set", 'model_args.genotype={"normal": [["conv_9x9", 0]]}', "--check"]) == 2
+    assert "model_args: genotype.normal" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("darts_v9", "neither a published genotype"),
+    ('{"normal": [["sep_conv_3x3", 0], ["skip_connect", 5]], "reduce": []}', r"genotype.normal\[1\]"),
+    ('{"normal": [["sep_conv_3x3", 0], ["skip_connect", 1]], "reduce": [["max_pool_3x3", 0]]}', "genotype.reduce"),
+])
+def test_a_genotype_that_is_not_one_is_refused_saying_where(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_genotype(text)
+    assert parse_genotype("darts_v2") == GENOTYPES["darts_v2"]
+
+
+def test_the_decision_names_only_edge_sites():
+    _, _, space = _traced()
+    rng = np.random.default_rng(1)
+    d = choose_options(space, "op", rng.random(space["op"].size), 0.9)
+    assert set(d["op"]) <= {s.name for s in _edges(space)} and isinstance(d, Decision)
