@@ -74,23 +74,23 @@ def _alpha_plot(curves: dict[str, list[float]], path: Path) -> None:
 
 
 def _cells_plot(genotype: dict, path: Path) -> None:
-    """Each cell as a graph: its two input states on the left, the nodes in a column, the output
-    (their concatenation) on the right; every kept edge labelled with its operation."""
+    """Each cell as a graph: its two input states on the left, the nodes on a diagonal (so that
+    node-to-node edges stay apart), the output (their concatenation) on the right; every kept
+    edge labelled with its operation."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, kind in zip(axes, ("normal", "reduce")):
         pairs = genotype[kind]
         nodes = len(pairs) // 2
         where = {0: (0.0, 0.75), 1: (0.0, 0.25)}
-        where.update({2 + j: (0.45, 1 - (j + 0.5) / nodes) for j in range(nodes)})
+        where.update({2 + j: (0.3 + 0.45 * j / max(nodes - 1, 1), 1 - (j + 0.5) / nodes) for j in range(nodes)})
         out = (0.95, 0.5)
         for i, (op, source) in enumerate(pairs):
             (x0, y0), (x1, y1) = where[source], where[2 + i // 2]
-            if source >= 2:  # node to node: bend sideways so that it clears the column
-                x0, x1 = x0 + 0.02, x1 + 0.02
+            over = source >= 2 and 2 + i // 2 - source >= 2  # passes a node on the diagonal: bend round it
             ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "color": "0.4",
-                                                              "connectionstyle": f"arc3,rad={0.4 if source >= 2 else 0}"})
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2, op, fontsize=7, ha="center", va="center",
+                                                              "connectionstyle": f"arc3,rad={-0.4 if over else 0}"})
+            ax.text((x0 + x1) / 2 + (0.12 if over else 0), (y0 + y1) / 2 + (0.06 if over else 0), op, fontsize=7, ha="center", va="center",
                     bbox={"boxstyle": "round", "fc": "white", "ec": "0.8"})
         for n in genotype.get("concat", range(2, 2 + nodes)):
             ax.annotate("", out, where[n], arrowprops={"arrowstyle": "->", "color": "0.8"})
