@@ -13,7 +13,6 @@ from torch import nn
 
 from compressor.budget import decide
 from compressor.cli import main
-from compressor.decision import Decision
 from compressor.export import load_compressed, save_compressed
 from compressor.frontend import trace
 from compressor.invariants import TOL_SLICE, slice_diff
@@ -22,7 +21,6 @@ from compressor.recipe import MethodConfig
 from compressor.space.cost import Term
 from compressor.space.kinds import ChoiceKind, ChoiceSet, register_kind, unregister_kind
 from compressor.surgery import slice_model
-from tests.tiny import TinyNet
 
 
 # -- a toy kind: drop a convolution's or linear layer's bias ------------------------------------------

@@ -1,6 +1,7 @@
-"""Candidate operations for the ``op`` kind: what a convolution or a linear layer may become.
+"""Candidate operations for the ``op`` kind: what a convolution, a linear layer or a site a module
+declares (e.g. a DARTS cell ``edge``, whose primitives register in models/darts_search.py) may become.
 
-A candidate is registered by name for the kinds of site it applies to (``conv``, ``linear``); at
+A candidate is registered by name for the kinds of site it applies to (``conv``, ``linear``, ...); at
 a site it offers zero or more argument sets (``options``) and builds a module for each with the
 site's input and output shapes (``build``).  A choice is serialised as ``{"op": name, **args}``
 and rebuilt from this registry, never from code named in a file.  Register your own with
@@ -103,6 +104,12 @@ def build_option(site: OpSite, option: dict[str, Any]) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(zlib.crc32(f"{site.name}|{sorted(option.items())}".encode()))
         return _CANDIDATES[name].build(site, **args)
+
+
+def module_like(module: nn.Module) -> dict:
+    """The dtype and device of a module's weights (a candidate is built to match)."""
+    p = next(module.parameters(), None)
+    return {"dtype": p.dtype, "device": p.device} if p is not None else {}
 
 
 def is_skip(site: OpSite, option: dict[str, Any]) -> bool:
@@ -248,9 +255,3 @@ class LowRank(Candidate):
             return nn.Sequential(nn.Linear(a["in"], rank, bias=False), nn.Linear(rank, a["out"], bias=a["bias"]))
         return nn.Sequential(_conv(site, a["in"], rank, 1, a["stride"], a["padding"]),
                              _conv(site, rank, a["out"], 1, 1, 0, bias=a["bias"]))
-
-
-def module_like(module: nn.Module) -> dict:
-    """The dtype and device of a module's weights (a candidate is built to match)."""
-    p = next(module.parameters(), None)
-    return {"dtype": p.dtype, "device": p.device} if p is not None else {}

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-import numpy as np
 import torch
 from torch import nn
 

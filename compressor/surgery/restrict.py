@@ -14,7 +14,7 @@ import numpy as np
 
 from ..space import Space
 from ..space.cost import CONST, Factor, Term
-from ..space.grouping import ChannelGroup, ParamSlice, UnitGateSite, UnitNormSite
+from ..space.grouping import ParamSlice, UnitGateSite, UnitNormSite
 
 
 def restrict_space(space: Space, keep: np.ndarray) -> tuple[Space, np.ndarray]:

@@ -1,7 +1,6 @@
 """``compressor.json`` formats: format 1 (groups + removed blocks, written before kinds of choice
 were plug-ins) still loads and gives the same model; format 2 is the map ``{kind: payload}``."""
 import json
-import shutil
 from pathlib import Path
 
 import torch

@@ -1,7 +1,6 @@
 """Reductions, softmax-like ops and spatial window ops: channels survive per position."""
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
