@@ -97,7 +97,10 @@ def meet_latency(decision: Decision, target: float, measure: Callable[[Decision]
     """The decision whose measured latency ratio is within ``tolerance`` (relative) of ``target``
     (the median of ``confirm`` measurements), or, after ``rounds`` rounds, the closest measured.
     ``redecide`` None: round 0 only.  ``floor``: the smallest decision's predicted fraction and
-    measured ratio, a point the corrections may bracket the target with."""
+    measured ratio, a point the corrections may bracket the target with.  Round 0 times the
+    method's own decision, which lies off the curve the redecided rounds follow (mobilenet_v2 at
+    0.5: 0.68 where a redecided 0.5 measures near 0.5), so once a round has been redecided the next
+    budget is computed from the redecided rounds alone."""
     within = lambda pair: abs(pair[1] / pair[0] / target - 1) <= tolerance  # noqa: E731
     asked, history, decisions = target, [], []
     for k in range(rounds):
@@ -115,7 +118,7 @@ def meet_latency(decision: Decision, target: float, measure: Callable[[Decision]
         decisions.append(decision)
         if within((original_ms, compressed_ms)) or redecide is None:
             break
-        asked = _next_budget(history, target, floor)
+        asked = _next_budget(history[1:] or history, target, floor)  # round 0 is the method's, not redecided
     return decisions[closest(history, target)], history
 
 

@@ -169,6 +169,25 @@ def test_corrections_bracket_the_target_with_the_smallest_decision():
     assert asked[1] == pytest.approx(0.15 + (0.3 - 0.148) * (asked[0] - 0.15) / (0.364 - 0.148))
 
 
+def test_the_methods_own_round_is_no_bracket_end_once_rounds_are_redecided():
+    """mobilenet_v2 at 0.5: the method's decision measured 0.68, the redecided rounds 0.38-0.46;
+    with round 0 as the upper end the interpolation crept up from below and ran out of rounds."""
+    from compressor.decision import Decision
+    from compressor.latency import meet_latency
+
+    readings = iter([(1.0, 0.68), (1.0, 0.38), (1.0, 0.50), (1.0, 0.50), (1.0, 0.50)])
+    asked = []
+
+    def redecide(target):
+        asked.append(target)
+        return Decision({"n": [len(asked)]})
+
+    decision, rounds = meet_latency(Decision(), 0.5, lambda d: next(readings), redecide, lambda d: 0.0,
+                                    tolerance=0.03, rounds=5, floor=(0.15, 0.146))
+    assert asked[1] == pytest.approx(asked[0] * 0.5 / 0.38)  # scaled by its miss, not pulled towards 0.68
+    assert decision.to_dict() == {"n": [2]} and rounds[-1].measurements == 3
+
+
 def test_a_budget_below_the_measured_floor_is_refused_with_that_figure(monkeypatch):
     """The table may predict a floor this CPU does not reach: the smallest decision is timed, and a
     target it misses by more than the tolerance is refused before any training."""
