@@ -50,7 +50,11 @@ def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settin
     block = table.block()
     smaller = _calibration_decision(space, model, calibrate_at, block) if calibrate_at else None
     meter = Meter(model, example[:1], batch=settings.batch, threads=settings.threads, repeats=repeats)
-    measured = lambda d: median_pair([meter(slice_model(model, space, d)) for _ in range(CONFIRM)])  # noqa: E731
+
+    def measured(decision: Decision) -> tuple[float, float]:  # sliced once, timed CONFIRM times
+        sliced = slice_model(model, space, decision)
+        return median_pair([meter(sliced) for _ in range(CONFIRM)])
+
     try:
         if smaller is None:
             whole, ratio = table.time(str(meter.original), [settings.batch, *example.shape[1:]]), None
