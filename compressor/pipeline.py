@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from .decision import Decision
@@ -138,7 +139,7 @@ class Run:
         meter = Meter(original, p.example, batch=budget.batch, threads=budget.threads, repeats=budget.repeats)
         try:
             redecide = None if self.result.carry is not None else \
-                redecider(original, p.space, self.result.decision, self.recipe.export.round_to)
+                redecider(original, p.space, self.result.decision, self.recipe.export.round_to, self._block_scores(original))
             decision, self.latency_rounds = meet_latency(
                 self.result.decision, budget.target, lambda d: meter(slice_model(original, p.space, d)), redecide,
                 lambda d: d.cost(p.space, "latency") / p.space.cost.full("latency"),
@@ -149,6 +150,15 @@ class Run:
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps({"decision": decision.to_dict(), "rounds": rounds_table(self.latency_rounds)}))
         return decision
+
+    def _block_scores(self, model: nn.Module, batches: int = 4) -> np.ndarray | None:
+        """The loss each residual block's skipping costs on a few training batches (CPU), the order a
+        latency correction removes the method's kept blocks in; None without blocks."""
+        if "depth" not in self.p.space:
+            return None
+        from .importance import block_drop_loss
+
+        return block_drop_loss(model.eval(), self.p.space, self.ctx.training_batches(batches, "cpu"))
 
     def _latency_summary(self) -> dict | None:
         if self.p.latency is None:

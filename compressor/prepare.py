@@ -100,7 +100,8 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
         recipe = load_recipe(recipe, {"export.round_to": latency.block})
     smallest = {k: np.zeros(space[k].size) for k in space if get_kind(k).weight_scored}
     decide(space, smallest, first_target(recipe.budget.target, then), what=recipe.budget.what,
-           fixed=method.fixed(), fill=False)  # and an unreachable budget (the method's share of it)
+           fixed=method.fixed(), round_to=recipe.export.round_to, fill=False)  # and an unreachable budget
+                                                                                # (the method's share of it)
     teacher = named_teacher(recipe, num_classes)  # and a teacher that cannot be built
     return Prepared(recipe, name, net, source, source_kwargs, start, (train_set, val_set, test_set), num_classes,
                     torch.randn(1, 3, size, size), space, method, teacher,
@@ -112,8 +113,9 @@ def latency_cost(recipe: Recipe, space: Space, net: nn.Module, size: int, then: 
                  fixed: Decision) -> Any:
     """For a latency budget: the layer table measured (or loaded from the cache) and ``latency``
     attached to the space's cost model; None for other budgets.  Raises :class:`BudgetError` when
-    even the smallest decision (``fixed`` where the method or rules fix it) *measures* above the
-    target by more than the tolerance: a table can predict a floor this CPU does not reach."""
+    even the smallest decision a correction can reach (every width at its least, every block
+    skipped; ``fixed`` where the method or rules fix the rest) *measures* above the target by more
+    than the tolerance: a table can predict a floor this CPU does not reach."""
     budget = recipe.budget
     if budget.what != "latency":
         return None
@@ -123,11 +125,11 @@ def latency_cost(recipe: Recipe, space: Space, net: nn.Module, size: int, then: 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RecipeError("budget.latency: the latency table and the measured rounds run in one process; "
                           "run without torchrun, or use a flops budget under DDP")
-    from .latency import Settings, attach_latency
+    from .latency import Settings, attach_latency, correctable_kinds
 
     cost = attach_latency(space, net, torch.randn(1, 3, size, size), Settings(budget.batch, budget.threads),
                           progress=recipe.run.progress, repeats=budget.repeats, fixed=fixed,
-                          smallest_of=[k for k in space if get_kind(k).weight_scored])
+                          smallest_of=correctable_kinds(space))
     if cost.floor is not None and cost.floor > budget.target * (1 + budget.tolerance):
         want, floor = distinct_figures(budget.target, cost.floor)
         raise BudgetError(f"budget {want} of the latency cannot be met here: the smallest decision measures "

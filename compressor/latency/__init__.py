@@ -17,6 +17,7 @@ from .correct import (
     Meter,
     Round,
     closest,
+    correctable_kinds,
     magnitude_scores,
     median_pair,
     meet_latency,
@@ -30,7 +31,7 @@ from .units import GRID, Unit, find_units
 CALIBRATE_AT = 0.4  # FLOPs kept by the decision the table is calibrated on
 
 __all__ = ["GRID", "Coverage", "LatencyCost", "LatencyTable", "Meter", "Round", "Settings", "Unit", "attach_latency",
-           "budget_summary", "cache_dir", "find_units", "meet_latency", "redecider", "rounds_table"]
+           "budget_summary", "cache_dir", "correctable_kinds", "find_units", "meet_latency", "redecider", "rounds_table"]
 
 
 def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settings: Settings, *,

@@ -5,7 +5,9 @@ The table ranks and allocates; only the whole model, fused and scheduled by onnx
 what it runs at.  Round 0 times the method's own decision.  When it misses, the next round asks
 the cost model for a corrected budget (the last one scaled by the miss; from the third round the
 secant through the last two) and decides again: the method's kept slots rank above its
-removed ones, weight magnitude orders each side, its removed blocks and operation choices stay.
+removed ones, weight magnitude orders each side; its kept blocks go only when every width is at
+its least (at 32 px and batch 1 widths alone stop short); its removed blocks and operation
+choices stay.
 A round that lands within the tolerance is measured again, and the median of ``CONFIRM``
 measurements decides: one measurement moves by 3-8% between runs here, more than the tolerance.
 Rounds are bounded; the report lists each one's asked, predicted and measured fractions.
@@ -80,13 +82,26 @@ def magnitude_scores(model: nn.Module, space: Space) -> dict[str, np.ndarray]:
             if not get_kind(k).one_of}
 
 
-def redecider(model: nn.Module, space: Space, decision: Decision, round_to: int | None) -> Callable[[float], Decision]:
+def correctable_kinds(space: Space) -> list[str]:
+    """The kinds a correction re-decides: those weights score, and residual blocks (the smallest
+    decision over them is the least a correction can reach)."""
+    return [k for k in space if not get_kind(k).one_of and (get_kind(k).weight_scored or k == "depth")]
+
+
+def redecider(model: nn.Module, space: Space, decision: Decision, round_to: int | None,
+              block_scores: np.ndarray | None = None) -> Callable[[float], Decision]:
     """``target -> Decision`` at a latency budget, keeping what the method chose where it can (see
-    the module doc).  Kinds without weight scores (blocks) and one-of kinds (operations) stay fixed."""
+    the module doc).  Widths go first; the residual blocks the method kept go only when every
+    width is at its least, the lowest ``block_scores`` first (the loss their skipping costs;
+    without them, blocks stay as the method chose).  The method's removed blocks stay removed;
+    one-of kinds (operations) stay fixed."""
     keep = decision.keep(space)
     scores = {k: 2.0 * keep[k] + m / max(float(np.abs(m).max()), 1e-30)
-              for k, m in magnitude_scores(model, space).items()}
+              for k, m in magnitude_scores(model, space).items()}  # in [0, 3]
     fixed = Decision({k: v for k, v in decision.items() if k not in scores})
+    if block_scores is not None and "depth" in space:
+        ranks = np.argsort(np.argsort(np.asarray(block_scores), kind="stable"), kind="stable")
+        scores["depth"] = 3.0 + (ranks + 1) / len(ranks)  # above every width: the last to go
     return lambda target: decide(space, scores, target, what="latency", round_to=round_to, fixed=fixed)
 
 

@@ -8,9 +8,11 @@ plotted per epoch, its :meth:`Method.report` tables).  Nothing else needs an edi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -79,6 +81,13 @@ class SearchContext:
         spec = Stage(name, self.train_set, self.epochs, self.batch_size, val_set=self.val_set,
                      criterion=self.criterion, checkpoint=checkpoint, resume=self.resume)
         return dataclasses.replace(spec, **changes)
+
+    def training_batches(self, n: int, device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``n`` shuffled training batches ``(x, y)`` on ``device`` (the trainer's by default),
+        for scores measured on a few batches (block skipping, Taylor gradients)."""
+        device = self.trainer.device if device is None else device
+        for _, (x, y) in zip(range(n), self.trainer.loader(self.train_set, self.batch_size, shuffle=True)):
+            yield x.to(device), y.to(device)
 
 
 Baseline = Callable[[Dataset, int, float], dict]

@@ -81,9 +81,7 @@ class PruneMethod(Method):
 
 
 def _training_batches(model: nn.Module, ctx: SearchContext, n: int):
-    """The first ``n`` shuffled training batches on the trainer's device, with ``model`` moved
-    there in eval mode (scoring leaves the running statistics as trained)."""
-    trainer = ctx.trainer
-    model.to(trainer.device).eval()
-    for _, (x, y) in zip(range(n), trainer.loader(ctx.train_set, ctx.batch_size, shuffle=True)):
-        yield x.to(trainer.device), y.to(trainer.device)
+    """``ctx``'s first ``n`` training batches, with ``model`` moved to the trainer's device in eval
+    mode (scoring leaves the running statistics as trained)."""
+    model.to(ctx.trainer.device).eval()
+    yield from ctx.training_batches(n)

@@ -188,6 +188,34 @@ def test_the_methods_own_round_is_no_bracket_end_once_rounds_are_redecided():
     assert decision.to_dict() == {"n": [2]} and rounds[-1].measurements == 3
 
 
+def test_the_correction_removes_kept_blocks_only_where_widths_alone_cannot_reach():
+    """mobilenet_v2 at 32 px and batch 1 measured 0.33-0.37 at every width: the correction may then
+    skip the blocks the method kept, the least costly first, never before the widths are at their least."""
+    from compressor.decision import Decision
+    from compressor.latency import redecider
+
+    net, x = TinyNet().eval(), torch.randn(1, 3, SIZE, SIZE)
+    space = compressor.trace(net, x)
+    attach_latency(space, net, x, Settings(), calibrate_at=None)
+    blocks = space["depth"].items()
+    method = Decision({"depth": [blocks[2]]})  # the method removed the last block
+    widths_only = redecider(net, space, method, 1)
+    scored = redecider(net, space, method, 1, block_scores=np.array([0.5, 0.1, 0.0]))
+    with pytest.raises(BudgetError) as refused:
+        widths_only(0.01)
+    least = float(str(refused.value).split("keeps ")[1].split()[0])  # the widths-only smallest fraction
+    assert scored(least * 1.2)["depth"] == [blocks[2]]  # widths reach it: blocks as the method chose
+    seen = []
+    for target in np.linspace(least * 0.98, least * 0.3, 15):
+        try:
+            decision = scored(float(target))
+        except BudgetError:
+            break
+        assert decision.cost(space, "latency") <= target * space.cost.full("latency")
+        seen.append(sorted(set(decision["depth"]) - {blocks[2]}))
+    assert seen[0] == [blocks[1]] and seen[-1] == sorted(blocks[:2])  # the lower-scored kept block goes first
+
+
 def test_a_budget_below_the_measured_floor_is_refused_with_that_figure(monkeypatch):
     """The table may predict a floor this CPU does not reach: the smallest decision is timed, and a
     target it misses by more than the tolerance is refused before any training."""
