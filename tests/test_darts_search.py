@@ -1,5 +1,6 @@
 """The DARTS search space on the op kind: every cell edge a site over the 8 primitives, the
 discretisation (2 edges per node, tied cells), exact surgery and costs, and a tiny search run."""
+import copy
 import functools
 import json
 
@@ -10,6 +11,7 @@ import torch
 
 from compressor.budget import choose_options
 from compressor.choices.candidates import ITSELF, label
+from compressor.choices.mixed_op import window_forward
 from compressor.cli import main
 from compressor.decision import Decision
 from compressor.export import load_compressed
@@ -20,7 +22,7 @@ from compressor.invariants import TOL_SLICE, relative_diff
 from compressor.methods.darts_arch import OpLogits, strongest_in_groups
 from compressor.models import GENOTYPES
 from compressor.models.darts_cells import parse_genotype
-from compressor.models.darts_search import EDGE_OP, PRIMITIVES, darts_search
+from compressor.models.darts_search import EDGE_OP, PRIMITIVES, darts_search, search_primitive
 from compressor.surgery import slice_model
 from compressor.zoo import create_model
 
@@ -134,3 +136,91 @@ def test_the_decision_names_only_edge_sites():
     rng = np.random.default_rng(1)
     d = choose_options(space, "op", rng.random(space["op"].size), 0.9)
     assert set(d["op"]) <= {s.name for s in _edges(space)} and isinstance(d, Decision)
+
+
+@pytest.mark.parametrize("name", [p for p in PRIMITIVES] + ["skip_connect@2", "max_pool_3x3@2", "sep_conv_3x3@2"])
+@pytest.mark.parametrize("start", [0, 4])
+def test_an_operation_on_a_window_of_its_channels_is_the_whole_one_on_those_channels_alone(name, start):
+    """PC-DARTS's partial channels: every primitive on 4 of its 8 channels equals the whole
+    primitive with its weights between those channels and the others zeroed, fed those channels
+    with zeros elsewhere (fresh BN statistics map zero to zero), read on the same channels; in
+    training, the window's running statistics move and no others."""
+    name, stride = (name.split("@")[0], int(name.split("@")[1])) if "@" in name else (name, 1)
+    torch.manual_seed(0)
+    op = search_primitive(name, 8, stride).eval()
+    window = slice(start, start + 4)
+    inside = torch.zeros(8, dtype=torch.bool)
+    inside[window] = True
+    masked = copy.deepcopy(op)
+    for path, m in masked.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and m.groups == 1:  # (a factorised reduction's conv_b: channels 4-7)
+            rows = inside[4:] if path.endswith("conv_b") else inside[:m.out_channels]
+            with torch.no_grad():
+                m.weight.mul_((rows[:, None] == inside[None, :]).to(m.weight)[:, :, None, None])
+    x = torch.randn(2, 4, 8, 8)
+    padded = torch.zeros(2, 8, 8, 8)
+    padded[:, window] = x
+    with torch.no_grad():
+        torch.testing.assert_close(window_forward(op, x, window), masked(padded)[:, window], rtol=1e-5, atol=1e-6)
+    norms = [m for m in op.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    window_forward(op.train(), x, window)
+    for m, old in zip(norms, before):
+        outside = torch.ones(8, dtype=torch.bool)
+        outside[window] = False
+        assert torch.equal(m.running_mean[outside], old[outside]) and not torch.equal(m.running_mean[window], old[window])
+
+
+def test_a_pc_darts_edge_mixes_a_window_and_passes_the_other_channels_by():
+    """One-hot on skip_connect at stride 1: the window is the identity and so is the bypass; on
+    sep_conv_3x3 the channels outside the window are the input's, and inside they are not."""
+    from compressor.choices.mixed_op import MixedOp
+
+    _, _, space = _traced()
+    choice = space["op"].site("cells.0.edges.0")  # stride 1, 4 channels
+    edge = darts_search(num_classes=10, c=4, layers=LAYERS).cells[0].edges[0]
+    values = {"op": torch.zeros(space["op"].size)}
+    mixed = MixedOp(edge, choice, values).eval()
+    mixed.partial = 2
+    x = torch.randn(2, 4, 8, 8)
+    values["op"][choice.offset + choice.index({"op": "skip_connect"})] = 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(x), x)
+        values["op"].zero_()
+        values["op"][choice.offset + choice.index({"op": "sep_conv_3x3"})] = 1.0
+        mixed.advance()  # the second window: channels 2 and 3
+        y = mixed(x)
+    assert torch.equal(y[:, :2], x[:, :2]) and not torch.allclose(y[:, 2:], x[:, 2:])
+
+
+def test_edge_normalisation_weighs_each_nodes_edges_by_a_softmax_shared_by_cells_of_a_type():
+    _, _, space = _traced()
+    arch = OpLogits(space, edge_norm=True)
+    assert arch.beta.shape == (2 * 4, 5)  # a normal and a reduction cell's 4 nodes, up to 5 edges each
+    with torch.no_grad():
+        arch.beta.normal_()
+    rows = {s.name: i for i, s in enumerate(arch.sites)}
+    e = arch.edge_weights().detach()
+    node5 = [rows[f"cells.1.edges.{j}"] for j in range(9, 14)]  # node 5: edges 9-13
+    assert float(e[node5].sum()) == pytest.approx(1.0)
+    assert torch.equal(e[rows["cells.1.edges.3"]], e[rows["cells.2.edges.3"]])
+    torch.testing.assert_close(arch.weights(), arch.probabilities() * e[:, None])
+    assert float(OpLogits(space).edge_weights().min()) == 1.0
+
+
+def test_a_tiny_pc_darts_search_runs_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    assert main(["darts_search", "--recipe", "pc-darts-cifar10-cpu", "--set", "model_args.c=4",
+                 "--set", f"model_args.layers={LAYERS}", "--set", "method.partial_channels=2",
+                 "--set", "data.limit_train=96", "--set", "data.batch_size=32", "--set", "search.epochs=2",
+                 "--set", "finetune.epochs=1", "--set", "export.latency_repeats=0", "--set", "run.progress=false",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "report.json").read_text())["method_summary"]
+    assert summary["partial_channels"] == {"K": 2, "sites": LAYERS * EDGES, "of": LAYERS * EDGES}
+    assert len(parse_genotype(json.dumps(summary["genotype"])).normal) == 8
+
+
+def test_edge_normalisation_without_groups_is_one_line(capsys):
+    assert main(["resnet18", "--method", "darts", "--set", "choices=[op]", "--set", "method.edge_normalization=true",
+                 "--check"]) == 2
+    assert "method.edge_normalization: no op site declares a group" in capsys.readouterr().err

@@ -24,7 +24,12 @@ class MixedOp(nn.Module):
     per step, so that the several forwards of a second-order step see one window), and over K
     steps each channel is searched once (PC-DARTS moves its fixed slice by a channel shuffle,
     which a trained network cannot absorb).  Candidates compute only the window's channels (:func:`narrow_output`),
-    which is where the memory goes down."""
+    which is where the memory goes down.
+
+    A site whose original module has ``partial_bypass(x)`` (a DARTS cell edge) is PC-DARTS's
+    edge: every option runs on the window's input channels alone (:func:`window_forward`, the
+    option's weights for those channels) and the other channels pass by ``partial_bypass``
+    (identity, or max-pooling on a reduction edge)."""
 
     def __init__(self, original: nn.Module, choice: OpChoice, values) -> None:
         super().__init__()
@@ -62,15 +67,21 @@ class MixedOp(nn.Module):
         return y
 
     def _partial(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        whole = self.ops[0](x)
+        bypass = getattr(self.ops[0], "partial_bypass", None)  # PC-DARTS's edges: the rest pass by
+        whole = bypass(x) if bypass is not None else self.ops[0](x)
         width = whole.shape[1] // self.partial
         start = width * (self.turn % self.partial)
         window = slice(start, start + width)
-        mix = whole[:, window] * w[0].to(x.dtype)
         on = (w.detach() != 0).tolist()  # (0: an option a progressive stage dropped)
-        for i, op in enumerate(self.ops):
-            if i and on[i]:
-                mix = mix + self._dropped(i, narrow_output(op, x, window)) * w[i].to(x.dtype)
+        if bypass is not None:  # every option on the window's channels alone
+            part = x[:, window]
+            mix = sum(self._dropped(i, window_forward(op, part, window)) * w[i].to(x.dtype)
+                      for i, op in enumerate(self.ops) if on[i])
+        else:  # the original's other channels, as if it had been chosen
+            mix = whole[:, window] * w[0].to(x.dtype)
+            for i, op in enumerate(self.ops):
+                if i and on[i]:
+                    mix = mix + self._dropped(i, narrow_output(op, x, window)) * w[i].to(x.dtype)
         return torch.cat([whole[:, :start], mix, whole[:, start + width:]], dim=1)
 
 
@@ -89,3 +100,38 @@ def narrow_output(op: nn.Module, x: torch.Tensor, window: slice) -> torch.Tensor
     if isinstance(op, _CHANNELWISE):
         return op(x[:, window])
     return op(x)[:, window]
+
+
+def window_forward(op: nn.Module, x: torch.Tensor, window: slice) -> torch.Tensor:
+    """``op`` restricted to the channels in ``window`` (input and output alike), on ``x`` holding
+    only those channels: PC-DARTS's 1/K of an edge's channels through an operation built for all
+    of them, sharing its weights.  Knows sequences, dense and depthwise convolutions, batch norm
+    and operations that act per channel (``channelwise = True`` or a ReLU, pooling, identity); a
+    module with ``forward_window(x, window)`` computes its own."""
+    if hasattr(op, "forward_window"):
+        return op.forward_window(x, window)
+    if isinstance(op, nn.Sequential):
+        for m in op:
+            x = window_forward(m, x, window)
+        return x
+    if isinstance(op, (*_CHANNELWISE, nn.ReLU)) or getattr(op, "channelwise", False):
+        return op(x)
+    if isinstance(op, nn.Conv2d) and op.padding_mode == "zeros" and op.groups in (1, op.in_channels):
+        depthwise = op.groups == op.in_channels and op.groups > 1
+        weight = op.weight[window] if depthwise else op.weight[window, window]
+        bias = op.bias[window] if op.bias is not None else None
+        return F.conv2d(x, weight, bias, op.stride, op.padding, op.dilation, x.shape[1] if depthwise else 1)
+    if isinstance(op, nn.BatchNorm2d):
+        return window_batch_norm(op, x, window)
+    raise TypeError(f"{type(op).__name__} cannot run on a window of its channels (PC-DARTS partial channels): "
+                    "give it forward_window(x, window), or set method.partial_channels=1")
+
+
+def window_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, window: slice) -> torch.Tensor:
+    """``bn`` on the channels in ``window``: their statistics and affine parameters (a training
+    step updates those running statistics in place)."""
+    stats = bn.running_mean is not None
+    use_batch = bn.training or not stats
+    return F.batch_norm(x, bn.running_mean[window] if stats else None, bn.running_var[window] if stats else None,
+                        bn.weight[window] if bn.affine else None, bn.bias[window] if bn.affine else None,
+                        use_batch, 0.1 if bn.momentum is None else bn.momentum, bn.eps)  # (None: torch's default)

@@ -80,6 +80,9 @@ class DartsConfig(MethodConfig):
     partial_channels: int = Field(4, ge=1, description="PC-DARTS's K: 1/K of each convolution's output channels "
                                   "go through the mixed op during the search (1: all of them; PC-DARTS: 4 on "
                                   "CIFAR). Convolutions whose width K does not divide run whole.")
+    edge_normalization: bool = Field(False, description="PC-DARTS: weigh each site of a group (the edges into a "
+                                     "node) by softmax(beta) over the group; discretisation ranks them by beta x "
+                                     "alpha. Needs sites that declare groups (darts_search).")
     split: float = Field(0.5, gt=0, lt=1, description="Share of the training set (per class) for architecture steps.")
     stages: list[int] = Field([], description="P-DARTS: options each site keeps after each stage, e.g. [5, 3]; "
                               "the search epochs split evenly into len + 1 stages.")
@@ -120,13 +123,18 @@ class DartsMethod(BilevelSearch):
             raise RecipeError("darts searches the op kind: put op in the recipe's choices (e.g. choices=[op])")
         if not space[KIND].free().any():
             raise RecipeError("darts: no site has a candidate (compress inspect MODEL --set choices=[op] lists them)")
+        if config.edge_normalization and not space[KIND].groups():
+            raise RecipeError("method.edge_normalization: no op site declares a group (the edges into a node of "
+                              "a cell, as in darts_search); set it to false")
         self.partial = self._partial_sites(config.partial_channels)
         self.windows: list[MixedOp] = []
         self.alpha_history: list[list[list[float]]] = []  # per epoch: softmax(alpha), sites x options
 
     def _partial_sites(self, k: int) -> list[str]:
-        """The convolution sites whose output channels ``k`` divides (PC-DARTS runs the others whole)."""
-        convs = [s for s in self.space[KIND].sites if s.site.kind == "conv" and s.frozen is None and len(s.options) > 1]
+        """The convolution sites, and the sites declaring ``partial: bypass`` (cell edges), whose
+        output channels ``k`` divides (PC-DARTS runs the others whole)."""
+        convs = [s for s in self.space[KIND].sites if s.frozen is None and len(s.options) > 1
+                 and (s.site.kind == "conv" or s.site.attrs.get("partial") == "bypass")]
         fits = [s.name for s in convs if s.site.attrs["out"] % k == 0]
         if k > 1 and not fits and "partial_channels" in self.config.model_fields_set:
             widths = sorted({s.site.attrs["out"] for s in convs})
@@ -189,6 +197,8 @@ class DartsMethod(BilevelSearch):
             chosen = decision.keep(self.space)[KIND]
             summary["alpha_of_chosen"] = {s.name: [round(e[i][int(np.argmax(chosen[s.slots]))], 4)
                                                    for e in self.alpha_history] for i, s in enumerate(self.arch.sites)}
+        if self.arch is not None and self.space[KIND].groups():
+            summary["edge_strength"] = self._edge_strengths()
         if self.partial and self.arch is not None:
             summary["partial_channels"] = {"K": self.config.partial_channels, "sites": len(self.partial),
                                            "of": len(self.arch.sites)}
@@ -233,10 +243,11 @@ class DartsMethod(BilevelSearch):
         for mixed in self.windows:
             mixed.partial = cfg.partial_channels
         start = {n: -cfg.init_scale * v for n, v in (scores or {}).items()} if cfg.init == "distillation" else None
-        self.arch = OpLogits(self.space, start=start)
+        self.arch = OpLogits(self.space, start=start, edge_norm=cfg.edge_normalization)
         self.controlled = ControlledModel(gates, self.arch)
-        self.arch.alpha.requires_grad_(False)  # the weight optimizer never sees it
-        self.arch_opt = ArchitectureStep([self.arch.alpha], lr=cfg.arch_lr, betas=cfg.arch_betas,
+        for p in self.arch.parameters():  # alpha (and beta): the weight optimizer never sees them
+            p.requires_grad_(False)
+        self.arch_opt = ArchitectureStep(list(self.arch.parameters()), lr=cfg.arch_lr, betas=cfg.arch_betas,
                                          weight_decay=cfg.arch_weight_decay, order=cfg.order, dist=ctx.trainer.dist)
         self.make_voting(sizes, ctx.num_classes or 10)
         return self.controlled
@@ -277,10 +288,10 @@ class DartsMethod(BilevelSearch):
     def _decide(self, ctx: SearchContext) -> Decision:
         """argmax per site (in a group, its ``keep`` strongest sites by their best option other
         than ``off``; the others ``off``), at most ``skip_cap`` skips, then within the budget."""
-        p = self.arch.probabilities().detach()
-        choice = strongest_in_groups(p, self._groups())
+        p, strength = self.arch.probabilities().detach(), self.arch.weights().detach()
+        choice = strongest_in_groups(strength, self._groups())
         if self.config.skip_cap is not None:
-            choice = self._cap_skips(p, choice, self.config.skip_cap)
+            choice = self._cap_skips(strength, choice, self.config.skip_cap)
         one_hot = F.one_hot(choice, p.shape[1]).to(p.dtype)
         decision = Decision.from_keep(self.space, {KIND: self.arch.values(one_hot).numpy()})
         cost = decision.cost(self.space, ctx.budget.what) / self.space.cost.full(ctx.budget.what)
@@ -303,6 +314,16 @@ class DartsMethod(BilevelSearch):
             best = max(others, key=lambda j: float(p[i, j]))
             choice[[k for k, r in enumerate(rows) if r == rows[i]]] = best
         return choice
+
+    def _edge_strengths(self) -> dict[str, float]:
+        """Per site in a group: its strongest weight other than ``off`` (what the discretisation
+        ranks a node's edges by; beta x alpha with edge normalisation)."""
+        strength = self.arch.weights().detach().clone()
+        out = {}
+        for members, _, off in self._groups():
+            strength[members, off] = -1.0
+            out.update({self.arch.sites[i].name: round(float(strength[i].max()), 6) for i in members})
+        return out
 
     def _groups(self) -> list[tuple[list[int], int, list[int]]]:
         """The op kind's groups with their members as rows of ``self.arch`` (its free sites)."""

@@ -1,7 +1,9 @@
 """The DARTS relaxation over the ``op`` kind: architecture logits ``alpha`` per site over its
 options; a site's mixed op weighs option o by ``softmax(alpha)_o`` (DARTS, Liu et al. 2019), or
 only its still-allowed options once a progressive stage has dropped the others (P-DARTS).
-``alpha`` starts at 1e-3 N(0, 1) (the reference code), or from given per-site logits."""
+``alpha`` starts at 1e-3 N(0, 1) (the reference code), or from given per-site logits.  With edge
+normalisation (PC-DARTS) each edge into a node is further weighed by softmax(beta) over the node's
+edges."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +23,7 @@ class OpLogits(GateController):
     every normal cell shares one row); :meth:`probabilities` is per site."""
 
     def __init__(self, space: Space, init_scale: float = 1e-3,
-                 start: dict[str, np.ndarray] | None = None) -> None:
+                 start: dict[str, np.ndarray] | None = None, edge_norm: bool = False) -> None:
         super().__init__()
         choices = space[KIND]
         self.size = choices.size
@@ -51,6 +53,39 @@ class OpLogits(GateController):
         for s in choices.sites:
             start[s.offset] = 1.0  # sites without a choice stay themselves
         self.register_buffer("start", torch.from_numpy(start))
+        self.beta = self._edge_logits(choices, init_scale) if edge_norm else None
+
+    def _edge_logits(self, choices, init_scale: float) -> nn.Parameter:
+        """PC-DARTS's edge normalisation: ``beta``, one row per group of sites (the edges into a
+        node; groups whose members share their rows of alpha share one), a logit per member."""
+        site_row = {s.name: i for i, s in enumerate(self.sites)}
+        groups = [[site_row[choices.sites[i].name] for i in members] for members, _, _ in choices.groups()]
+        keys = list(dict.fromkeys(tuple(self.row[m].tolist()) for m in groups))
+        edge_row, edge_pos = torch.full((len(self.sites),), -1), torch.zeros(len(self.sites), dtype=torch.long)
+        width = max((len(m) for m in groups), default=1)
+        allowed = torch.zeros(len(keys), width, dtype=torch.bool)
+        for members in groups:
+            r = keys.index(tuple(self.row[members].tolist()))
+            edge_row[members], edge_pos[members] = r, torch.arange(len(members))
+            allowed[r, :len(members)] = True
+        self.register_buffer("edge_row", edge_row)
+        self.register_buffer("edge_pos", edge_pos)
+        self.register_buffer("edge_allowed", allowed)
+        return nn.Parameter(torch.randn(len(keys), width) * init_scale)
+
+    def edge_weights(self) -> torch.Tensor:
+        """Per site: softmax(beta) over its group at its position (1 outside groups, or without
+        edge normalisation)."""
+        if self.beta is None:
+            return self.alpha.new_ones(len(self.sites)).float()
+        b = F.softmax(self.beta.float().masked_fill(~self.edge_allowed, -torch.inf), dim=1)
+        inside = self.edge_row >= 0
+        return torch.where(inside, b[self.edge_row.clamp_min(0), self.edge_pos], torch.ones_like(b[0, 0]))
+
+    def weights(self) -> torch.Tensor:
+        """What each site's mixed op weighs its options by: softmax(alpha), times the site's edge
+        weight (PC-DARTS); the strength a discretisation ranks edges by."""
+        return self.probabilities() * self.edge_weights()[:, None]
 
     def probabilities(self) -> torch.Tensor:
         """softmax(alpha) over each site's allowed options (sites x options)."""
@@ -72,7 +107,7 @@ class OpLogits(GateController):
         return self.values(F.one_hot(p.argmax(1), p.shape[1]).to(p.dtype))
 
     def forward(self) -> dict[str, torch.Tensor]:
-        return {KIND: self.values(self.probabilities())}
+        return {KIND: self.values(self.weights())}
 
     def drop(self, keep: int) -> None:
         """P-DARTS: every site keeps only its ``keep`` most probable allowed options."""

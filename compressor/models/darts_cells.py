@@ -20,8 +20,10 @@ import json
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..choices.mixed_op import window_batch_norm
 from .registry import register_model
 
 
@@ -86,6 +88,17 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
         return self.bn(torch.cat([self.conv_a(x), self.conv_b(x[:, :, 1:, 1:])], dim=1))
+
+    def forward_window(self, x: torch.Tensor, window: slice) -> torch.Tensor:
+        """The output channels in ``window`` from the input channels in it (``x``; cin = cout):
+        PC-DARTS's partial channels on a reduction edge's skip."""
+        x = self.relu(x)
+        half = self.conv_a.out_channels
+        a, b = slice(window.start, min(window.stop, half)), slice(max(window.start, half) - half, window.stop - half)
+        parts = [F.conv2d(x, self.conv_a.weight[a, window], stride=2)] if a.start < a.stop else []
+        if b.start < b.stop:
+            parts.append(F.conv2d(x[:, :, 1:, 1:], self.conv_b.weight[b, window], stride=2))
+        return window_batch_norm(self.bn, torch.cat(parts, dim=1), window)
 
 
 def primitive(name: str, c: int, stride: int, *, affine: bool = True) -> nn.Module:

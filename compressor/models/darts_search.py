@@ -18,9 +18,11 @@ architecture logits (``tie``).  :meth:`DartsSearchNetwork.genotype` reads a deci
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..choices.candidates import Candidate, OpSite, register_candidate
+from ..choices.mixed_op import window_forward
 from .darts_cells import FactorizedReduce, Genotype, primitive, relu_conv_bn
 from .registry import register_model
 
@@ -32,6 +34,8 @@ KEEP = 2  # incoming edges each node keeps (the papers' discretisation)
 
 class Zero(nn.Module):
     """DARTS's ``none``: zeros at the edge's output size."""
+
+    channelwise = True  # (PC-DARTS runs it on a window of the channels)
 
     def __init__(self, stride: int) -> None:
         super().__init__()
@@ -62,12 +66,21 @@ class CellEdge(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
 
+    def forward_window(self, x: torch.Tensor, window: slice) -> torch.Tensor:
+        return window_forward(self.op, x, window)
+
+    def partial_bypass(self, x: torch.Tensor) -> torch.Tensor:
+        """PC-DARTS: the channels outside the searched window pass unchanged, max-pooled 2x2 on a
+        reduction edge."""
+        return x if self.stride == 1 else F.max_pool2d(x, 2, 2, ceil_mode=True)
+
     def op_site(self) -> dict:
-        """The site's arguments: what its candidates build on, its group and its tie."""
+        """The site's arguments: what its candidates build on, its group and its tie; PC-DARTS's
+        partial channels pass the unsearched channels by (``partial: bypass``)."""
         kind = "reduce" if self.reduction else "normal"
         return {"in": self.c, "out": self.c, "stride": self.stride, "primitive": EDGE_OP,
                 "group": f"cell{self.cell}.node{self.node}", "keep": KEEP, "off": "none",
-                "tie": f"{kind}.node{self.node}.from{self.source}"}
+                "tie": f"{kind}.node{self.node}.from{self.source}", "partial": "bypass"}
 
 
 class _EdgePrimitive(Candidate):
