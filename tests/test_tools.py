@@ -1,5 +1,6 @@
 """The CI slice of the tools/ benchmarks: the same code paths on small models and few repeats."""
 import csv
+import json
 
 import pytest
 
@@ -7,6 +8,7 @@ from tools import (
     ablations,
     accuracy,
     cuda_matrix,
+    darts_bench,
     frozen_share,
     gate_cost,
     grow_cost,
@@ -180,3 +182,20 @@ def test_frozen_share_rows(capsys):
     assert 0 < row["prunable"] <= row["groups"]
     assert 0.0 <= row["frozen_flops"] < 0.1 and 0.0 < row["smallest"] < 0.5
     assert "| cifar_resnet20 |" in capsys.readouterr().out
+
+
+def test_darts_bench_rows(tmp_path, capsys):
+    out = tmp_path / "darts.csv"
+    darts_bench.main(["--variants", "pc4", "--seeds", "0,1", "--random", "1", "--eval-cells", "3", "--eval-c", "4",
+                      "--eval-epochs", "1", "--set", "model_args.c=4", "--set", "model_args.layers=3",
+                      "--set", "data.limit_train=96", "--set", "data.batch_size=32", "--set", "search.epochs=2",
+                      "--variant-set", "pc4:partial_channels=2", "--csv", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert [r["variant"] for r in rows] == ["pc4", "pc4", "random"]
+    for r in rows:
+        assert 0 <= float(r["test_acc"]) <= 1 and float(r["params_m"]) > 0 and float(r["mflops"]) > 0
+        assert 0 <= int(r["normal_skips"]) <= 8 and int(r["peak_mb"]) > 100  # a child process with torch loaded
+    assert len(json.loads(rows[0]["edge_strength"])) == 3 * 14 and rows[2]["edge_strength"] == "{}"
+    printed = capsys.readouterr().out
+    line = next(x for x in printed.splitlines() if x.startswith("| pc4 | 2 |"))
+    assert -1 <= float(line.split("|")[-2]) <= 1 and "| random | 1 |" in printed
