@@ -128,7 +128,7 @@ class Run:
         """The decision measured and corrected until the whole model's latency ratio meets the budget
         (compressor/latency/correct.py).  Kept in ``checkpoints/latency.json``: a resumed run
         reuses it rather than measuring again (the fine-tune checkpoint has its shapes)."""
-        from .latency import Meter, Round, meet_latency, redecider, rounds_table
+        from .latency import Meter, Redecider, Round, meet_latency, rounds_table
 
         p, budget = self.p, self.recipe.budget
         saved = self.out / "checkpoints" / "latency.json"
@@ -139,12 +139,13 @@ class Run:
         meter = Meter(original, p.example, batch=budget.batch, threads=budget.threads, repeats=budget.repeats)
         try:
             redecide = None if self.result.carry is not None else \
-                redecider(original, p.space, self.result.decision, self.recipe.export.round_to, self._block_scores(original))
+                Redecider(original, p.space, self.result.decision, self.recipe.export.round_to, self._block_scores(original))
             decision, self.latency_rounds = meet_latency(
                 self.result.decision, budget.target, lambda d: meter(slice_model(original, p.space, d)), redecide,
                 lambda d: d.cost(p.space, "latency") / p.space.cost.full("latency"),
                 tolerance=budget.tolerance, rounds=budget.rounds,
-                floor=None if p.latency.floor is None else (p.latency.floor_budget, p.latency.floor))
+                floor=None if p.latency.floor is None else (p.latency.floor_budget, p.latency.floor),
+                step=None if redecide is None else redecide.widths_floor)
         finally:
             meter.close()
         saved.parent.mkdir(parents=True, exist_ok=True)

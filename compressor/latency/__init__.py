@@ -15,13 +15,13 @@ from ..surgery import slice_model
 from .correct import (
     CONFIRM,
     Meter,
+    Redecider,
     Round,
     closest,
     correctable_kinds,
     magnitude_scores,
     median_pair,
     meet_latency,
-    redecider,
     rounds_table,
 )
 from .cost import Coverage, LatencyCost
@@ -30,8 +30,8 @@ from .units import GRID, Unit, find_units
 
 CALIBRATE_AT = 0.4  # FLOPs kept by the decision the table is calibrated on
 
-__all__ = ["GRID", "Coverage", "LatencyCost", "LatencyTable", "Meter", "Round", "Settings", "Unit", "attach_latency",
-           "budget_summary", "cache_dir", "correctable_kinds", "find_units", "meet_latency", "redecider", "rounds_table"]
+__all__ = ["GRID", "Coverage", "LatencyCost", "LatencyTable", "Meter", "Redecider", "Round", "Settings", "Unit", "attach_latency",
+           "budget_summary", "cache_dir", "correctable_kinds", "find_units", "meet_latency", "rounds_table"]
 
 
 def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settings: Settings, *,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..budget import BudgetError, decide
+from ..budget import BudgetError, decide, smallest_decision
 from ..decision import Decision
 from ..export.latency import ort_latency
 from ..export.onnx import export_onnx
@@ -88,31 +88,42 @@ def correctable_kinds(space: Space) -> list[str]:
     return [k for k in space if not get_kind(k).one_of and (get_kind(k).weight_scored or k == "depth")]
 
 
-def redecider(model: nn.Module, space: Space, decision: Decision, round_to: int | None,
-              block_scores: np.ndarray | None = None) -> Callable[[float], Decision]:
+class Redecider:
     """``target -> Decision`` at a latency budget, keeping what the method chose where it can (see
     the module doc).  Widths go first; the residual blocks the method kept go only when every
     width is at its least, the lowest ``block_scores`` first (the loss their skipping costs;
     without them, blocks stay as the method chose).  The method's removed blocks stay removed;
-    one-of kinds (operations) stay fixed."""
-    keep = decision.keep(space)
-    scores = {k: 2.0 * keep[k] + m / max(float(np.abs(m).max()), 1e-30)
-              for k, m in magnitude_scores(model, space).items()}  # in [0, 3]
-    fixed = Decision({k: v for k, v in decision.items() if k not in scores})
-    if block_scores is not None and "depth" in space:
-        ranks = np.argsort(np.argsort(np.asarray(block_scores), kind="stable"), kind="stable")
-        scores["depth"] = 3.0 + (ranks + 1) / len(ranks)  # above every width: the last to go
-    return lambda target: decide(space, scores, target, what="latency", round_to=round_to, fixed=fixed)
+    one-of kinds (operations) stay fixed.  ``widths_floor``: the budget below which blocks go
+    (every width at its least), None when none can."""
+
+    def __init__(self, model: nn.Module, space: Space, decision: Decision, round_to: int | None,
+                 block_scores: np.ndarray | None = None) -> None:
+        keep = decision.keep(space)
+        self.space, self.round_to = space, round_to
+        self.scores = {k: 2.0 * keep[k] + m / max(float(np.abs(m).max()), 1e-30)
+                       for k, m in magnitude_scores(model, space).items()}  # in [0, 3]
+        self.fixed = Decision({k: v for k, v in decision.items() if k not in self.scores})
+        self.widths_floor = None
+        if block_scores is not None and "depth" in space:
+            least = smallest_decision(space, list(self.scores), fixed=self.fixed, round_to=round_to)
+            self.widths_floor = least.cost(space, "latency") / space.cost.full("latency")
+            ranks = np.argsort(np.argsort(np.asarray(block_scores), kind="stable"), kind="stable")
+            self.scores["depth"] = 3.0 + (ranks + 1) / len(ranks)  # above every width: the last to go
+
+    def __call__(self, target: float) -> Decision:
+        return decide(self.space, self.scores, target, what="latency", round_to=self.round_to, fixed=self.fixed)
 
 
 def meet_latency(decision: Decision, target: float, measure: Callable[[Decision], tuple[float, float]],
                  redecide: Callable[[float], Decision] | None, predict: Callable[[Decision], float], *,
                  tolerance: float, rounds: int, confirm: int = CONFIRM,
-                 floor: tuple[float, float] | None = None) -> tuple[Decision, list[Round]]:
+                 floor: tuple[float, float] | None = None, step: float | None = None) -> tuple[Decision, list[Round]]:
     """The decision whose measured latency ratio is within ``tolerance`` (relative) of ``target``
     (the median of ``confirm`` measurements), or, after ``rounds`` rounds, the closest measured.
     ``redecide`` None: round 0 only.  ``floor``: the smallest decision's predicted fraction and
-    measured ratio, a point the corrections may bracket the target with.  Round 0 times the
+    measured ratio, a point the corrections may bracket the target with.  ``step``: the budget
+    below which ``redecide`` removes blocks (:class:`Redecider`); asked once before any budget
+    below it, which only follows if it measured above the target.  Round 0 times the
     method's own decision, which lies off the curve the redecided rounds follow (mobilenet_v2 at
     0.5: 0.68 where a redecided 0.5 measures near 0.5), so once a round has been redecided the next
     budget is computed from the redecided rounds alone."""
@@ -133,7 +144,7 @@ def meet_latency(decision: Decision, target: float, measure: Callable[[Decision]
         decisions.append(decision)
         if within((original_ms, compressed_ms)) or redecide is None:
             break
-        asked = _next_budget(history[1:] or history, target, floor)  # round 0 is the method's, not redecided
+        asked = _next_budget(history[1:] or history, target, floor, step)  # round 0 is the method's, not redecided
     return decisions[closest(history, target)], history
 
 
@@ -142,13 +153,14 @@ def closest(history: list[Round], target: float) -> int:
     return min(range(len(history)), key=lambda i: abs(history[i].measured / target - 1))
 
 
-def _next_budget(history: list[Round], target: float, floor: tuple[float, float] | None = None) -> float:
-    """The budget to ask next (never below the ``floor``'s budget).  Where a budget that measured
-    below the target and a larger one that measured above it are known (the floor counts), the
-    interpolation between the nearest such pair; else the secant through the last two rounds
-    where it rises, else the last budget scaled by the miss.  (mobilenet_v2 at 32 px: 0.30 asked
-    measured 0.368, 0.244 measured 0.364, and the secant left the range the table can decide in;
-    its smallest decision measured 0.148.)"""
+def _next_budget(history: list[Round], target: float, floor: tuple[float, float] | None = None,
+                 step: float | None = None) -> float:
+    """The budget to ask next (never below the ``floor``'s budget, nor below ``step`` until a round
+    there measured above the target).  Where a budget that measured below the target and a larger
+    one that measured above it are known (the floor counts), the interpolation between the nearest
+    such pair; else the secant through the last two rounds where it rises, else the last budget
+    scaled by the miss.  (mobilenet_v2 at 32 px: 0.30 asked measured 0.368, 0.244 measured 0.364,
+    and the secant left the range the table can decide in; its smallest decision measured 0.148.)"""
     points = [(r.asked, r.measured) for r in history] + ([floor] if floor else [])
     below, above = [p for p in points if p[1] < target], [p for p in points if p[1] > target]
     last = history[-1]
@@ -161,6 +173,9 @@ def _next_budget(history: list[Round], target: float, floor: tuple[float, float]
         slope = (last.measured - prev.measured) / (last.asked - prev.asked) if last.asked != prev.asked else 0.0
         if slope > 0:
             guess = last.asked + (target - last.measured) / slope
+    if step is not None and guess < step and not any(r.asked <= step * (1 + 1e-9) and r.measured > target
+                                                      for r in history):
+        guess = step  # widths alone first: blocks go once every width at its least measured above the target
     return float(np.clip(guess, floor[0] if floor else 1e-3, 1.0))
 
 

@@ -188,22 +188,46 @@ def test_the_methods_own_round_is_no_bracket_end_once_rounds_are_redecided():
     assert decision.to_dict() == {"n": [2]} and rounds[-1].measurements == 3
 
 
+def test_blocks_are_asked_for_only_after_every_width_at_its_least_measured_above_the_target():
+    """resnet50 at 0.3, batch 1: a secant below the widths' floor removed blocks (top-1 86 -> 65%)
+    though widths alone reach 0.3; the floor's budget is asked first, and lower only if it missed."""
+    from compressor.decision import Decision
+    from compressor.latency import meet_latency
+
+    def run(at_step):  # what the widths' floor (0.2 asked) measures
+        readings = iter([(1.0, 0.36), (1.0, 0.34), (1.0, at_step), (1.0, 0.30), (1.0, 0.30), (1.0, 0.30)])
+        asked = []
+
+        def redecide(target):
+            asked.append(target)
+            return Decision({"n": [len(asked)]})
+
+        meet_latency(Decision(), 0.3, lambda d: next(readings), redecide, lambda d: 0.0, tolerance=0.03,
+                     rounds=4, floor=(0.05, 0.15), step=0.2)
+        return asked
+
+    reachable, unreachable = run(0.25), run(0.33)
+    assert reachable[1] == unreachable[1] == 0.2  # the secant went below: the floor of widths first
+    assert reachable[2] > 0.2 and unreachable[2] < 0.2
+
+
 def test_the_correction_removes_kept_blocks_only_where_widths_alone_cannot_reach():
     """mobilenet_v2 at 32 px and batch 1 measured 0.33-0.37 at every width: the correction may then
     skip the blocks the method kept, the least costly first, never before the widths are at their least."""
     from compressor.decision import Decision
-    from compressor.latency import redecider
+    from compressor.latency import Redecider
 
     net, x = TinyNet().eval(), torch.randn(1, 3, SIZE, SIZE)
     space = compressor.trace(net, x)
     attach_latency(space, net, x, Settings(), calibrate_at=None)
     blocks = space["depth"].items()
     method = Decision({"depth": [blocks[2]]})  # the method removed the last block
-    widths_only = redecider(net, space, method, 1)
-    scored = redecider(net, space, method, 1, block_scores=np.array([0.5, 0.1, 0.0]))
+    widths_only = Redecider(net, space, method, 1)
+    scored = Redecider(net, space, method, 1, block_scores=np.array([0.5, 0.1, 0.0]))
     with pytest.raises(BudgetError) as refused:
         widths_only(0.01)
     least = float(str(refused.value).split("keeps ")[1].split()[0])  # the widths-only smallest fraction
+    assert widths_only.widths_floor is None and scored.widths_floor == pytest.approx(least, abs=1e-3)
     assert scored(least * 1.2)["depth"] == [blocks[2]]  # widths reach it: blocks as the method chose
     seen = []
     for target in np.linspace(least * 0.98, least * 0.3, 15):
