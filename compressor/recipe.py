@@ -48,7 +48,8 @@ class BudgetConfig(_Strict):
                          "measurement (medians; the original and the compressed model take turns every 10 runs).")
     tolerance: float = Field(0.03, gt=0, lt=0.5, description="Latency: the measured ratio may miss the target "
                              "by this much (relative) before the budget is corrected.")
-    rounds: int = Field(5, ge=1, le=10, description="Latency: at most this many measure-and-correct rounds.")
+    rounds: int = Field(8, ge=1, le=12, description="Latency: at most this many measure-and-correct rounds "
+                        "(a round re-decides, exports and times the model: seconds, against minutes of training).")
 
     @field_validator("flops", "params", "latency")
     @classmethod

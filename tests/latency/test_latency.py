@@ -188,6 +188,28 @@ def test_the_methods_own_round_is_no_bracket_end_once_rounds_are_redecided():
     assert decision.to_dict() == {"n": [2]} and rounds[-1].measurements == 3
 
 
+def test_an_end_of_the_bracket_kept_for_rounds_counts_less():
+    """mobilenet_v2 at 0.3, batch 1: rounds above the target at 0.40, 0.35, 0.35 while the far end
+    (the smallest decision, 0.157) stayed: plain regula falsi crept down; Illinois halves the kept
+    end's miss each time it is kept again."""
+    from compressor.decision import Decision
+    from compressor.latency import meet_latency
+
+    readings = iter([(1.0, 0.41), (1.0, 0.397), (1.0, 0.345), (1.0, 0.347), (1.0, 0.30), (1.0, 0.3), (1.0, 0.3)])
+    asked = []
+
+    def redecide(target):
+        asked.append(target)
+        return Decision({"n": [len(asked)]})
+
+    meet_latency(Decision(), 0.3, lambda d: next(readings), redecide, lambda d: 0.0, tolerance=0.03, rounds=5,
+                 floor=(0.05, 0.157))
+    falsi = lambda a1, m1, f0=0.157 - 0.3: 0.05 - f0 * (a1 - 0.05) / (m1 - 0.3 - f0)  # noqa: E731
+    assert asked[0] == pytest.approx(falsi(0.3, 0.41)) and asked[1] == pytest.approx(falsi(asked[0], 0.397))
+    assert asked[2] == pytest.approx(falsi(asked[1], 0.345, f0=(0.157 - 0.3) / 2))  # the floor kept twice
+    assert asked[3] == pytest.approx(falsi(asked[2], 0.347, f0=(0.157 - 0.3) / 4))
+
+
 def test_blocks_are_asked_for_only_after_every_width_at_its_least_measured_above_the_target():
     """resnet50 at 0.3, batch 1: a secant below the widths' floor removed blocks (top-1 86 -> 65%)
     though widths alone reach 0.3; the floor's budget is asked first, and lower only if it missed."""
