@@ -95,6 +95,7 @@ def run_row(name: str, target: float, batch: int, sets: dict, repeats: int, out:
     return {"model": name, "batch": batch, "target": target, "latency_ratio": round(ratios["latency"], 4),
             "within_5pct": abs(ratios["latency"] / target - 1) <= 0.05,
             "rounds": len(lat["latency_budget"]["rounds"]), "rounds_measured": lat["latency_budget"]["measured"],
+            "blocks_removed": len(lat["decision"].get("depth") or []),
             "latency_flops": round(lat["compressed"]["flops_fraction_fvcore"], 4),
             "latency_top1": lat["compressed"]["test_accuracy"], "flops_target": flops,
             "flops_ratio": round(ratios["flops"], 4), "flops_top1": fl["compressed"]["test_accuracy"],

@@ -31,7 +31,7 @@ import torch
 
 from compressor.budget import BudgetError, decision_for_budget
 from compressor.frontend import trace
-from compressor.latency import Meter, Settings, attach_latency
+from compressor.latency import Meter, Settings, attach_latency, correctable_kinds
 from compressor.surgery import slice_model
 from compressor.zoo import create_model_for_size
 
@@ -47,10 +47,11 @@ def build_seconds(model, x, settings: Settings) -> tuple[object, object, float, 
     """The space with latency attached, its cost, and the seconds of a first build and of a reuse."""
     t0 = time.perf_counter()
     space = trace(model, x)
-    cost = attach_latency(space, model, x, settings, progress=True)
+    kinds = correctable_kinds(space)  # the smallest decision measured too, as a latency budget's run does
+    cost = attach_latency(space, model, x, settings, progress=True, smallest_of=kinds)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    again = attach_latency(trace(model, x), model, x, settings)
+    again = attach_latency(trace(model, x), model, x, settings, smallest_of=kinds)
     if again.table.measured:
         raise RuntimeError("the second build measured layers: the cache was not reused")
     return space, cost, first, time.perf_counter() - t0

@@ -45,7 +45,8 @@ def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settin
     size.  The cost's ``block`` is the channel multiple this CPU's convolutions run in.
 
     ``smallest_of``: kinds whose smallest decision (``fixed`` elsewhere) is measured too, as the
-    cost's ``floor``: the least latency ratio any budget over them can reach here."""
+    cost's ``floor``: the least latency ratio any budget over them can reach here; the
+    calibration then runs through it below the calibration decision."""
     units = find_units(model, example[:1], space.cost.flops_terms)
     table = LatencyTable.load(settings).fill(list(units.values()), progress=progress)
     block = table.block()
@@ -72,6 +73,8 @@ def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settin
     space.cost.attach("latency", cost)
     if floor:  # the smallest decision: its measured ratio, and the budget a decision for it asks
         cost.floor = floor[1] / floor[0]
+        if smaller is not None:
+            cost.calibrate_below(space.cost.flat(smallest.values(space)), cost.floor, space.cost.flat(smaller.values(space)))
         cost.floor_budget = smallest.cost(space, "latency") / space.cost.full("latency")
     return cost
 

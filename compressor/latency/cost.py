@@ -15,7 +15,10 @@
 Layers timed alone run slower than inside the whole graph (their inputs are not warm in cache,
 every run allocates its output), most of all when narrow, so the sum over-predicts small models.
 :meth:`LatencyCost.calibrate` fits ``a * latency(v) + b`` through two whole-model measurements,
-the original and one smaller decision.  The budget is a fraction of the prediction at the
+the original and one smaller decision; :meth:`LatencyCost.calibrate_below` a second line, below
+that decision, through the smallest decision measured (the line through the first two points,
+extended, predicted 0.02 of mobilenet_v2's latency at 32 px for decisions that measured 0.33:
+per-operator overhead the table's narrow widths do not carry).  The budget is a fraction of the prediction at the
 original; the pipeline measures what the decision really runs at and corrects the budget
 (:mod:`.correct`).
 """
@@ -80,6 +83,7 @@ class LatencyCost:
         self.coverage = Coverage(whole_ms, units_ms, fixed_ms, max(whole_ms - units_ms - fixed_ms, REST_FLOOR * whole_ms),
                                  len({u.key() for u in units.values()}), len(units))
         self.scale, self.offset = 1.0, 0.0
+        self.below: tuple[float, float, float] | None = None  # (raw at the knee, scale, offset) under it
         self.calibration: dict | None = None
         self.floor: float | None = None  # the smallest decision's measured ratio, where one was measured
         self.floor_budget: float | None = None  # and its predicted fraction
@@ -97,6 +101,21 @@ class LatencyCost:
         if used:
             self.scale, self.offset = scale, whole - scale * raw_full
         self.calibration = {"measured": round(measured, 4), "table_alone": round(before, 4), "used": used}
+
+    def calibrate_below(self, v: torch.Tensor, measured: float, knee: torch.Tensor) -> None:
+        """A second line under the calibration decision ``knee`` (a flat slot vector): through it
+        and the decision ``v`` measured at ``measured`` of the original; kept only where it rises
+        and the calibration above was kept."""
+        if not (self.calibration and self.calibration["used"]):
+            return
+        whole, raw_knee, raw = self.coverage.whole_ms, float(self.raw(knee)), float(self.raw(v))
+        at_knee = self.scale * raw_knee + self.offset
+        used = raw < raw_knee and measured * whole < at_knee
+        if used:
+            scale = (at_knee - measured * whole) / (raw_knee - raw)
+            self.below = (raw_knee, scale, at_knee - scale * raw_knee)
+        self.calibration.update(smallest_measured=round(measured, 4),
+                                smallest_table_alone=round(raw / float(self.raw(self._full_flat)), 4), below_used=used)
 
     @staticmethod
     def _padded(grid: np.ndarray) -> torch.Tensor:
@@ -122,7 +141,12 @@ class LatencyCost:
         return self._units(v).sum() + self.coverage.rest_ms * rest + self.coverage.fixed_ms
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        return (self.scale * self.raw(v) + self.offset).clamp_min(self.coverage.fixed_ms)
+        raw = self.raw(v)
+        ms = self.scale * raw + self.offset
+        if self.below is not None:
+            knee, scale, offset = self.below
+            ms = torch.where(raw < knee, scale * raw + offset, ms)
+        return ms.clamp_min(self.coverage.fixed_ms)
 
 
 def _bilinear(tables: torch.Tensor, grid: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

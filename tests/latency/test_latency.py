@@ -262,6 +262,30 @@ def test_the_correction_removes_kept_blocks_only_where_widths_alone_cannot_reach
     assert seen[0] == [blocks[1]] and seen[-1] == sorted(blocks[:2])  # the lower-scored kept block goes first
 
 
+def test_below_the_calibration_decision_the_prediction_runs_through_the_smallest_decision(monkeypatch):
+    """mobilenet_v2 at 32 px: the calibration line, extended below its decision, predicted 0.02 of
+    the latency for decisions that measured 0.33.  The smallest decision's measurement now anchors
+    a second line: the prediction passes through both measured points and stays between them."""
+    import compressor.latency as latency
+    from compressor.budget import decide, smallest_decision
+
+    readings = iter([(1.0, 0.6)] * 3 + [(1.0, 0.3)] * 3)  # the calibration decision, then the smallest
+    monkeypatch.setattr(latency.Meter, "__call__", lambda self, model: next(readings))
+    net, x = _wide_net().eval(), torch.randn(1, 3, 32, 32)
+    space = compressor.trace(net, x)
+    cost = attach_latency(space, net, x, Settings(), smallest_of=["channels"])
+    assert cost.calibration["used"] and cost.calibration["below_used"]
+    full = space.cost.full("latency")
+    smallest = smallest_decision(space, ["channels"], round_to=cost.block)
+    assert smallest.cost(space, "latency") / full == pytest.approx(0.3, abs=1e-6)
+    knee = decide(space, latency.magnitude_scores(net, space), latency.CALIBRATE_AT, round_to=cost.block)
+    assert knee.cost(space, "latency") / full == pytest.approx(0.6, abs=1e-6)
+    scores = {"channels": np.random.default_rng(0).random(space["channels"].size)}
+    for target in (0.35, 0.45, 0.55):
+        between = decide(space, scores, target, what="latency", round_to=cost.block)
+        assert 0.3 <= between.cost(space, "latency") / full <= target
+
+
 def test_a_budget_below_the_measured_floor_is_refused_with_that_figure(monkeypatch):
     """The table may predict a floor this CPU does not reach: the smallest decision is timed, and a
     target it misses by more than the tolerance is refused before any training."""
