@@ -99,9 +99,9 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
     if latency is not None and latency.block:  # widths round to the channel block measured on this CPU
         recipe = load_recipe(recipe, {"export.round_to": latency.block})
     smallest = {k: np.zeros(space[k].size) for k in space if get_kind(k).weight_scored}
+    # and an unreachable budget (the method's share of it), widths rounded as the method rounds them
     decide(space, smallest, first_target(recipe.budget.target, then), what=recipe.budget.what,
-           fixed=method.fixed(), round_to=recipe.export.round_to, fill=False)  # and an unreachable budget
-                                                                                # (the method's share of it)
+           fixed=method.fixed(), round_to=recipe.export.round_to, fill=False)
     teacher = named_teacher(recipe, num_classes)  # and a teacher that cannot be built
     return Prepared(recipe, name, net, source, source_kwargs, start, (train_set, val_set, test_set), num_classes,
                     torch.randn(1, 3, size, size), space, method, teacher,
