@@ -101,8 +101,8 @@ def mean_tau(strengths: list[dict[str, float]]) -> float | None:
     return statistics.mean(taus) if taus else None
 
 
-def run(variant: str, seed: int, sets: dict, data, args, out: Path) -> dict:
-    recipe, extra = VARIANTS[variant]
+def run(variant: str, spec: tuple[str, dict], seed: int, sets: dict, data, args, out: Path) -> dict:
+    recipe, extra = spec
     report = search(recipe, {**SEARCH_ONLY, **sets, **extra, "run.seed": seed}, out / f"{variant}-{seed}")
     summary = report["method_summary"]
     genotype = summary["genotype"]
@@ -142,12 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", default="darts_bench.csv")
     args = ap.parse_args(argv)
     sets = parse_sets(args.set)
-    for spec in args.variant_set:
-        name, _, rest = spec.partition(":")
-        VARIANTS[name] = (VARIANTS[name][0], {**VARIANTS[name][1], **parse_overrides(rest)})
-    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    variants = dict(VARIANTS)  # this run's, with its --variant-set overrides
+    for item in args.variant_set:
+        name, _, rest = item.partition(":")
+        if name not in variants:
+            ap.error(f"--variant-set: unknown variant {name!r}; known: {', '.join(variants)}")
+        variants[name] = (variants[name][0], {**variants[name][1], **parse_overrides(rest)})
+    unknown = [v for v in args.variants.split(",") if v not in variants]
     if unknown:
-        ap.error(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+        ap.error(f"unknown variant {unknown[0]!r}; known: {', '.join(variants)}")
     recipe = load_recipe("darts-cifar10-cpu", {k: v for k, v in sets.items() if k.startswith("data.")})
     train, _, test, classes = datasets(recipe, None, "darts_search")
     data = (train, test, classes, recipe.data.input_size)
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant, seed in todo:
-            rows.append(run(variant, seed, sets, data, args, Path(tmp)))
+            rows.append(run(variant, variants[variant], seed, sets, data, args, Path(tmp)))
             write_csv(args.csv, rows)
     print("\n".join(["", *table(rows)]))
     return 0
