@@ -60,7 +60,12 @@ def flops_for_latency(name: str, size: int, classes: int, ratio: float, batch: i
     try:
         for _ in range(steps):
             mid = (lo + hi) / 2
-            original_ms, ms = meter(slice_model(model, space, decide(space, scores, mid, round_to=round_to)))
+            try:
+                decision = decide(space, scores, mid, round_to=round_to)
+            except BudgetError:  # below the smallest FLOPs decision: the answer is above mid
+                lo = mid
+                continue
+            original_ms, ms = meter(slice_model(model, space, decision))
             lo, hi = (mid, hi) if ms / original_ms < ratio else (lo, mid)
     finally:
         meter.close()
