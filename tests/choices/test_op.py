@@ -146,6 +146,36 @@ def test_partial_channels_mix_one_window_and_keep_the_original_elsewhere():
     gates.remove()
 
 
+@pytest.mark.parametrize("name, shape, partial", [("point", (2, 16, 3, 3), 1), ("point", (2, 16, 3, 3), 4),
+                                                  ("fc1", (2, 16), 1)])
+def test_low_rank_options_computed_together_equal_their_sum(name, shape, partial):
+    """A site's factor pairs (its low-rank options) run as one pair of layers: the output and the
+    gradients of the gate values and of every weight equal the option-by-option sum's, whole
+    and on a partial-channel window."""
+    model, x, space = _traced()
+    gates = attach_gates(model, space)
+    site = space["op"].site(name)
+    mixed = gates.model.get_submodule(name)
+    assert [len(g) for g in mixed.paired] == [2]
+    values = torch.zeros(space["op"].size)
+    values[site.offset:site.offset + len(site.options)] = torch.softmax(torch.randn(len(site.options)), 0)
+    values.requires_grad_(True)
+    gates.set({"op": values})
+    mixed.partial = partial
+    h, params = torch.randn(*shape), [values, *mixed.parameters()]
+    out = {}
+    for way in ("together", "one by one"):
+        y = mixed(h)
+        out[way] = (y, torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), params,
+                                           allow_unused=True))
+        mixed.paired = []
+    (y0, g0), (y1, g1) = out.values()
+    assert torch.allclose(y0, y1, atol=1e-5)
+    assert all((a is None and b is None) or torch.allclose(a, b, atol=1e-5) for a, b in zip(g0, g1))
+    assert g0[0][site.offset:site.offset + len(site.options)].abs().min() > 0  # every option's value has a say
+    gates.remove()
+
+
 def test_the_ilp_choice_is_optimal_against_brute_force():
     _, _, space = _traced()
     keep = {"same", "wide", "fc1"}  # three free sites: a brute force over every combination stays small
