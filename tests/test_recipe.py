@@ -78,3 +78,33 @@ def test_load_recipe_leaves_the_callers_dicts_alone():
     load_recipe("default", {**common, "method.fusion": False})
     assert common == {"method": {"name": "grow"}}
     assert load_recipe("default", common).method.fusion is True
+
+
+def test_darts_family_recipes_extend_the_darts_ones_with_their_papers_constants():
+    base, pc = load_recipe("darts-cifar10"), load_recipe("pc-darts-cifar10")
+    assert (pc.method.partial_channels, pc.method.edge_normalization, pc.method.warmup) == (4, True, 0.3)
+    assert (pc.data.batch_size, pc.search.lr, pc.method.arch_lr) == (256, 0.1, 6e-4)
+    assert (pc.search.epochs, pc.search.weight_decay, pc.method.split, pc.method.candidates) == \
+        (base.search.epochs, base.search.weight_decay, base.method.split, base.method.candidates)
+    assert pc.data.augment and pc.model_args == base.model_args  # mappings merge key by key
+    cpu = load_recipe("darts-cifar10-cpu")
+    p, sd = load_recipe("p-darts-cifar10-cpu"), load_recipe("sd-darts-cifar10-cpu")
+    assert (p.method.stages, p.method.skip_cap, p.method.skip_dropout) == ([5, 3], 2, 0.4)
+    assert sd.method.self_distill.enabled and not cpu.method.self_distill.enabled
+    assert p.model_dump(exclude={"method"}) == sd.model_dump(exclude={"method"}) == cpu.model_dump(exclude={"method"})
+
+
+def test_a_recipe_file_extends_another_by_relative_path_and_cycles_are_refused(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("extends: default\nbudget: {flops: 0.3}\nsearch: {epochs: 7, lr: 0.2}\n")
+    (tmp_path / "sub" / "child.yaml").write_text("extends: ../base.yaml\nsearch: {epochs: 2}\n")
+    r = load_recipe(tmp_path / "sub" / "child.yaml")
+    assert (r.budget.target, r.search.epochs, r.search.lr) == (0.3, 2, 0.2)
+    assert r.finetune == load_recipe("default").finetune
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(RecipeError, match=r"extends .*a.yaml, which extends it back"):
+        load_recipe(tmp_path / "a.yaml")
+    (tmp_path / "odd.yaml").write_text("extends: [default]\n")
+    with pytest.raises(RecipeError, match=r"odd.yaml: extends must name a recipe, got \['default'\]"):
+        load_recipe(tmp_path / "odd.yaml")
