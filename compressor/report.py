@@ -25,6 +25,7 @@ from .methods.followup import FollowUp
 from .recipe import Recipe
 from .space import Space
 from .markdown import cell, table
+from .models.cell_drawing import cells_of, draw_cells, genotype_lines
 from .space.kinds import get_kind
 from .train import Evaluation
 
@@ -83,6 +84,7 @@ def build_report(*, name: str, recipe: Recipe, space: Space, decision: Decision,
                     **{f"{kind} (then)": get_kind(kind).summary(step.space[kind], step.decision.get(kind))
                        for step in then or [] for kind in step.space}},
         "rules": rules or {},
+        "cells": cells_of(original),
         "decision": decision.to_dict(),
         "method_summary": method_summary,
         "method_section": method.report(method_summary),
@@ -148,6 +150,9 @@ def _markdown(r: dict[str, Any], plots: list[str]) -> str:
               f"{d['test_images']} test, {d['classes']} classes)", f"- original weights: {d['original_weights']}",
               f"- training transform: `{d['transforms']['train']}`", f"- test transform: `{d['transforms']['test']}`"]
     lines += ["", "## Choices", ""] + _choices_md(r["choices"])
+    if r.get("cells"):
+        lines += ["", "## Cells", "", "The cells the original is built from (its genotype):", ""]
+        lines += genotype_lines(r["cells"])
     if r["rules"]:
         lines += ["", "## Rules", ""] + [f"- `{p}`: {'; '.join(v) or 'nothing left to change'}"
                                           for p, v in r["rules"].items()]
@@ -259,6 +264,9 @@ def _plots(r: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(out / "training.png", dpi=100)
         plt.close(fig)
         made.append("training.png")
+    if r.get("cells") and "cells.png" not in r.get("method_plots", []):
+        draw_cells(r["cells"], out / "cells.png")
+        made.append("cells.png")
     return made
 
 

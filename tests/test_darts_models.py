@@ -42,3 +42,31 @@ def test_small_network_of_each_cell_slices_exactly(name):
     space, decision, _, ys, yg = round_trip(model, torch.randn(2, 3, 32, 32), ratio=0.5)
     assert space["channels"].size > 0 and decision.flops(space) < space.cost.flops()
     assert rel_diff(ys, yg) <= 1e-4
+
+
+def test_a_published_cell_network_pruned_end_to_end_reports_its_cells(tmp_path):
+    """``compress darts_v2 --method prune`` (small): the report names and draws both cells once,
+    and the ONNX file matches the saved model."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from compressor.cli import main
+    from compressor.export import load_compressed
+
+    out = tmp_path / "run"
+    assert main(["darts_v2", "--method", "prune", "--budget-flops", "0.5", "--set", "model_args.c=8", "--set", "export.round_to=4",
+                 "--set", "model_args.layers=5", "--set", "data.limit_train=96", "--set", "data.batch_size=32",
+                 "--set", "base.epochs=1", "--set", "finetune.epochs=1", "--set", "export.latency_repeats=0",
+                 "--set", "run.progress=false", "--out", str(out)]) == 0
+    report, text = json.loads((out / "report.json").read_text()), (out / "report.md").read_text()
+    assert report["cells"]["normal"] == [list(p) for p in GENOTYPES["darts_v2"].normal]
+    assert "## Cells" in text and "**reduce cell**: node 2 <- max_pool_3x3(state 0)" in text
+    assert text.count("(cells.png)") == 1 and (out / "cells.png").is_file()
+    assert 0.4 <= report["compressed"]["flops_fraction_fvcore"] <= 0.5
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = load_compressed(out).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], want, rtol=1e-3, atol=1e-4)

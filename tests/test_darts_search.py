@@ -104,7 +104,9 @@ def test_a_tiny_search_runs_end_to_end_and_reports_its_cells(tmp_path):
     assert all(op in PRIMITIVES and op != "none" for op, _ in genotype.normal + genotype.reduce)
     net = create_model("darts_network", genotype=json.dumps(found), c=4, layers=LAYERS).eval()
     assert net(torch.randn(1, 3, 16, 16)).shape == (1, 10)  # the found cells build the discrete network
-    assert "normal cell" in (out / "report.md").read_text() and (out / "cells.png").is_file()
+    text = (out / "report.md").read_text()
+    assert "normal cell" in text and text.count("(cells.png)") == 1 and (out / "cells.png").is_file()
+    assert report["cells"] is None  # (the search network's cells are the decision's, in method_summary)
     loaded = load_compressed(out).eval()  # rebuilt from darts_search(**model_args) and the candidate registry
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

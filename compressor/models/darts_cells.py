@@ -170,6 +170,7 @@ class DartsNetwork(nn.Module):
     def __init__(self, genotype: Genotype, c: int = 36, layers: int = 20, num_classes: int = 10, *,
                  auxiliary: bool = False, imagenet: bool = False) -> None:
         super().__init__()
+        self.genotype = genotype  # (a run's report draws the cells: compressor/models/cell_drawing.py)
         if imagenet:  # s0 at stride 4, s1 at stride 8: the first cell reduces s0
             self.stem = nn.Sequential(
                 nn.Conv2d(3, c // 2, 3, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(),
