@@ -52,7 +52,14 @@ class PruneMethod(Method):
                               f"{blocks} removable residual blocks")
 
     def fixed(self) -> Decision:
-        return Decision({"depth": self.space["depth"].items()}) if self.config.blocks else Decision()
+        """The ``blocks`` residual blocks whose skipping saves the most FLOPs at full width, as
+        removed: which ones go is known only after training, and the early budget check must not
+        pass a budget that only removing more of them could meet."""
+        if not self.config.blocks:
+            return Decision()
+        names = self.space["depth"].items()
+        left = {n: Decision({"depth": [n]}).flops(self.space) for n in names}
+        return Decision({"depth": sorted(names, key=left.__getitem__)[:self.config.blocks]})
 
     def search(self, model: nn.Module, ctx: SearchContext) -> SearchResult:
         removed = self._least_important_blocks(model, ctx) if self.config.blocks else []

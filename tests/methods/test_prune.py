@@ -6,6 +6,7 @@ from compressor.methods.base import SearchContext
 from compressor.methods.prune import PruneMethod
 from compressor.methods import PruneConfig
 from compressor.recipe import BudgetConfig, RecipeError, RunConfig
+from compressor.decision import Decision
 from compressor.frontend import trace
 from compressor.train import Trainer
 from tests.tiny import TinyNet
@@ -52,3 +53,34 @@ def test_prune_removes_the_block_whose_skipping_costs_least():
     assert torch.equal(model(x), before)  # scoring left the model as it was
     with pytest.raises(RecipeError, match="method.blocks: .* only 3 removable residual blocks"):
         PruneMethod(PruneConfig(blocks=4), space)
+
+
+def test_the_early_budget_check_removes_only_as_many_blocks_as_prune_will():
+    """prune removes ``blocks`` blocks, chosen after training: the early check counts the costliest
+    that many, not all of them (it used to pass budgets only removing every block could meet)."""
+    from compressor.budget import BudgetError, smallest_decision
+    from compressor.prepare import prepare
+    from tests.tiny import TINY_RECIPE, Block
+
+    class Uneven(torch.nn.Module):  # a block at full resolution costs 4x the one after the stride
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1, bias=False),
+                                            torch.nn.BatchNorm2d(16), torch.nn.ReLU())
+            self.big, self.down = Block(16), torch.nn.Conv2d(16, 16, 3, stride=2, padding=1)
+            self.small, self.head = Block(16), torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.head(self.small(self.down(self.big(self.stem(x)))).mean((2, 3)))
+
+    space = trace(Uneven().eval(), torch.randn(1, 3, 16, 16))
+    fixed = PruneMethod(PruneConfig(blocks=1), space).fixed()
+    assert fixed["depth"] == ["big#0"]
+    full = float(space.cost.flops())
+    floors = [smallest_decision(space, ["channels"], fixed=Decision({"depth": d}), round_to=1).flops(space) / full
+              for d in (["big#0", "small#0"], ["big#0"])]
+    assert floors[0] < floors[1]
+    recipe = {**TINY_RECIPE, "method": {"name": "prune", "blocks": 1}}
+    with pytest.raises(BudgetError, match="cannot be met"):
+        prepare(Uneven(), {**recipe, "budget": {"flops": (floors[0] + floors[1]) / 2}})
+    prepare(Uneven(), {**recipe, "budget": {"flops": floors[1] * 1.05}})
