@@ -47,8 +47,8 @@ class BudgetConfig(_Strict):
     repeats: int = Field(100, ge=20, le=100_000, description="Latency: timed runs of each model per whole-model "
                          "measurement (medians; the original and the compressed model take turns every 10 runs).")
     tolerance: float = Field(0.02, gt=0, lt=0.5, description="Latency: the measured ratio may miss the target "
-                             "by this much (relative) before the budget is corrected (a later measurement moves "
-                             "by up to ~3%: 0.02 leaves that margin inside the usual 5%).")
+                             "by this much (relative) before the budget is corrected (a measurement minutes later "
+                             "moves by a median 1-2% on 2 cores: 0.02 leaves most of the usual 5% for it).")
     rounds: int = Field(8, ge=1, le=12, description="Latency: at most this many measure-and-correct rounds "
                         "(a round re-decides, exports and times the model: seconds, against minutes of training).")
 
