@@ -131,7 +131,7 @@ def mix_factor_pairs(ops: list[nn.Sequential], w: torch.Tensor, x: torch.Tensor,
                      window: slice | None = None) -> torch.Tensor:
     """``sum_i w_i * ops[i](x)`` (output channels in ``window``) for factor pairs on one input
     geometry, as two layers: ``[w_1 B_1 | w_2 B_2 | ...] @ [A_1; A_2; ...] x``."""
-    firsts, seconds = zip(*(op for op in ops))
+    firsts, seconds = zip(*ops)  # (each a two-layer Sequential)
     window = window or slice(None)
     a = torch.cat([m.weight for m in firsts])
     a_bias = None if all(m.bias is None for m in firsts) else \
@@ -141,8 +141,7 @@ def mix_factor_pairs(ops: list[nn.Sequential], w: torch.Tensor, x: torch.Tensor,
     b_bias = sum(biases[1:], biases[0]) if biases else None
     if isinstance(firsts[0], nn.Linear):
         return F.linear(F.linear(x, a, a_bias), b, b_bias)
-    first = firsts[0]
-    return F.conv2d(F.conv2d(x, a, a_bias, first.stride, first.padding), b, b_bias)
+    return F.conv2d(F.conv2d(x, a, a_bias, firsts[0].stride, firsts[0].padding), b, b_bias)
 
 
 _CHANNELWISE = (nn.Identity, nn.AvgPool2d, nn.MaxPool2d)
