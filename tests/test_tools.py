@@ -51,6 +51,8 @@ def test_latency_budget_rows(tmp_path, capsys):
     row, refused = list(csv.DictReader(out.open()))
     assert 0 < float(row["latency_ratio"]) < 1 and 0 < float(row["flops_target"]) < 1
     assert 1 <= int(row["rounds"]) <= 3 and float(row["flops_ratio"]) > 0 and not row["refused"]
+    passes = [float(v) for v in row["latency_passes"].split()]  # measured in 3 passes over the rows
+    assert len(passes) == 3 and float(row["latency_ratio"]) == round(sorted(passes)[1], 4)
     assert "the smallest decision measures" in refused["refused"] and not refused["latency_ratio"]
     printed = capsys.readouterr().out
     assert "| resnet18 | 8 | 0.6 |" in printed and "| resnet18 | 8 | 0.02 | refused |" in printed
