@@ -104,7 +104,8 @@ class Run:
         budget = r.budget.model_copy(update={r.budget.what: first_target(r.budget.target, p.then)})
         self.ctx = SearchContext(self.trainer, train, val, r.data.batch_size, budget, r.export.round_to, r.run.seed,
                                  num_classes=p.num_classes, criterion=self.kd.get("search"), epochs=r.search,
-                                 checkpoint=self.out / "checkpoints" / "search.pt", resume=self.resume)
+                                 checkpoint=self.out / "checkpoints" / "search.pt", resume=self.resume,
+                                 variants=p.variants)
         with self.clock("search"):
             self.result = p.method.search(p.net, self.ctx)
         self.history["search"] = self.result.history

@@ -5,7 +5,7 @@ anything is written.  ``compress --check`` stops here.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from .data import (
     split_dataset,
 )
 from .decision import Decision
-from .errors import distinct_figures, figure_at_least
+from .errors import distinct_figures, figure_at_least, one_line
 from .frontend import trace
 from .machine import input_shape_problem
 from .methods import get_method
@@ -38,7 +38,13 @@ from .space import Space
 from .space.kinds import get_kind
 from .train.distributed import launched_as_main, resolve_device
 from .weights import check_finite, load_weights
-from .zoo import UnknownModelError, create_model_for_size, data_config, import_factory, is_code_reference
+from .zoo import (
+    UnknownModelError,
+    create_model_for_size,
+    data_config,
+    import_factory,
+    is_code_reference,
+)
 
 
 @dataclass
@@ -63,6 +69,7 @@ class Prepared:
     data: dict[str, Any]  # where the images and the original's weights came from (for the report)
     then: tuple[str, ...] = ()  # kinds pruned on the method's decided model (methods/followup.py)
     latency: Any = None  # a latency budget's LatencyCost (compressor.latency), None for other budgets
+    variants: list[tuple[nn.Module, Space]] = field(default_factory=list)  # the method's model_variants, traced
 
 
 def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | None = None,
@@ -86,15 +93,13 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
     if recipe.weights:
         load_weights(net, recipe.weights, num_classes=num_classes)
     check_finite(net, f"the weights of {name} ({start})")
-    method_class = get_method(recipe.method.name)
-    space = trace(net.cpu().eval(), torch.randn(1, 3, size, size), kinds=method_class.space_kinds(recipe.choices),
-                  **method_class.trace_options(recipe.method))
-    space, rules = apply_rules(space, recipe.rules)  # a pattern that matches nothing fails now
+    space, rules = traced_space(recipe, net, size)  # a rule's pattern that matches nothing fails now
     method = get_method(recipe.method.name)(recipe.method, space)  # and so do bad settings
     if recipe.search.epochs < method.min_search_epochs():
         raise RecipeError(f"search.epochs: {recipe.method.name} trains in the search stage and needs at least "
                           f"{method.min_search_epochs()} epoch(s) there, got {recipe.search.epochs}")
-    then = tuple(method_class.then_kinds(recipe.choices))
+    variants = [model_variant(model, recipe, num_classes, size, args) for args in method.model_variants()]
+    then = tuple(method.then_kinds(recipe.choices))
     latency = latency_cost(recipe, space, net, size, then, method.fixed())  # a latency table, a measured floor
     if latency is not None and latency.block:  # widths round to the channel block measured on this CPU
         recipe = load_recipe(recipe, {"export.round_to": latency.block})
@@ -106,7 +111,32 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
     return Prepared(recipe, name, net, source, source_kwargs, start, (train_set, val_set, test_set), num_classes,
                     torch.randn(1, 3, size, size), space, method, teacher,
                     Path(out) if out else default_out(name, recipe), rules, data_facts(
-                        recipe, data, (train_set, val_set, test_set), num_classes, start), then, latency)
+                        recipe, data, (train_set, val_set, test_set), num_classes, start), then, latency, variants)
+
+
+def traced_space(recipe: Recipe, net: nn.Module, size: int) -> tuple[Space, dict[str, list[str]]]:
+    """``net``'s space as the recipe's method searches it, the recipe's rules applied (and what
+    each rule froze or constrained)."""
+    method_class = get_method(recipe.method.name)
+    space = trace(net.cpu().eval(), torch.randn(1, 3, size, size), kinds=method_class.space_kinds(recipe.choices),
+                  **method_class.trace_options(recipe.method))
+    return apply_rules(space, recipe.rules)
+
+
+def model_variant(model: nn.Module | str, recipe: Recipe, num_classes: int, size: int,
+                  args: dict[str, Any]) -> tuple[nn.Module, Space]:
+    """The run's model built with ``args`` changing its ``model_args`` (fresh weights), traced as
+    the run's is (:meth:`~compressor.methods.base.Method.model_variants`)."""
+    if not isinstance(model, str):
+        raise RecipeError(f"method {recipe.method.name}: its search builds the model again with model_args "
+                          f"{args}, which needs a model given by name, not an nn.Module")
+    changed = recipe.model_copy(update={"model_args": {**recipe.model_args, **args}, "pretrained": False})
+    try:
+        net, *_ = build_original(model, changed, num_classes)
+    except (TypeError, ValueError, RecipeError) as exc:
+        raise RecipeError(f"method {recipe.method.name}: cannot build {model} again with model_args {args} "
+                          f"({one_line(exc, 160)})") from None
+    return net, traced_space(changed, net, size)[0]
 
 
 def latency_cost(recipe: Recipe, space: Space, net: nn.Module, size: int, then: tuple[str, ...],

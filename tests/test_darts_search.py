@@ -115,6 +115,47 @@ def test_a_tiny_search_runs_end_to_end_and_reports_its_cells(tmp_path):
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], want, rtol=1e-3, atol=1e-4)
 
 
+def test_a_deeper_network_starts_from_the_options_a_shallower_one_kept():
+    """P-DARTS's growing depth: ties name the same rows at any depth, so what a 3-cell search
+    kept is what the 4-cell one may choose from, row by row."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    shallow, deep = (OpLogits(trace(darts_search(num_classes=10, c=4, layers=n).eval(), x, kinds=["op"],
+                                    candidates=list(PRIMITIVES))) for n in (3, 4))
+    assert shallow.row_keys == deep.row_keys and len(deep.row_keys) == 2 * EDGES
+    with torch.no_grad():
+        shallow.alpha.normal_()
+    top = shallow._row_probabilities().topk(3, dim=1).indices
+    shallow.drop(3)
+    deep.restrict(shallow.kept())
+    assert [set(r.nonzero().flatten().tolist()) for r in deep.allowed] == [set(t.tolist()) for t in top]
+    p = deep.probabilities()
+    assert torch.all((p > 0).sum(1) == 3) and torch.allclose(p.sum(1), torch.ones(len(p)))
+
+
+def test_a_growing_p_darts_search_runs_its_stages_on_their_own_depths(tmp_path):
+    out = tmp_path / "run"
+    assert main(["darts_search", "--recipe", "p-darts-cifar10-cpu", "--set", "model_args.c=4",
+                 "--set", "model_args.layers=4", "--set", "method.stages=[3]", "--set", "method.stage_layers=[3]",
+                 "--set", "method.skip_dropout=[0.2,0.6]", "--set", "data.limit_train=96", "--set", "data.batch_size=32",
+                 "--set", "search.epochs=2", "--set", "finetune.epochs=1", "--set", "export.latency_repeats=0",
+                 "--set", "run.progress=false", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = report["history"]["search"]
+    assert [r["stage"] for r in rows] == [1, 2] and [r["skip_dropout"] for r in rows] == [0.2, 0.6]
+    first = torch.load(out / "checkpoints" / "search-stage1.pt", weights_only=True)["model"]
+    last = torch.load(out / "checkpoints" / "search.pt", weights_only=True)["model"]
+    alpha, allowed = first["controller.alpha"], last["controller.allowed"]
+    assert first["controller.index"].shape[0] == 3 * EDGES and last["controller.index"].shape[0] == 4 * EDGES
+    assert [set(r.nonzero().flatten().tolist()) for r in allowed] == \
+        [set(t.tolist()) for t in alpha.topk(3, dim=1).indices]  # stage 2 searched what stage 1 kept
+    chosen = report["method_summary"]["alpha_of_chosen"]
+    assert all(len(ps) == 2 for ps in chosen.values())  # one point per epoch of both stages
+    genotype = parse_genotype(json.dumps(report["method_summary"]["genotype"]))
+    assert len(genotype.normal) == len(genotype.reduce) == 8  # 2 edges per node, though stage 1 dropped none
+    assert (out / "model.onnx").is_file()
+
+
 def test_model_args_that_the_model_does_not_take_are_one_line(capsys):
     assert main(["darts_search", "--recipe", "darts-cifar10-cpu", "--set", "model_args.width=3", "--check"]) == 2
     assert "model_args: darts_search does not take" in capsys.readouterr().err

@@ -89,7 +89,11 @@ def test_darts_family_recipes_extend_the_darts_ones_with_their_papers_constants(
     assert pc.data.augment and pc.model_args == base.model_args  # mappings merge key by key
     cpu = load_recipe("darts-cifar10-cpu")
     p, sd = load_recipe("p-darts-cifar10-cpu"), load_recipe("sd-darts-cifar10-cpu")
-    assert (p.method.stages, p.method.skip_cap, p.method.skip_dropout) == ([5, 3], 2, 0.4)
+    assert (p.method.stages, p.method.stage_layers, p.method.skip_cap) == ([5, 3], [3, 4], 2)
+    assert p.method.skip_dropout == [0.0, 0.4, 0.7]
+    full_p, full_sd = load_recipe("p-darts-cifar10"), load_recipe("sd-darts-cifar10")
+    assert (full_p.model_args, full_p.method.stage_layers, full_p.search.epochs) == ({"layers": 17}, [5, 11], 75)
+    assert full_sd.method.self_distill.enabled and full_sd.search == base.search
     assert sd.method.self_distill.enabled and not cpu.method.self_distill.enabled
     assert p.model_dump(exclude={"method"}) == sd.model_dump(exclude={"method"}) == cpu.model_dump(exclude={"method"})
 

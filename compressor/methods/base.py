@@ -71,6 +71,7 @@ class SearchContext:
     epochs: TrainConfig = field(default_factory=TrainConfig)  # the search stage's settings
     checkpoint: Any = None  # the search stage's checkpoint path (a Path), or None
     resume: bool = False
+    variants: list[tuple[nn.Module, Space]] = field(default_factory=list)  # Method.model_variants, built
 
     def stage(self, name: str, **changes: Any) -> Stage:
         """A training stage on this context's data and settings (the search stage's unless changed;
@@ -163,6 +164,12 @@ class Method(TrainHooks):
     def min_search_epochs(self) -> int:
         """The fewest search epochs the method can work with (checked before any training)."""
         return 1 if self.trains_in_search else 0
+
+    def model_variants(self) -> list[dict]:
+        """``model_args`` changes of networks the search needs beside the run's own (P-DARTS's
+        shallower stages): built and traced as the run's model is, before any training, and given
+        to the search as :attr:`SearchContext.variants` in this order."""
+        return []
 
     def search(self, model: nn.Module, ctx: SearchContext) -> SearchResult:
         raise NotImplementedError

@@ -48,6 +48,7 @@ from . import darts_report
 from .base import SearchContext, SearchResult, register_method
 from .bilevel import BilevelSearch
 from .darts_arch import KIND, OpLogits, strongest_in_groups
+from .darts_stages import alpha_by_site, shallower_stages, skip_dropout_at, stage_epochs
 from .followup import followable
 
 
@@ -86,8 +87,12 @@ class DartsConfig(MethodConfig):
     split: float = Field(0.5, gt=0, lt=1, description="Share of the training set (per class) for architecture steps.")
     stages: list[int] = Field([], description="P-DARTS: options each site keeps after each stage, e.g. [5, 3]; "
                               "the search epochs split evenly into len + 1 stages.")
-    skip_dropout: float = Field(0.0, ge=0, lt=1, description="P-DARTS: dropout on the skip option's output, "
-                                "decaying linearly to 0 over the search (0: off).")
+    stage_layers: list[int] = Field([], description="P-DARTS: model_args.layers of the network searched in each "
+                                    "stage before the last, e.g. [5, 11] (the last: the recipe's own model), each "
+                                    "from fresh weights; empty: the recipe's network in every stage.")
+    skip_dropout: float | list[float] = Field(0.0, description="P-DARTS: dropout on the skip option's output, "
+                                              "decaying linearly to 0 over the search (0: off); a list: one rate "
+                                              "per stage, each decaying over its stage (P-DARTS: 0, 0.4, 0.7).")
     skip_cap: int | None = Field(None, ge=0, description="P-DARTS: at most this many sites choose skip.")
     self_distill: SelfDistillConfig = Field(default_factory=SelfDistillConfig)
 
@@ -103,6 +108,16 @@ class DartsConfig(MethodConfig):
     def _stages(self) -> "DartsConfig":
         if any(b >= a for a, b in zip(self.stages, self.stages[1:])) or any(k < 1 for k in self.stages):
             raise ValueError(f"stages must shrink and stay at least 1, got {self.stages}")
+        rates = self.skip_dropout if isinstance(self.skip_dropout, list) else [self.skip_dropout]
+        if any(not 0 <= r < 1 for r in rates):
+            raise ValueError(f"skip_dropout: rates must lie in [0, 1), got {self.skip_dropout}")
+        if isinstance(self.skip_dropout, list) and len(rates) != len(self.stages) + 1:
+            raise ValueError(f"skip_dropout: one rate per stage ({len(self.stages) + 1}), got {self.skip_dropout}")
+        if self.stage_layers and len(self.stage_layers) != len(self.stages):
+            raise ValueError(f"stage_layers: one depth per stage before the last ({len(self.stages)} as stages "
+                             f"says), got {self.stage_layers}")
+        if self.stage_layers and self.selection != "darts":
+            raise ValueError("stage_layers: only a darts search has stages; set selection: darts")
         if self.selection == "ilp" and not self.distill_steps:
             raise ValueError("selection ilp chooses by the candidates' distillation scores: set distill_steps > 0")
         return self
@@ -170,7 +185,13 @@ class DartsMethod(BilevelSearch):
         return self.config.selection == "darts"
 
     def min_search_epochs(self) -> int:
+        """One epoch per stage where the stages grow the network (each is its own training)."""
+        if self.config.stage_layers:
+            return len(self.config.stages) + 1
         return 1 if self.trains_in_search else 0
+
+    def model_variants(self) -> list[dict]:
+        return [{"layers": n} for n in self.config.stage_layers]
 
     def fixed(self) -> Decision:
         """The cheapest option at every site (what the early budget check tries)."""
@@ -224,12 +245,22 @@ class DartsMethod(BilevelSearch):
 
     def _darts(self, gates, ctx: SearchContext, scores: dict[str, np.ndarray]) -> tuple[Decision, list[dict]]:
         weight_set, arch_set = split_dataset(ctx.train_set, self.config.split, seed=ctx.seed)
+        growing = bool(self.config.stage_layers)
+        kept, rows, earlier = shallower_stages(type(self), self.config, ctx, weight_set, arch_set) if growing \
+            else ({}, [], [])
         controlled = self.supernet(gates, ctx, sizes=(len(weight_set), len(arch_set)), scores=scores)
+        self.arch.restrict(kept)
+        stage = ctx.stage("search", train_set=weight_set, val_set=None, arch_set=arch_set, hooks=self)
+        if growing:  # the last stage's share of the epochs, on the run's own network
+            last = stage_epochs(ctx.epochs.epochs, len(self.config.stages) + 1)[-1]
+            stage = dataclasses.replace(stage, config=ctx.epochs.model_copy(update={"epochs": last}))
         self.alpha_history = []
-        history = ctx.trainer.fit(controlled, ctx.stage("search", train_set=weight_set, val_set=None,
-                                                        arch_set=arch_set, hooks=self))
+        history = [h.row() for h in ctx.trainer.fit(controlled, stage)]
+        if growing:
+            history = rows + [{**h, "stage": len(self.config.stages) + 1} for h in history]
+            self.alpha_history = [alpha_by_site(self.arch, e) for e in earlier] + self.alpha_history
         gates.model = controlled.net  # (the gates stay: the caller takes the trained candidates out)
-        return self._decide(ctx), [h.row() for h in history]
+        return self._decide(ctx), history
 
     def supernet(self, gates, ctx: SearchContext, sizes: tuple[int, int] = (0, 0),
                  scores: dict[str, np.ndarray] | None = None) -> ControlledModel:
@@ -260,12 +291,12 @@ class DartsMethod(BilevelSearch):
 
     def begin_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
         self.epoch, self.epochs = epoch, epochs
-        rate = self.config.skip_dropout * (1 - epoch / max(epochs, 1))
+        rate = skip_dropout_at(self.config.skip_dropout, epoch, epochs, last_stage=bool(self.config.stage_layers))
         for m in self.controlled.net.modules():
             if isinstance(m, MixedOp):
                 m.skip_dropout = rate
         stages = self.config.stages
-        if stages:  # P-DARTS: drop options at the stage boundaries (epochs split evenly)
+        if stages and not self.config.stage_layers:  # P-DARTS: drop options at the stage boundaries (epochs split evenly)
             boundary = [round(epochs * (i + 1) / (len(stages) + 1)) for i in range(len(stages))]
             for keep, at in zip(stages, boundary):
                 if epoch == at:

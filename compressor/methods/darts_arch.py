@@ -45,6 +45,8 @@ class OpLogits(GateController):
             allowed[row[i], :len(s.options)] = True
             if start is not None and s.name in start and first[row[i]] == i:
                 alpha[row[i], :len(s.options)] = torch.as_tensor(start[s.name], dtype=alpha.dtype)
+        self.row_keys = rows  # each row's tie (``site:NAME`` for a site of its own)
+        self.row_sites = [self.sites[first[r]] for r in range(len(rows))]  # (their options are the row's)
         self.register_buffer("index", index)  # slot of (site, option); ``size`` pads
         self.register_buffer("row", torch.tensor(row, dtype=torch.long))  # site -> its row of alpha
         self.register_buffer("allowed", allowed)
@@ -95,11 +97,11 @@ class OpLogits(GateController):
         return F.softmax(self.alpha.float().masked_fill(~self.allowed, -torch.inf), dim=1)
 
     def values(self, per_site: torch.Tensor) -> torch.Tensor:
-        """Per-site option weights as slot values of the whole kind."""
+        """Per-site option weights as slot values of the whole kind.  Not masked by the allowed
+        options: softmax gives a dropped option 0 already, and a discretisation may choose a
+        group's ``off`` (``none``) for an edge it does not keep though a stage dropped it."""
         flat = torch.cat([self.start, self.start.new_zeros(1)]).to(per_site.dtype)  # the last slot: padding
-        allowed = self.allowed[self.row].flatten()
-        flat = flat.index_put((self.index.flatten(),), per_site.flatten().masked_fill(~allowed, 0))
-        return flat[:-1]
+        return flat.index_put((self.index.flatten(),), per_site.flatten())[:-1]
 
     def argmax(self) -> torch.Tensor:
         """One-hot slot values of the most probable option per site."""
@@ -116,6 +118,30 @@ class OpLogits(GateController):
             top = p.topk(min(keep, p.shape[1]), dim=1).indices
             allowed = torch.zeros_like(self.allowed).scatter(1, top, True) & self.allowed
             self.allowed.copy_(allowed)
+
+
+    def kept(self) -> dict[str, list[dict]]:
+        """Per row (by its tie): the options still allowed, as the sites' option dicts."""
+        return {key: [self.row_sites[r].options[j] for j in self.allowed[r].nonzero().flatten().tolist()]
+                for r, key in enumerate(self.row_keys)}
+
+    def restrict(self, kept: dict[str, list[dict]]) -> None:
+        """Allow only the ``kept`` options (per tie, as :meth:`kept` gives them) in the rows with
+        those ties; other rows keep theirs.  P-DARTS carries a stage's survivors to a deeper network."""
+        with torch.no_grad():
+            for r, key in enumerate(self.row_keys):
+                if key in kept:
+                    options = self.row_sites[r].options
+                    unknown = [o for o in kept[key] if o not in options]
+                    if unknown:
+                        raise ValueError(f"op sites tied as {key!r} have no option {unknown[0]}")
+                    self.allowed[r] = False
+                    self.allowed[r, [options.index(o) for o in kept[key]]] = True
+
+    def probabilities_by_tie(self) -> dict[str, list[float]]:
+        """softmax(alpha) per row, by its tie (the options in the sites' order)."""
+        p = self._row_probabilities().detach().cpu()
+        return {key: p[r, :len(self.row_sites[r].options)].tolist() for r, key in enumerate(self.row_keys)}
 
 
 def strongest_in_groups(p: torch.Tensor, groups: list[tuple[list[int], int, list[int]]]) -> torch.Tensor:

@@ -142,6 +142,9 @@ def test_p_darts_stages_skip_cap_and_skip_dropout_in_a_run(tmp_path):
     ("method.candidates=[dw_sep,warp_drive]", "unknown candidate 'warp_drive'"),
     ("method.skip_cap=-1", "method.skip_cap: Input should be greater than or equal to 0"),
     ("method.stages=[3,5]", "stages must shrink"),
+    ("method.stage_layers=[3]", "stage_layers: one depth per stage before the last (0 as stages says)"),
+    ("method.skip_dropout=[0.1,0.2]", "skip_dropout: one rate per stage (1)"),
+    ("method.skip_dropout=1.5", "skip_dropout: rates must lie in [0, 1)"),
     ("choices=[op,depth]", "choices: depth cannot follow the op search"),
     ("method.partial_channels=7", "partial_channels=7 divides the output channels of no convolution site"),
 ])
@@ -150,6 +153,13 @@ def test_bad_settings_are_one_line_and_exit_2(setting, message, tmp_path, capsys
                  "--check", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_stages_that_rebuild_a_model_which_takes_no_depth_are_one_line(tmp_path, capsys):
+    assert main(["tests.tiny:TinyNet", "--method", "darts", "--set", "method.stages=[2]", "--set",
+                 "method.stage_layers=[1]", "--set", "data.input_size=16", "--check", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model_args {'layers': 1}" in err, err
 
 
 def test_a_budget_no_candidate_reaches_is_refused_before_training(tmp_path, capsys):
