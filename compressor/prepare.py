@@ -44,6 +44,7 @@ from .zoo import (
     data_config,
     import_factory,
     is_code_reference,
+    model_recipe,
 )
 
 
@@ -78,6 +79,8 @@ def prepare(model: nn.Module | str, recipe: Recipe | dict | str | os.PathLike | 
     """Check everything a run could refuse (recipe, model, data, weights, method settings, budget,
     teacher) and build what it starts from: the data, the original and its traced space.  Writes
     nothing; ``compress --check`` stops here."""
+    if recipe is None and isinstance(model, str):
+        recipe = model_recipe(model)  # the model's own (a network too heavy for the default), else default
     recipe = load_recipe(recipe, overrides)
     if isinstance(model, str):
         recipe = load_recipe(recipe, {"model": model})

@@ -57,6 +57,15 @@ def _split(name: str) -> tuple[str | None, str]:
     return None, name
 
 
+def model_recipe(name: str) -> str:
+    """The built-in recipe a run of ``name`` starts from when it names none: the one the model
+    registered (:func:`~compressor.models.register_model`), else ``default``."""
+    from .models import RECIPES
+
+    source, bare = _split(name)
+    return RECIPES.get(bare, "default") if source is None else "default"
+
+
 def _is_torchvision_classifier(name: str) -> bool:
     """Fast check (no listing): a registered builder living in ``torchvision.models.<file>``."""
     import torchvision

@@ -44,7 +44,17 @@ def test_small_network_of_each_cell_slices_exactly(name):
     assert rel_diff(ys, yg) <= 1e-4
 
 
-def test_a_published_cell_network_pruned_end_to_end_reports_its_cells(tmp_path):
+def test_the_cell_networks_start_from_their_own_recipe_when_a_run_names_none():
+    from compressor.recipe import load_recipe
+    from compressor.zoo import model_recipe
+
+    assert {model_recipe(n) for n in [*GENOTYPES, "darts_network"]} == {"darts-eval-cpu"}
+    assert model_recipe("resnet18") == model_recipe("darts_search") == model_recipe("timm:darts_v2") == "default"
+    own, default = load_recipe("darts-eval-cpu"), load_recipe("default")
+    assert own.data.limit_train == 1000 and own.model_dump(exclude={"data"}) == default.model_dump(exclude={"data"})
+
+
+def test_a_published_cell_network_pruned_end_to_end_reports_its_cells(tmp_path, capsys):
     """``compress darts_v2 --method prune`` (small): the report names and draws both cells once,
     and the ONNX file matches the saved model."""
     import json
@@ -60,6 +70,7 @@ def test_a_published_cell_network_pruned_end_to_end_reports_its_cells(tmp_path):
                  "--set", "model_args.layers=5", "--set", "data.limit_train=96", "--set", "data.batch_size=32",
                  "--set", "base.epochs=1", "--set", "finetune.epochs=1", "--set", "export.latency_repeats=0",
                  "--set", "run.progress=false", "--out", str(out)]) == 0
+    assert "darts_v2 starts from its own recipe darts-eval-cpu" in capsys.readouterr().out
     report, text = json.loads((out / "report.json").read_text()), (out / "report.md").read_text()
     assert report["cells"]["normal"] == [list(p) for p in GENOTYPES["darts_v2"].normal]
     assert "## Cells" in text and "**reduce cell**: node 2 <- max_pool_3x3(state 0)" in text

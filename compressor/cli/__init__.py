@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=list(registered), metavar="{" + ",".join(registered) + "}",
                    help="compression method (default: the recipe's, scs): " + "; ".join(
                        f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}" for name, cls in registered.items()))
-    p.add_argument("--recipe", default="default", help="built-in recipe name or YAML file (default: default)")
+    p.add_argument("--recipe", help="built-in recipe name or YAML file (default: the model's own where it has "
+                   "one, e.g. darts-eval-cpu for the DARTS cell networks; else default)")
     p.add_argument("--data", metavar="PATH", help="ImageFolder tree or CIFAR folder (default: embedded MNIST subset)")
     p.add_argument("--weights", metavar="PATH", help="trained weights of the original (skips base training)")
     p.add_argument("--pretrained", nargs="?", const=True, metavar="FILE",

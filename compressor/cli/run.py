@@ -53,8 +53,12 @@ def overrides(args: argparse.Namespace) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..api import compress, default_out
     from ..recipe import load_recipe, method_override
+    from ..zoo import model_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe or model_recipe(args.model))
+    if not args.recipe and model_recipe(args.model) != "default":
+        print(f"compress: {args.model} starts from its own recipe {model_recipe(args.model)} (--recipe default: "
+              "the embedded default's)")
     switch = method_override(recipe, args.method) if args.method else {}
     recipe = load_recipe(recipe, {"model": args.model, **switch, **overrides(args)})
     out = args.out or default_out(args.model, recipe)

@@ -217,13 +217,16 @@ class DartsNetwork(nn.Module):
         return (logits, aux) if aux is not None else logits
 
 
+EVAL_RECIPE = "darts-eval-cpu"  # a CIFAR evaluation network is ~6x resnet50's FLOPs at 32 px
+
+
 def _cifar(name: str):
     def build(num_classes: int = 10, c: int = 36, layers: int = 20, auxiliary: bool = False) -> DartsNetwork:
         return DartsNetwork(GENOTYPES[name], c, layers, num_classes, auxiliary=auxiliary)
 
     build.__name__ = name
     build.__doc__ = f"{name}'s published cell, CIFAR evaluation network (20 cells, C = 36)."
-    return register_model(build)
+    return register_model(build, recipe=EVAL_RECIPE)
 
 
 for _name in GENOTYPES:
@@ -236,7 +239,7 @@ def darts_v2_imagenet(num_classes: int = 1000, c: int = 48, layers: int = 14, au
     return DartsNetwork(GENOTYPES["darts_v2"], c, layers, num_classes, auxiliary=auxiliary, imagenet=True)
 
 
-@register_model
+@register_model(recipe=EVAL_RECIPE)
 def darts_network(genotype: str = "darts_v2", num_classes: int = 10, c: int = 36, layers: int = 20,
                   auxiliary: bool = False) -> DartsNetwork:
     """A discrete DARTS network from ``genotype``: a published one by name (darts_v1, darts_v2,
