@@ -297,7 +297,7 @@ class DartsMethod(BilevelSearch):
                 m.skip_dropout = rate
         stages = self.config.stages
         if stages and not self.config.stage_layers:  # P-DARTS: drop options at the stage boundaries (epochs split evenly)
-            boundary = [round(epochs * (i + 1) / (len(stages) + 1)) for i in range(len(stages))]
+            boundary = np.cumsum(stage_epochs(epochs, len(stages) + 1))[:-1].tolist()
             for keep, at in zip(stages, boundary):
                 if epoch == at:
                     self.arch.drop(keep)

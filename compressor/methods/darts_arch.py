@@ -119,7 +119,6 @@ class OpLogits(GateController):
             allowed = torch.zeros_like(self.allowed).scatter(1, top, True) & self.allowed
             self.allowed.copy_(allowed)
 
-
     def kept(self) -> dict[str, list[dict]]:
         """Per row (by its tie): the options still allowed, as the sites' option dicts."""
         return {key: [self.row_sites[r].options[j] for j in self.allowed[r].nonzero().flatten().tolist()]
@@ -137,11 +136,6 @@ class OpLogits(GateController):
                         raise ValueError(f"op sites tied as {key!r} have no option {unknown[0]}")
                     self.allowed[r] = False
                     self.allowed[r, [options.index(o) for o in kept[key]]] = True
-
-    def probabilities_by_tie(self) -> dict[str, list[float]]:
-        """softmax(alpha) per row, by its tie (the options in the sites' order)."""
-        p = self._row_probabilities().detach().cpu()
-        return {key: p[r, :len(self.row_sites[r].options)].tolist() for r, key in enumerate(self.row_keys)}
 
 
 def strongest_in_groups(p: torch.Tensor, groups: list[tuple[list[int], int, list[int]]]) -> torch.Tensor:
