@@ -55,10 +55,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..recipe import load_recipe, method_override
     from ..zoo import model_recipe
 
-    recipe = load_recipe(args.recipe or model_recipe(args.model))
-    if not args.recipe and model_recipe(args.model) != "default":
-        print(f"compress: {args.model} starts from its own recipe {model_recipe(args.model)} (--recipe default: "
-              "the embedded default's)")
+    start = args.recipe or model_recipe(args.model)
+    if not args.recipe and start != "default":
+        print(f"compress: {args.model} starts from its own recipe {start} (--recipe default: the embedded default's)")
+    recipe = load_recipe(start)
     switch = method_override(recipe, args.method) if args.method else {}
     recipe = load_recipe(recipe, {"model": args.model, **switch, **overrides(args)})
     out = args.out or default_out(args.model, recipe)

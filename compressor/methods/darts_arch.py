@@ -119,6 +119,11 @@ class OpLogits(GateController):
             allowed = torch.zeros_like(self.allowed).scatter(1, top, True) & self.allowed
             self.allowed.copy_(allowed)
 
+    @property
+    def site_ties(self) -> list[str]:
+        """Each site's tie (its row's key), in the order of :attr:`sites`."""
+        return [self.row_keys[r] for r in self.row.tolist()]
+
     def kept(self) -> dict[str, list[dict]]:
         """Per row (by its tie): the options still allowed, as the sites' option dicts."""
         return {key: [self.row_sites[r].options[j] for j in self.allowed[r].nonzero().flatten().tolist()]

@@ -68,8 +68,7 @@ def shallower_stages(make: Callable[[DartsConfig, Space], DartsMethod], config: 
         spec = ctx.stage(f"search-stage{i + 1}", train_set=weight_set, val_set=None, arch_set=arch_set, hooks=stage,
                          config=ctx.epochs.model_copy(update={"epochs": epochs[i]}))
         rows += [{**h.row(), "stage": i + 1} for h in ctx.trainer.fit(controlled, spec)]
-        ties = [stage.arch.row_keys[r] for r in stage.arch.row.tolist()]
-        alphas += [dict(zip(ties, per_site)) for per_site in stage.alpha_history]
+        alphas += [dict(zip(stage.arch.site_ties, per_site)) for per_site in stage.alpha_history]
         stage.arch.drop(keep)
         kept = stage.arch.kept()
     return kept or {}, rows, alphas
@@ -79,6 +78,5 @@ def alpha_by_site(arch: OpLogits, by_tie: dict[str, list[float]]) -> list[list[f
     """A shallower stage's softmax(alpha) (per site, by tie) as ``arch``'s sites x options
     (uniform over a site's options where that stage had no such tie)."""
     width = int(arch.allowed.shape[1])
-    ties = [arch.row_keys[r] for r in arch.row.tolist()]
     return [by_tie.get(t) or [1 / len(s.options)] * len(s.options) + [0.0] * (width - len(s.options))
-            for t, s in zip(ties, arch.sites)]
+            for t, s in zip(arch.site_ties, arch.sites)]
