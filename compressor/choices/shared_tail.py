@@ -10,10 +10,11 @@ Their weighted sum is one tail over their heads' outputs side by side,
 one launch of the tail for all of them, and their heads merge where they can:
 
 * dense heads of one geometry (the low-rank candidates' first layers) stack into one layer;
-* depthwise heads at one stride and centre (``dw_sep`` at dilation 1 and 2) become one depthwise
-  convolution over the widest extent, each head's kernel set into it at its dilation, zeros elsewhere;
 * heads that are the input itself or a strided view of it (a lone 1 x 1 convolution) share it,
-  their tails summed.
+  their tails summed;
+* any other head (``dw_sep``'s depthwise convolution) runs on its own.  (Merging ``dw_sep``'s two
+  depthwise heads into one 5 x 5 depthwise convolution of twice the channels was slower on CPU:
+  about 10% more per resnet50 search step, measured.)
 
 The same sum as option by option, to float rounding (tests/choices/test_op.py).
 """
@@ -47,23 +48,14 @@ def split_tail(op: nn.Module) -> tuple[nn.Module | tuple[int, int] | None, nn.Mo
     return None
 
 
-def _extent(m: nn.Conv2d) -> tuple[int, int]:
-    return tuple(d * (k - 1) + 1 for k, d in zip(m.kernel_size, m.dilation))  # type: ignore[return-value]
-
-
 def _head_key(head) -> tuple:
     """Heads with one key merge into one computation."""
     if head is None or isinstance(head, tuple):
         return ("view", head)
     if isinstance(head, nn.Linear):
         return ("dense", nn.Linear)
-    if isinstance(head, nn.Conv2d) and head.padding_mode == "zeros":
-        if head.groups == 1:
-            return ("dense", nn.Conv2d, head.kernel_size, head.stride, head.padding, head.dilation)
-        extent = _extent(head)
-        if head.groups == head.in_channels == head.out_channels and all(e % 2 for e in extent):
-            centre = tuple(p - e // 2 for p, e in zip(head.padding, extent))
-            return ("depthwise", head.in_channels, head.stride, centre)
+    if isinstance(head, nn.Conv2d) and head.padding_mode == "zeros" and head.groups == 1:
+        return ("dense", nn.Conv2d, head.kernel_size, head.stride, head.padding, head.dilation)
     return ("module", id(head))
 
 
@@ -88,8 +80,6 @@ class HeadPart:
             return (x if stride is None else x[..., ::stride[0], ::stride[1]]), sum(tails[1:], tails[0])
         if kind == "dense":
             return _stacked(heads, x), torch.cat(tails, dim=1)
-        if kind == "depthwise":
-            return _merged_depthwise(heads, x), torch.stack(tails, dim=2).flatten(1)
         return heads[0](x), tails[0]
 
 
@@ -105,25 +95,6 @@ def _stacked(heads: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     if isinstance(first, nn.Linear):
         return F.linear(x, weight, bias)
     return F.conv2d(x, weight, bias, first.stride, first.padding, first.dilation)
-
-
-def _merged_depthwise(heads: list[nn.Conv2d], x: torch.Tensor) -> torch.Tensor:
-    """Depthwise heads at one stride and centre as one depthwise convolution over their widest
-    extent; output channel ``c * n + j`` is head ``j``'s channel ``c``."""
-    n, channels = len(heads), heads[0].in_channels
-    size = tuple(max(e) for e in zip(*map(_extent, heads)))
-    weight = heads[0].weight.new_zeros(channels * n, 1, *size)
-    for j, m in enumerate(heads):
-        top = [(s - e) // 2 for s, e in zip(size, _extent(m))]
-        rows, cols = (slice(t, t + e, d) for t, e, d in zip(top, _extent(m), m.dilation))
-        weight[j::n, :, rows, cols] = m.weight
-    bias = None
-    if any(m.bias is not None for m in heads):
-        bias = torch.stack([m.bias if m.bias is not None else m.weight.new_zeros(channels) for m in heads], 1)
-        bias = bias.flatten()
-    centre = [p - e // 2 for p, e in zip(heads[0].padding, _extent(heads[0]))]
-    padding = tuple(c + s // 2 for c, s in zip(centre, size))
-    return F.conv2d(x, weight, bias, heads[0].stride, padding, 1, channels)
 
 
 @dataclass
