@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .candidates import build_option, is_skip, module_like
-from .shared_tail import shared_tails
 
 if TYPE_CHECKING:
     from .op import OpChoice
@@ -32,9 +31,10 @@ class MixedOp(nn.Module):
     option's weights for those channels) and the other channels pass by ``partial_bypass``
     (identity, or max-pooling on a reduction edge).
 
-    Options that end in a linear map over channels (``dw_sep``, ``pointwise``, ``low_rank``, a
-    1 x 1 original) are computed together, their tails as one map over their heads' outputs
-    side by side (:mod:`.shared_tail`: the same sum, in fewer launches)."""
+    Options that are two linear maps in a row (:func:`factor_pair`: the low-rank candidates of a
+    1 x 1 convolution or a linear layer) are computed together, as one pair of layers: their
+    first layers stacked, their second layers weighted and side by side (:func:`mix_factor_pairs`;
+    the same sum, in two launches instead of two per option)."""
 
     def __init__(self, original: nn.Module, choice: OpChoice, values) -> None:
         super().__init__()
@@ -46,7 +46,7 @@ class MixedOp(nn.Module):
         like = module_like(original)
         self.ops = nn.ModuleList([original] + [build_option(choice.site, o).to(**like).train(original.training)
                                                for o in choice.options[1:]])  # (a norm in an option: its mode)
-        self.tails = shared_tails(list(self.ops), exclude=set(self.skips))
+        self.paired = factor_groups(self.ops)
 
     def weights(self) -> torch.Tensor:
         return self._values[0]["op"][self.offset:self.offset + self.n]
@@ -87,18 +87,61 @@ class MixedOp(nn.Module):
 
     def _mix(self, x: torch.Tensor, w: torch.Tensor, on: list[bool], window: slice | None = None) -> torch.Tensor | None:
         """``sum_i w_i * op_i(x)`` over the options ``on`` (output channels in ``window`` alone,
-        :func:`narrow_output`), those with a shared tail together; None when none is on."""
+        :func:`narrow_output`), factor pairs together; None when none is on."""
         terms, done = [], set()
-        for group in self.tails:
-            live = [i for i in group.members if on[i]]
+        for group in self.paired:
+            live = [i for i in group if on[i]]
             if len(live) > 1:
-                terms.append(group.forward(x, live, w, window))
+                terms.append(mix_factor_pairs([self.ops[i] for i in live], w[live].to(x.dtype), x, window))
                 done.update(live)
         for i, op in enumerate(self.ops):
             if on[i] and i not in done:
                 y = op(x) if window is None else narrow_output(op, x, window)
                 terms.append(self._dropped(i, y) * w[i].to(x.dtype))
         return sum(terms[1:], terms[0]) if terms else None
+
+
+def factor_pair(op: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """``(first, second)`` where ``op`` is two linear maps whose stacks are one map: two linear
+    layers, or two dense 1 x 1 convolutions (the second at stride 1 without padding); else None."""
+    if not (isinstance(op, nn.Sequential) and len(op) == 2):
+        return None
+    first, second = op
+    if isinstance(first, nn.Linear) and isinstance(second, nn.Linear):
+        return first, second
+    pointwise = all(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and m.dilation == (1, 1)
+                    and m.padding_mode == "zeros" for m in (first, second))
+    return (first, second) if pointwise and second.stride == (1, 1) and second.padding == (0, 0) else None
+
+
+def factor_groups(ops: nn.ModuleList) -> list[list[int]]:
+    """Indices of the options that are factor pairs on the same input geometry (layer type,
+    the first layer's stride and padding), two or more to a group."""
+    groups: dict[tuple, list[int]] = {}
+    for i, op in enumerate(ops):
+        pair = factor_pair(op)
+        if pair is not None:
+            first = pair[0]
+            key = (type(first), getattr(first, "stride", None), getattr(first, "padding", None))
+            groups.setdefault(key, []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def mix_factor_pairs(ops: list[nn.Sequential], w: torch.Tensor, x: torch.Tensor,
+                     window: slice | None = None) -> torch.Tensor:
+    """``sum_i w_i * ops[i](x)`` (output channels in ``window``) for factor pairs on one input
+    geometry, as two layers: ``[w_1 B_1 | w_2 B_2 | ...] @ [A_1; A_2; ...] x``."""
+    firsts, seconds = zip(*ops)  # (each a two-layer Sequential)
+    window = window or slice(None)
+    a = torch.cat([m.weight for m in firsts])
+    a_bias = None if all(m.bias is None for m in firsts) else \
+        torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(len(m.weight)) for m in firsts])
+    b = torch.cat([m.weight[window] * wi for m, wi in zip(seconds, w)], dim=1)
+    biases = [m.bias[window] * wi for m, wi in zip(seconds, w) if m.bias is not None]
+    b_bias = sum(biases[1:], biases[0]) if biases else None
+    if isinstance(firsts[0], nn.Linear):
+        return F.linear(F.linear(x, a, a_bias), b, b_bias)
+    return F.conv2d(F.conv2d(x, a, a_bias, firsts[0].stride, firsts[0].padding), b, b_bias)
 
 
 _CHANNELWISE = (nn.Identity, nn.AvgPool2d, nn.MaxPool2d)

@@ -146,34 +146,29 @@ def test_partial_channels_mix_one_window_and_keep_the_original_elsewhere():
     gates.remove()
 
 
-@pytest.mark.parametrize("name, shape, partial, together", [
-    ("same", (2, 8, 6, 6), 1, 3), ("same", (2, 8, 6, 6), 4, 3),  # dw_sep twice and pointwise
-    ("down", (2, 8, 7, 7), 1, 3), ("down", (2, 8, 7, 7), 4, 3),  # the same at stride 2 (an odd size)
-    ("wide", (2, 16, 3, 3), 2, 3),  # a 5 x 5 site
-    ("point", (2, 16, 3, 3), 1, 3), ("point", (2, 16, 3, 3), 4, 2),  # low rank (and the original, whole)
-    ("fc1", (2, 16), 1, 3)])
-def test_options_with_a_shared_tail_computed_together_equal_their_sum(name, shape, partial, together):
-    """A site's options that end in a 1 x 1 convolution or a linear layer run as one map over
-    their merged heads: the output and the gradients of the gate values and of every weight
-    equal the option-by-option sum's, whole and on a partial-channel window."""
+@pytest.mark.parametrize("name, shape, partial", [("point", (2, 16, 3, 3), 1), ("point", (2, 16, 3, 3), 4),
+                                                  ("fc1", (2, 16), 1)])
+def test_low_rank_options_computed_together_equal_their_sum(name, shape, partial):
+    """A site's factor pairs (its low-rank options) run as one pair of layers: the output and the
+    gradients of the gate values and of every weight equal the option-by-option sum's, whole
+    and on a partial-channel window."""
     model, x, space = _traced()
     gates = attach_gates(model, space)
     site = space["op"].site(name)
     mixed = gates.model.get_submodule(name)
+    assert [len(g) for g in mixed.paired] == [2]
     values = torch.zeros(space["op"].size)
     values[site.offset:site.offset + len(site.options)] = torch.softmax(torch.randn(len(site.options)), 0)
     values.requires_grad_(True)
     gates.set({"op": values})
     mixed.partial = partial
     h, params = torch.randn(*shape), [values, *mixed.parameters()]
-    shared = [i for g in mixed.tails for i in g.members if i or partial == 1]
-    assert len(shared) == together
     out = {}
     for way in ("together", "one by one"):
         y = mixed(h)
         out[way] = (y, torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), params,
                                            allow_unused=True))
-        mixed.tails = []
+        mixed.paired = []
     (y0, g0), (y1, g1) = out.values()
     assert torch.allclose(y0, y1, atol=1e-5)
     assert all((a is None and b is None) or torch.allclose(a, b, atol=1e-5) for a, b in zip(g0, g1))
