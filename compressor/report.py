@@ -25,6 +25,7 @@ from .methods.followup import FollowUp
 from .recipe import Recipe
 from .space import Space
 from .markdown import cell, table
+from .plotting import pyplot
 from .models.cell_drawing import cells_of, draw_cells, genotype_lines
 from .space.kinds import get_kind
 from .train import Evaluation
@@ -225,10 +226,7 @@ def _int8_md(q: dict[str, Any] | None, latency: dict[str, dict]) -> list[str]:
 
 def _plots(r: dict[str, Any], out: Path) -> list[str]:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         return []
     made = []

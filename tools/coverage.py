@@ -286,11 +286,9 @@ def _scale(rows: list[dict]) -> list[str]:
 
 def _plot_scale(rows: list[dict], path: Path) -> None:
     """Log-log scatter of trace time and trace peak memory against parameters."""
-    import matplotlib
+    from compressor.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = _sized(rows)
     if not rows:
         return

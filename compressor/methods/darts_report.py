@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..markdown import cell, table
 from ..models.cell_drawing import draw_cells, genotype_lines
+from ..plotting import pyplot
 
 
 def section(summary: dict) -> list[str]:
@@ -37,17 +38,8 @@ def plots(summary: dict, out: Path) -> list[str]:
     return made
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _alpha_plot(curves: dict[str, list[float]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name, ps in curves.items():
         ax.plot(range(1, len(ps) + 1), ps, alpha=0.6, label=name if len(curves) <= 12 else None)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
+from ..plotting import pyplot
+
 
 def cells_of(model: nn.Module) -> dict | None:
     """The genotype ``model`` is built from (its ``genotype`` attribute, a dataclass with normal
@@ -34,11 +36,7 @@ def draw_cells(genotype: dict, path: Path) -> None:
     """Each cell as a graph: its two input states on the left, the nodes on a diagonal (so that
     node-to-node edges stay apart), the output (their concatenation) on the right; every kept
     edge labelled with its operation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, kind in zip(axes, ("normal", "reduce")):
         pairs = genotype[kind]
