@@ -7,11 +7,14 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from compressor.budget import BudgetError, choose_options
 from compressor.choices.candidates import ITSELF, build_option, candidate_names, label
-from compressor.choices.mixed_op import MixedOp, narrow_output
+from compressor.choices.mixed_op import MixedOp, conv2d_touching, narrow_output
 from compressor.decision import Decision
 from compressor.export import load_compressed, save_compressed
 from compressor.export.flops import fvcore_flops
@@ -174,6 +177,26 @@ def test_low_rank_options_computed_together_equal_their_sum(name, shape, partial
     assert all((a is None and b is None) or torch.allclose(a, b, atol=1e-5) for a, b in zip(g0, g1))
     assert g0[0][site.offset:site.offset + len(site.options)].abs().min() > 0  # every option's value has a say
     gates.remove()
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(1, 6), kernel=st.integers(1, 5), stride=st.integers(1, 2), dilation=st.integers(1, 3),
+       padding=st.integers(0, 6), depthwise=st.booleans())
+def test_a_convolution_cut_to_the_taps_that_touch_its_input_is_the_same_convolution(size, kernel, stride, dilation,
+                                                                                   padding, depthwise):
+    """conv2d_touching (what candidates run in a search) against F.conv2d: output and gradients."""
+    if size + 2 * padding < dilation * (kernel - 1) + 1:
+        return  # no output position
+    torch.manual_seed(size * 100 + kernel * 10 + padding)
+    x = torch.randn(2, 4, size, size + 1, requires_grad=True)
+    weight = torch.randn(4, 1 if depthwise else 4, kernel, kernel, requires_grad=True)
+    args = ((stride, stride), (padding, padding), (dilation, dilation), 4 if depthwise else 1)
+    want = F.conv2d(x, weight, None, *args)
+    got = conv2d_touching(x, weight, None, *args)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    probe = torch.randn_like(want)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(torch.autograd.grad((want * probe).sum(), [x, weight]),
+                                                                 torch.autograd.grad((got * probe).sum(), [x, weight])))
 
 
 def test_the_ilp_choice_is_optimal_against_brute_force():
