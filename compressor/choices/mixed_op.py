@@ -154,7 +154,7 @@ def narrow_output(op: nn.Module, x: torch.Tensor, window: slice) -> torch.Tensor
     """``op(x)[:, window]``, computing only those output channels where ``op`` allows it: a dense
     convolution (its filters in the window), a sequence (its last module narrowed), an operation
     that acts per channel (on the window of its input); anything else computes every channel."""
-    if isinstance(op, nn.Conv2d) and op.groups == 1 and op.padding_mode == "zeros" and isinstance(op.padding, tuple):
+    if type(op) is nn.Conv2d and op.groups == 1 and op.padding_mode == "zeros" and isinstance(op.padding, tuple):
         bias = op.bias[window] if op.bias is not None else None
         return conv2d_touching(x, op.weight[window], bias, op.stride, op.padding, op.dilation)
     if isinstance(op, nn.Sequential) and len(op):
@@ -189,12 +189,13 @@ def conv2d_touching(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 def forward_touching(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``op(x)``, its zero-padded convolutions (alone or in a sequence) by :func:`conv2d_touching`."""
-    if isinstance(op, nn.Sequential):
+    """``op(x)``, its zero-padded ``nn.Conv2d`` layers (alone or in a sequence; not subclasses,
+    whose forward may differ) by :func:`conv2d_touching`, without their modules' hooks."""
+    if type(op) is nn.Sequential:
         for m in op:
             x = forward_touching(m, x)
         return x
-    if isinstance(op, nn.Conv2d) and op.padding_mode == "zeros" and isinstance(op.padding, tuple):
+    if type(op) is nn.Conv2d and op.padding_mode == "zeros" and isinstance(op.padding, tuple):
         return conv2d_touching(x, op.weight, op.bias, op.stride, op.padding, op.dilation, op.groups)
     return op(x)
 
