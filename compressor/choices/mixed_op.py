@@ -2,6 +2,7 @@
 PC-DARTS's partial channels and P-DARTS's dropout on skips."""
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import torch
@@ -164,9 +165,11 @@ def narrow_output(op: nn.Module, x: torch.Tensor, window: slice) -> torch.Tensor
     return op(x)[:, window]
 
 
+@functools.lru_cache(maxsize=4096)
 def touching_taps(size: int, kernel: int, stride: int, padding: int, dilation: int) -> tuple[int, int]:
     """``(first, last)``: the kernel taps of one spatial dimension that read inside an input of
-    ``size`` for some output position (the others only ever read zero padding)."""
+    ``size`` for some output position (the others only ever read zero padding); cached, since a
+    search asks it for the same few shapes at every convolution call."""
     out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     hit = [j for j in range(kernel)
            if j * dilation - padding <= size - 1 and stride * (out - 1) - padding + j * dilation >= 0]

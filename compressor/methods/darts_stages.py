@@ -68,7 +68,8 @@ def shallower_stages(make: Callable[[DartsConfig, Space], DartsMethod], config: 
         spec = ctx.stage(f"search-stage{i + 1}", train_set=weight_set, val_set=None, arch_set=arch_set, hooks=stage,
                          config=ctx.epochs.model_copy(update={"epochs": epochs[i]}))
         rows += [{**h.row(), "stage": i + 1} for h in ctx.trainer.fit(controlled, spec)]
-        alphas += [dict(zip(stage.arch.site_ties, per_site)) for per_site in stage.alpha_history]
+        ties = stage.arch.site_ties
+        alphas += [dict(zip(ties, per_site)) for per_site in stage.alpha_history]
         stage.arch.drop(keep)
         kept = stage.arch.kept()
     return kept or {}, rows, alphas
