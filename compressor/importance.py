@@ -3,7 +3,7 @@
 Each kind turns a per-element quantity into scores of its slots (a channel unit sums it over every
 parameter slice it owns, a kernel ring over its positions): |w|^2 for magnitude, |w * dL/dw| for
 Taylor (gradients must already be in ``.grad``).  A residual block's score is how much the loss
-rises when the block is skipped (:func:`block_drop_loss`).
+rises when the block is skipped (:func:`drop_loss`).
 """
 from __future__ import annotations
 
@@ -68,10 +68,17 @@ class TaylorImportance(Importance):
         return (p.detach().float() * grad.float()).abs()
 
 
+def loss_scored_kinds(space: Space) -> list[str]:
+    """The kinds of ``space`` whose slots a loss ranks, not their weights (residual blocks): each
+    slot's score is what removing it alone costs (:func:`drop_loss`)."""
+    return [k for k in space if not get_kind(k).weight_scored and not get_kind(k).one_of]
+
+
 @torch.no_grad()
-def block_drop_loss(model: nn.Module, space: Space, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
-    """Per residual block of ``space``: mean cross-entropy on ``batches`` with that block skipped,
-    minus with every block kept (higher = more worth keeping).  ``model`` is evaluated as it is
+def drop_loss(model: nn.Module, space: Space, kind: str,
+              batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+    """Per slot of ``kind``: mean cross-entropy on ``batches`` with that slot alone removed, minus
+    with every slot kept (higher = more worth keeping).  ``model`` is evaluated as it is
     (train/eval mode, device) and left unchanged."""
     batches = list(batches)
     gates = attach_gates(model, space)
@@ -79,12 +86,12 @@ def block_drop_loss(model: nn.Module, space: Space, batches: Iterable[tuple[torc
         def loss() -> float:
             return sum(float(F.cross_entropy(first_output(gates.model(x)).float(), y)) for x, y in batches) / len(batches)
 
-        n = space["depth"].size
+        n = space[kind].size
         keep = torch.ones(n)
         base = loss()
         scores = np.zeros(n)
         for i in range(n):
-            gates.set({"depth": keep.index_fill(0, torch.tensor([i]), 0.0)})
+            gates.set({kind: keep.index_fill(0, torch.tensor([i]), 0.0)})
             scores[i] = loss() - base
         return scores
     finally:

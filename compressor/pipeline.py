@@ -140,7 +140,7 @@ class Run:
         meter = Meter(original, p.example, batch=budget.batch, threads=budget.threads, repeats=budget.repeats)
         try:
             redecide = None if self.result.carry is not None else \
-                Redecider(original, p.space, self.result.decision, self.recipe.export.round_to, self._block_scores(original))
+                Redecider(original, p.space, self.result.decision, self.recipe.export.round_to, self._loss_scores(original))
             decision, self.latency_rounds = meet_latency(
                 self.result.decision, budget.target, lambda d: meter(slice_model(original, p.space, d)), redecide,
                 lambda d: d.cost(p.space, "latency") / p.space.cost.full("latency"),
@@ -153,14 +153,13 @@ class Run:
         saved.write_text(json.dumps({"decision": decision.to_dict(), "rounds": rounds_table(self.latency_rounds)}))
         return decision
 
-    def _block_scores(self, model: nn.Module, batches: int = 4) -> np.ndarray | None:
-        """The loss each residual block's skipping costs on a few training batches (CPU), the order a
-        latency correction removes the method's kept blocks in; None without blocks."""
-        if "depth" not in self.p.space:
-            return None
-        from .importance import block_drop_loss
+    def _loss_scores(self, model: nn.Module, batches: int = 4) -> dict[str, np.ndarray]:
+        """Per loss-scored kind (residual blocks): what removing each slot costs on a few training
+        batches (CPU), the order a latency correction removes the method's kept slots in."""
+        from .importance import drop_loss, loss_scored_kinds
 
-        return block_drop_loss(model.eval(), self.p.space, self.ctx.training_batches(batches, "cpu"))
+        return {kind: drop_loss(model.eval(), self.p.space, kind, self.ctx.training_batches(batches, "cpu"))
+                for kind in loss_scored_kinds(self.p.space)}
 
     def _latency_summary(self) -> dict | None:
         if self.p.latency is None:

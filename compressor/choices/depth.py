@@ -56,7 +56,7 @@ class DepthKind(ChoiceKind):
     name = "depth"
     attach_order = 10  # owners are rewritten before any weight is parametrized
     cut_order = 90  # graphs are cut after the weights
-    weight_scored = False  # a block is ranked by the loss its removal costs (importance.block_drop_loss)
+    weight_scored = False  # a block is ranked by the loss its removal costs (importance.drop_loss)
 
     def find(self, found) -> DepthChoices:
         tr, model = found.trace, found.model

@@ -68,13 +68,14 @@ def attach_latency(space: Space, model: nn.Module, example: torch.Tensor, settin
     finally:
         meter.close()
     cost = LatencyCost(space.cost, units, table, whole, table.overhead(), block)
-    if smaller is not None:
-        cost.calibrate(space.cost.flat(smaller.values(space)), ratio)
+    at = space.cost.flat(smaller.values(space)) if smaller is not None else None
+    if at is not None:
+        cost.calibrate(at, ratio)
     space.cost.attach("latency", cost)
     if floor:  # the smallest decision: its measured ratio, and the budget a decision for it asks
         cost.floor = floor[1] / floor[0]
-        if smaller is not None:
-            cost.calibrate_below(space.cost.flat(smallest.values(space)), cost.floor, space.cost.flat(smaller.values(space)))
+        if at is not None:
+            cost.calibrate_below(space.cost.flat(smallest.values(space)), cost.floor, at)
         cost.floor_budget = smallest.cost(space, "latency") / space.cost.full("latency")
     return cost
 

@@ -87,32 +87,35 @@ def magnitude_scores(model: nn.Module, space: Space) -> dict[str, np.ndarray]:
 
 
 def correctable_kinds(space: Space) -> list[str]:
-    """The kinds a correction re-decides: those weights score, and residual blocks (the smallest
-    decision over them is the least a correction can reach)."""
-    return [k for k in space if not get_kind(k).one_of and (get_kind(k).weight_scored or k == "depth")]
+    """The kinds a correction re-decides: every kind whose slots may be removed, weights or a loss
+    ranking them (the smallest decision over them is the least a correction can reach)."""
+    return [k for k in space if not get_kind(k).one_of]
 
 
 class Redecider:
     """``target -> Decision`` at a latency budget, keeping what the method chose where it can (see
-    the module doc).  Widths go first; the residual blocks the method kept go only when every
-    width is at its least, the lowest ``block_scores`` first (the loss their skipping costs;
-    without them, blocks stay as the method chose).  The method's removed blocks stay removed;
-    one-of kinds (operations) stay fixed.  ``widths_floor``: the budget below which blocks go
-    (every width at its least), None when none can."""
+    the module doc).  Widths (the weight-scored kinds) go first; the slots of the loss-scored
+    kinds (residual blocks) the method kept go only when every width is at its least, the lowest
+    ``loss_scores`` first (what removing each costs; a kind without them stays as the method
+    chose).  The method's removed slots stay removed; one-of kinds (operations) stay fixed.
+    ``widths_floor``: the budget below which loss-scored slots go (every width at its least),
+    None when none can."""
 
     def __init__(self, model: nn.Module, space: Space, decision: Decision, round_to: int | None,
-                 block_scores: np.ndarray | None = None) -> None:
+                 loss_scores: dict[str, np.ndarray] | None = None) -> None:
         keep = decision.keep(space)
         self.space, self.round_to = space, round_to
         self.scores = {k: 2.0 * keep[k] + m / max(float(np.abs(m).max()), 1e-30)
                        for k, m in magnitude_scores(model, space).items()}  # in [0, 3]
-        self.fixed = Decision({k: v for k, v in decision.items() if k not in self.scores})
+        self.fixed = Decision({k: v for k, v in decision.items() if k not in self.scores})  # (as the method chose)
+        loss_scores = {k: v for k, v in (loss_scores or {}).items() if k in space}
         self.widths_floor = None
-        if block_scores is not None and "depth" in space:
+        if loss_scores:
             least = smallest_decision(space, list(self.scores), fixed=self.fixed, round_to=round_to)
             self.widths_floor = least.cost(space, "latency") / space.cost.full("latency")
-            ranks = np.argsort(np.argsort(np.asarray(block_scores), kind="stable"), kind="stable")
-            self.scores["depth"] = 3.0 + (ranks + 1) / len(ranks)  # above every width: the last to go
+        for kind, loss in loss_scores.items():
+            ranks = np.argsort(np.argsort(np.asarray(loss), kind="stable"), kind="stable")
+            self.scores[kind] = 3.0 + (ranks + 1) / len(ranks)  # above every width: the last to go
 
     def __call__(self, target: float) -> Decision:
         return decide(self.space, self.scores, target, what="latency", round_to=self.round_to, fixed=self.fixed)

@@ -18,7 +18,7 @@ from torch import nn
 from ..budget import decide
 from ..decision import Decision
 from ..gates.outputs import first_output
-from ..importance import block_drop_loss, get_importance
+from ..importance import drop_loss, get_importance
 from ..recipe import MethodConfig, RecipeError
 from ..space import Space
 from .base import Method, SearchContext, SearchResult, register_method
@@ -74,7 +74,7 @@ class PruneMethod(Method):
     def _least_important_blocks(self, model: nn.Module, ctx: SearchContext) -> list[str]:
         batches = list(_training_batches(model, ctx, self.config.block_batches))
         with ctx.trainer.autocast():
-            scores = block_drop_loss(model, self.space, batches)
+            scores = drop_loss(model, self.space, "depth", batches)
         blocks = self.space["depth"].blocks
         return sorted(blocks[i].name for i in np.argsort(scores, kind="stable")[:self.config.blocks])
 

@@ -53,7 +53,7 @@ class ChoiceKind:
 
     name: ClassVar[str] = ""
     attach_order: ClassVar[int] = 50  # gates attach in this order (graph rewrites before weight masks)
-    weight_scored: ClassVar[bool] = True  # importance of the weights ranks its slots (depth: a loss does)
+    weight_scored: ClassVar[bool] = True  # importance of the weights ranks its slots (else a loss does: depth)
     rule_keys: ClassVar[tuple[str, ...]] = ()  # what a recipe rule may set for this kind
     one_of: ClassVar[bool] = False  # a site keeps exactly one of its slots (op), instead of any subset
     cut_order: ClassVar[int] = 50  # surgery runs in this order (weights before graph rewrites)

@@ -267,7 +267,7 @@ def test_the_correction_removes_kept_blocks_only_where_widths_alone_cannot_reach
     blocks = space["depth"].items()
     method = Decision({"depth": [blocks[2]]})  # the method removed the last block
     widths_only = Redecider(net, space, method, 1)
-    scored = Redecider(net, space, method, 1, block_scores=np.array([0.5, 0.1, 0.0]))
+    scored = Redecider(net, space, method, 1, loss_scores={"depth": np.array([0.5, 0.1, 0.0])})
     with pytest.raises(BudgetError) as refused:
         widths_only(0.01)
     least = float(str(refused.value).split("keeps ")[1].split()[0])  # the widths-only smallest fraction

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from compressor.importance import block_drop_loss
-from compressor.methods.base import SearchContext
-from compressor.methods.prune import PruneMethod
-from compressor.methods import PruneConfig
-from compressor.recipe import BudgetConfig, RecipeError, RunConfig
 from compressor.decision import Decision
 from compressor.frontend import trace
+from compressor.importance import drop_loss
+from compressor.methods import PruneConfig
+from compressor.methods.base import SearchContext
+from compressor.methods.prune import PruneMethod
+from compressor.recipe import BudgetConfig, RecipeError, RunConfig
 from compressor.train import Trainer
 from tests.tiny import TinyNet
 
@@ -43,7 +43,7 @@ def test_prune_removes_the_block_whose_skipping_costs_least():
     inputs = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # its own predictions as labels: skipping a real branch only costs
         data = torch.utils.data.TensorDataset(inputs, model(inputs).argmax(1))
-    scores = block_drop_loss(model, space, [(inputs, data.tensors[1])])
+    scores = drop_loss(model, space, "depth", [(inputs, data.tensors[1])])
     assert scores[1] == 0 and (scores[[0, 2]] > 0).all()
     ctx = SearchContext(Trainer(RunConfig(progress=False)), data, None, 16, BudgetConfig(flops=0.6), 1, 0)
     result = PruneMethod(PruneConfig(blocks=1, block_batches=2), space).search(model, ctx)
