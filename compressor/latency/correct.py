@@ -47,6 +47,12 @@ class Round:
     compressed_ms: float
     measurements: int = 1  # side-by-side measurements whose median this is
 
+    @classmethod
+    def of(cls, asked: float, predicted: float, pairs: list[tuple[float, float]]) -> "Round":
+        """The round whose figures are the median of ``pairs`` (``(original_ms, compressed_ms)``)."""
+        original_ms, compressed_ms = median_pair(pairs)
+        return cls(asked, predicted, compressed_ms / original_ms, original_ms, compressed_ms, len(pairs))
+
 
 def median_pair(pairs: list[tuple[float, float]]) -> tuple[float, float]:
     """The ``(original_ms, compressed_ms)`` pair with the median ratio (lower middle for even counts)."""
@@ -135,7 +141,7 @@ def meet_latency(decision: Decision, target: float, measure: Callable[[Decision]
     method's own decision, which lies off the curve the redecided rounds follow (mobilenet_v2 at
     0.5: 0.68 where a redecided 0.5 measures near 0.5), so once a round has been redecided the next
     budget is computed from the redecided rounds alone."""
-    within = lambda pair: abs(pair[1] / pair[0] / target - 1) <= tolerance  # noqa: E731
+    within = lambda ratio: abs(ratio / target - 1) <= tolerance  # noqa: E731
     asked, history, decisions = target, [], []
     for k in range(rounds):
         if k:
@@ -144,13 +150,11 @@ def meet_latency(decision: Decision, target: float, measure: Callable[[Decision]
             except BudgetError:
                 break
         pairs = [measure(decision)]
-        if within(pairs[0]):
+        if within(pairs[0][1] / pairs[0][0]):
             pairs += [measure(decision) for _ in range(confirm - 1)]
-        original_ms, compressed_ms = median_pair(pairs)
-        history.append(Round(asked, predict(decision), compressed_ms / original_ms, original_ms, compressed_ms,
-                             len(pairs)))
+        history.append(Round.of(asked, predict(decision), pairs))
         decisions.append(decision)
-        if within((original_ms, compressed_ms)):
+        if within(history[-1].measured):
             return decision, history
         if redecide is None:
             break
@@ -166,11 +170,9 @@ def _confirm_contenders(history: list[Round], decisions: list[Decision],
     nearest = sorted(range(len(history)), key=lambda i: abs(history[i].measured / target - 1))
     for i in nearest[:CONTENDERS]:
         r = history[i]
-        pairs = [(r.original_ms, r.compressed_ms)] + [measure(decisions[i]) for _ in range(confirm - r.measurements)]
-        if len(pairs) > 1:
-            original_ms, compressed_ms = median_pair(pairs)
-            history[i] = Round(r.asked, r.predicted, compressed_ms / original_ms, original_ms, compressed_ms,
-                               r.measurements + len(pairs) - 1)
+        if r.measurements == 1 < confirm:  # (a round that met the tolerance has its confirm already)
+            pairs = [(r.original_ms, r.compressed_ms)] + [measure(decisions[i]) for _ in range(confirm - 1)]
+            history[i] = Round.of(r.asked, r.predicted, pairs)
 
 
 def closest(history: list[Round], target: float) -> int:
