@@ -123,9 +123,11 @@ def test_grow_against_scratch_rows(tmp_path, capsys):
     assert "| cifar_resnet20 | grow:fusion=false,scratch_baseline=false |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("method, option", [("scs", None), ("tas", "mixture=cwi"), ("grow", None),
-                                            ("darts", "partial_channels=4")])
-def test_overhead_rows(tmp_path, method, option):
+@pytest.mark.parametrize("method, option, flops", [("scs", None, (1.0, 1.0)),  # gates multiply, no conv
+                                                   ("tas", "mixture=cwi", (1.5, 4.0)),  # + a held-out step
+                                                   ("grow", None, (0.2, 0.9)),  # a half-width seed
+                                                   ("darts", "partial_channels=4", (1.5, 4.0))])
+def test_overhead_rows(tmp_path, method, option, flops):
     out = tmp_path / "overhead.csv"
     overhead.main(["--models", "cifar_resnet20", "--size", "16", "--batch", "4", "--steps", "2", "--warmup", "1",
                    "--device", "cpu", "--csv", str(out), "--method", method,
@@ -135,6 +137,7 @@ def test_overhead_rows(tmp_path, method, option):
     assert float(row["plain_ms"]) > 0 and float(row["gated_ms"]) > 0
     assert float(row["plain_peak_mib"]) > 0 and float(row["gated_peak_mib"]) > 0
     assert abs(float(row["time_ratio"]) - float(row["gated_ms"]) / float(row["plain_ms"])) < 0.01
+    assert flops[0] <= float(row["flops_ratio"]) <= flops[1]
 
 
 def test_sparse_epoch_rows(tmp_path):

@@ -27,13 +27,17 @@ output channels mixed with ``partial_channels=K``); a search step is darts's arc
 keeping the same share of every group (``method.target: budget``); the method's step is a seed
 (half the target's width, conv and linear weights as template mixtures) with a plain SGD step.
 Their ratio is what a seed epoch costs against a target epoch, the grow path's saving per epoch.
+
+``FLOPs x``: the convolution and matrix-multiply FLOPs of one step of each, forward and backward
+(``torch.utils.flop_counter``, which counts no elementwise work): what the step costs before
+any kernel's efficiency, the floor of its time ratio where those layers dominate.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import ctypes
 import gc
-import csv
 import multiprocessing as mp
 import statistics
 import sys
@@ -42,6 +46,7 @@ import time
 import torch
 from torch import nn
 
+from compressor.frontend import trace
 from compressor.gates import ControlledModel, attach_gates
 from compressor.methods.base import SearchContext
 from compressor.methods.darts import DartsConfig, DartsMethod
@@ -50,7 +55,6 @@ from compressor.methods.scs import ScsConfig
 from compressor.methods.scs_logits import ScsLogits
 from compressor.methods.tas import TasConfig, TasMethod
 from compressor.recipe import BudgetConfig, RunConfig
-from compressor.frontend import trace
 from compressor.train import Trainer
 from compressor.zoo import create_model_for_size
 
@@ -140,6 +144,24 @@ def step_times(name: str, size: int, batch: int, steps: int, warmup: int, device
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def step_flops(name: str, size: int, batch: int, device: str, method: str = "scs",
+               options: dict | None = None) -> dict[str, int]:
+    """Convolution and matrix-multiply FLOPs of one training step, plain and gated (after one
+    uncounted step, so that lazily built state is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    counts = {}
+    for k, kind in (("plain", _reference(method)), ("gated", method)):
+        step = make_step(*build(name, size, kind, device, options if k == "gated" else None), x, y)
+        step()
+        with FlopCounterMode(display=False) as counter:
+            step()
+        counts[k] = counter.get_total_flops()
+    return counts
+
+
 def _reference(method: str) -> str:
     """What a method's step is measured against: the plain original, or for grow its target."""
     return "target" if method == "grow" else "plain"
@@ -203,19 +225,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     options = parse_sets(args.method_set)
     rows = []
-    print(f"{'model':<26} {'plain ms':>9} {'gated ms':>9} {'time x':>7} {'plain MiB':>10} {'gated MiB':>10} {'mem x':>6}")
+    print(f"{'model':<26} {'plain ms':>9} {'gated ms':>9} {'time x':>7} {'plain MiB':>10} {'gated MiB':>10} {'mem x':>6} {'FLOPs x':>8}")
     for name in args.models.split(","):
         ms = step_times(name, args.size, args.batch, args.steps, args.warmup, args.device, args.method, options)
         mem = {k: peak_memory(name, args.size, args.batch, args.method if k == "gated" else _reference(args.method),
                               args.device, options=options) for k in ("plain", "gated")}
+        flops = step_flops(name, args.size, args.batch, args.device, args.method, options)
         row = {"model": name, "method": args.method, "options": ",".join(args.method_set), "size": args.size, "batch": args.batch, "device": args.device,
                "plain_ms": round(ms["plain"], 2), "gated_ms": round(ms["gated"], 2),
                "time_ratio": round(ms["gated"] / ms["plain"], 3),
                "plain_peak_mib": round(mem["plain"] / 2**20, 1), "gated_peak_mib": round(mem["gated"] / 2**20, 1),
-               "memory_ratio": round(mem["gated"] / max(mem["plain"], 1), 3)}
+               "memory_ratio": round(mem["gated"] / max(mem["plain"], 1), 3),
+               "plain_gflops": round(flops["plain"] / 1e9, 3), "gated_gflops": round(flops["gated"] / 1e9, 3),
+               "flops_ratio": round(flops["gated"] / max(flops["plain"], 1), 3)}
         rows.append(row)
         print(f"{name:<26} {row['plain_ms']:>9.1f} {row['gated_ms']:>9.1f} {row['time_ratio']:>7.3f} "
-              f"{row['plain_peak_mib']:>10.1f} {row['gated_peak_mib']:>10.1f} {row['memory_ratio']:>6.3f}", flush=True)
+              f"{row['plain_peak_mib']:>10.1f} {row['gated_peak_mib']:>10.1f} {row['memory_ratio']:>6.3f} "
+              f"{row['flops_ratio']:>8.3f}", flush=True)
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
