@@ -22,8 +22,8 @@ def test_a_format_1_directory_written_by_an_earlier_version_gives_the_same_model
     assert arch["decision"]["removed_blocks"]  # the fixture removes blocks and channels
     io = load_file(str(FIXTURE / "expected.safetensors"))
     model = load_compressed(FIXTURE)
-    with torch.no_grad():
-        assert torch.equal(model(io["x"]), io["y"])
+    with torch.no_grad():  # the same model; bits may differ where another CPU's kernels round differently
+        torch.testing.assert_close(model(io["x"]), io["y"], rtol=1e-5, atol=1e-6)
     # the same decision read as format 2
     d = Decision.from_dict(arch["decision"])
     assert d["channels"] == arch["decision"]["groups"] and d["depth"] == arch["decision"]["removed_blocks"]
